@@ -1,0 +1,80 @@
+//! The engine's typed errors. Every rejection of input from the network or
+//! the API is one of these, and leaves the participant's state unchanged.
+
+use crate::envelope::EnvelopeError;
+use crate::id::Id32;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MmlsError {
+    #[error("envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid member id {0:?}: expected an Ed25519 PeerId (12D3KooW...)")]
+    InvalidMemberId(String),
+    #[error("invalid identity key: expected 32 bytes")]
+    InvalidIdentityKey,
+    #[error("credential does not name the PeerId of its signature key")]
+    BadCredential,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("unknown universe {0}")]
+    UnknownUniverse(Id32),
+    #[error("universe {0} is still being joined (its definition has not arrived yet)")]
+    UniverseNotReady(Id32),
+    #[error("unknown send group {0}")]
+    UnknownGroup(Id32),
+    #[error("{0} is not a member of this universe")]
+    NotAMember(String),
+    #[error("{0} is already a member of this universe")]
+    AlreadyMember(String),
+    #[error("only an admin of the universe may do this")]
+    NotAdmin,
+    #[error("no KeyPackage known for {0}; a request was broadcast, try again shortly")]
+    MissingKeyPackage(String),
+    #[error("a universe needs at least one other member")]
+    NoMembers,
+    #[error("only the owner (leaf 0) may send {what} in send group {group}")]
+    NotOwner { what: &'static str, group: Id32 },
+    #[error("duplicate or replayed message (group {group}, seq {seq})")]
+    Duplicate { group: Id32, seq: u64 },
+    #[error("message for universe {0}, which this node is not in")]
+    NotInUniverse(Id32),
+    #[error("message is for send group {0}, which this node is not in")]
+    NotInGroup(Id32),
+    #[error("ciphersuite {0:#06x} is not accepted by this universe")]
+    CiphersuiteRefused(u16),
+    #[error("authenticated data does not match the envelope: {0}")]
+    AadMismatch(&'static str),
+    #[error("malformed MLS message: {0}")]
+    MalformedMls(String),
+    #[error("MLS processing failed: {0}")]
+    Mls(String),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("buffer for send group {0} is full")]
+    BufferFull(Id32),
+    #[error("message too large: {0} bytes (limit {1})")]
+    TooLarge(usize, usize),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl MmlsError {
+    /// Errors caused by input we were sent (as opposed to our own state or
+    /// disk); drivers count these as rejected input.
+    pub fn is_rejection(&self) -> bool {
+        !matches!(self, MmlsError::Store(_) | MmlsError::Internal(_))
+    }
+    /// A duplicate is normal in gossip; drivers log it quietly.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, MmlsError::Duplicate { .. })
+    }
+
+    pub(crate) fn mls(e: impl std::fmt::Debug) -> MmlsError {
+        let mut s = format!("{e:?}");
+        s.truncate(300);
+        MmlsError::Mls(s)
+    }
+}

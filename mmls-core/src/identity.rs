@@ -1,0 +1,244 @@
+//! Node identity: one Ed25519 key that is both the libp2p identity and the
+//! MLS signature key.
+//!
+//! Why one key: the MLS credential then names the PeerId, and anyone can check
+//! the binding from public data alone (the PeerId of an Ed25519 key *is* the
+//! key, identity-multihashed), with no extra signature to carry or verify. The
+//! two protocols sign disjoint, prefixed payloads (MLS labels every signature
+//! with "MLS 1.0 ...", libp2p with "noise-libp2p-static-key:" /
+//! "libp2p-pubsub:"), so the reuse is domain separated.
+
+use crate::error::MmlsError;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier, VerifyingKey};
+use openmls::prelude::{BasicCredential, Credential, CredentialWithKey};
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// protobuf `PublicKey { Type: Ed25519, Data: <32 bytes> }` prefix, then the
+/// identity multihash header (code 0x00, length 36), as libp2p encodes a
+/// PeerId for Ed25519 keys.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// A member of a universe, named by its libp2p PeerId (base58, `12D3KooW...`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemberId(String);
+
+impl MemberId {
+    pub fn from_public_key(pk: &[u8; 32]) -> MemberId {
+        MemberId(bs58::encode(Self::peer_id_bytes(pk)).into_string())
+    }
+
+    fn peer_id_bytes(pk: &[u8; 32]) -> Vec<u8> {
+        let mut v = PEER_ID_PREFIX.to_vec();
+        v.extend_from_slice(pk);
+        v
+    }
+
+    /// Parses and validates a member id: it must be the PeerId of an Ed25519
+    /// key (the only key type a member can have).
+    pub fn parse(s: &str) -> Result<MemberId, MmlsError> {
+        let s = s.trim();
+        let bytes = bs58::decode(s)
+            .into_vec()
+            .map_err(|_| MmlsError::InvalidMemberId(s.chars().take(80).collect()))?;
+        Self::from_peer_id_bytes(&bytes)
+            .ok_or_else(|| MmlsError::InvalidMemberId(s.chars().take(80).collect()))
+    }
+
+    /// From the binary PeerId (multihash) form.
+    pub fn from_peer_id_bytes(bytes: &[u8]) -> Option<MemberId> {
+        if bytes.len() != 38 || bytes[..6] != PEER_ID_PREFIX {
+            return None;
+        }
+        Some(MemberId(bs58::encode(bytes).into_string()))
+    }
+
+    /// The binary PeerId (multihash) form.
+    pub fn to_peer_id_bytes(&self) -> Vec<u8> {
+        // Constructed only from valid ids, so decoding cannot fail.
+        bs58::decode(&self.0).into_vec().unwrap_or_default()
+    }
+
+    /// The Ed25519 public key this id names.
+    pub fn public_key(&self) -> Result<VerifyingKey, MmlsError> {
+        let b = self.to_peer_id_bytes();
+        let pk: [u8; 32] = b
+            .get(6..)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| MmlsError::InvalidMemberId(self.0.clone()))?;
+        VerifyingKey::from_bytes(&pk).map_err(|_| MmlsError::InvalidMemberId(self.0.clone()))
+    }
+
+    /// Verifies a detached Ed25519 signature by this member.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), MmlsError> {
+        let sig = Signature::from_slice(sig).map_err(|_| MmlsError::BadSignature)?;
+        self.public_key()?
+            .verify(msg, &sig)
+            .map_err(|_| MmlsError::BadSignature)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Shortened for tables: the last 6 characters.
+    pub fn short(&self) -> &str {
+        &self.0[self.0.len().saturating_sub(6)..]
+    }
+}
+
+impl TryFrom<String> for MemberId {
+    type Error = MmlsError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        MemberId::parse(&s)
+    }
+}
+impl From<MemberId> for String {
+    fn from(m: MemberId) -> String {
+        m.0
+    }
+}
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Member({})", self.short())
+    }
+}
+
+/// The node's secret identity.
+#[derive(Clone)]
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl Identity {
+    pub fn generate() -> Identity {
+        Identity {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// Deterministic identity from a seed, for simulations and tests.
+    pub fn from_seed(seed: [u8; 32]) -> Identity {
+        Identity {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Identity, MmlsError> {
+        let b: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| MmlsError::InvalidIdentityKey)?;
+        Ok(Identity::from_seed(b))
+    }
+
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    pub fn member_id(&self) -> MemberId {
+        MemberId::from_public_key(&self.public_key())
+    }
+
+    pub fn credential_with_key(&self) -> CredentialWithKey {
+        let cred: Credential = BasicCredential::new(self.member_id().to_peer_id_bytes()).into();
+        CredentialWithKey {
+            credential: cred,
+            signature_key: self.public_key().to_vec().into(),
+        }
+    }
+
+    pub fn sign_detached(&self, msg: &[u8]) -> Vec<u8> {
+        self.key.sign(msg).to_bytes().to_vec()
+    }
+}
+
+impl Signer for Identity {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        Ok(self.key.sign(payload).to_bytes().to_vec())
+    }
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+/// Checks that a leaf's credential names the PeerId of its own signature key,
+/// and returns that member. This is what stops anyone from claiming another
+/// node's PeerId inside MLS.
+pub fn verify_binding(
+    credential: &Credential,
+    signature_key: &[u8],
+) -> Result<MemberId, MmlsError> {
+    let basic =
+        BasicCredential::try_from(credential.clone()).map_err(|_| MmlsError::BadCredential)?;
+    let pk: [u8; 32] = signature_key
+        .try_into()
+        .map_err(|_| MmlsError::BadCredential)?;
+    let expected = MemberId::from_public_key(&pk);
+    if basic.identity() != expected.to_peer_id_bytes().as_slice() {
+        return Err(MmlsError::BadCredential);
+    }
+    Ok(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_id_round_trips_and_looks_like_a_peer_id() {
+        let id = Identity::from_seed([7; 32]);
+        let m = id.member_id();
+        assert!(m.as_str().starts_with("12D3KooW"), "{m}");
+        assert_eq!(MemberId::parse(m.as_str()).unwrap(), m);
+        assert_eq!(m.public_key().unwrap().to_bytes(), id.public_key());
+    }
+
+    #[test]
+    fn garbage_member_ids_are_rejected() {
+        for s in [
+            "",
+            "hello",
+            "12D3KooW",
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        ] {
+            assert!(MemberId::parse(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn binding_detects_a_foreign_peer_id() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let ca = a.credential_with_key();
+        assert_eq!(
+            verify_binding(&ca.credential, &a.public_key()).unwrap(),
+            a.member_id()
+        );
+        assert!(verify_binding(&ca.credential, &b.public_key()).is_err());
+    }
+
+    #[test]
+    fn detached_signatures_verify_only_for_the_signer() {
+        let a = Identity::from_seed([1; 32]);
+        let sig = a.sign_detached(b"msg");
+        a.member_id().verify(b"msg", &sig).unwrap();
+        assert!(a.member_id().verify(b"other", &sig).is_err());
+        assert!(Identity::from_seed([2; 32])
+            .member_id()
+            .verify(b"msg", &sig)
+            .is_err());
+    }
+}

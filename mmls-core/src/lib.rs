@@ -1,0 +1,38 @@
+//! `mmls-core`: the Multi-MLS protocol engine (draft-xue-multi-mls) on openmls.
+//!
+//! Sans-IO: a [`Participant`] takes bytes received, user commands and the
+//! current time, and returns [`Output`]s (envelopes to publish, events for the
+//! user, fetch requests). It never opens a socket, spawns a task or reads a
+//! clock, so the libp2p node and the deterministic simulator drive the very
+//! same code.
+
+pub mod envelope;
+pub mod error;
+pub mod id;
+pub mod identity;
+pub mod participant;
+pub mod profile;
+pub mod store;
+pub mod sync;
+pub mod universe;
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+
+pub use envelope::{Envelope, EnvelopeError, Kind};
+pub use error::MmlsError;
+pub use id::Id32;
+pub use identity::{Identity, MemberId};
+pub use participant::{
+    Config, Delivered, Event, GroupStatus, Output, Participant, Publish, Topic, UniverseStatus,
+};
+pub use profile::Profile;
+pub use store::Store;
+pub use sync::{FetchRequest, FetchResponse, SyncSummary};
+pub use universe::UniverseDef;
+
+/// The default (and only accepted by default) ciphersuite.
+pub const DEFAULT_CIPHERSUITE: openmls::prelude::Ciphersuite =
+    openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;

@@ -1,0 +1,869 @@
+//! openmls [`StorageProvider`] over the store's transactional "mls" table.
+//!
+//! Adapted from openmls_memory_storage 0.6.0 (MIT).
+//!
+//! The key scheme is the one of `openmls_memory_storage`
+//! (`label || key || version_be`, serde_json values). The whole "mls" table
+//! lives in memory (loaded when the [`Store`](super::Store) opens); every
+//! change records, the first time a key is touched in the current step, the
+//! key's original value in an undo log. The keys of the undo log are the dirty
+//! keys: [`Store::commit`](super::Store::commit) writes their current value in
+//! the step's redb transaction, [`Store::rollback`](super::Store::rollback)
+//! restores their original value.
+//!
+//! Unlike the original, nothing here panics: malformed stored data yields
+//! [`MlsStorageError`].
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use openmls_traits::storage::*;
+use serde::Serialize;
+
+/// Errors of the openmls storage provider.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum MlsStorageError {
+    /// A value could not be (de)serialized (corrupt stored data or a bug).
+    #[error("mls storage: serialization error: {0}")]
+    Serialization(String),
+    /// The stored openmls state is inconsistent.
+    #[error("mls storage: inconsistent state: {0}")]
+    Corrupt(String),
+}
+
+impl From<serde_json::Error> for MlsStorageError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Serialization(e.to_string())
+    }
+}
+
+/// The in-memory image of the "mls" table plus this step's undo log.
+#[derive(Debug, Default)]
+pub(super) struct MlsState {
+    /// Current values (committed state + this step's changes).
+    pub(super) values: HashMap<Vec<u8>, Vec<u8>>,
+    /// For each key touched in this step: its value at the start of the step.
+    pub(super) undo: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl MlsState {
+    fn touch(&mut self, key: &[u8]) {
+        if !self.undo.contains_key(key) {
+            let original = self.values.get(key).cloned();
+            self.undo.insert(key.to_vec(), original);
+        }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.touch(&key);
+        self.values.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        // An absent key that is not in the undo log is absent on disk too.
+        if self.values.contains_key(key) {
+            self.touch(key);
+            self.values.remove(key);
+        }
+    }
+
+    /// Dirty keys with their current value (`None`: delete), skipping keys
+    /// whose value is back to the original.
+    pub(super) fn dirty(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.undo.iter().filter_map(|(k, original)| {
+            let current = self.values.get(k);
+            if current == original.as_ref() {
+                None
+            } else {
+                Some((k.as_slice(), current.map(Vec::as_slice)))
+            }
+        })
+    }
+
+    pub(super) fn rollback(&mut self) {
+        for (k, original) in self.undo.drain() {
+            match original {
+                Some(v) => {
+                    self.values.insert(k, v);
+                }
+                None => {
+                    self.values.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// openmls's storage provider, a view of the [`Store`](super::Store)'s "mls"
+/// table sharing the store's step transaction.
+pub struct MlsStorage {
+    state: Mutex<MlsState>,
+}
+
+impl std::fmt::Debug for MlsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("MlsStorage")
+            .field("entries", &s.values.len())
+            .field("dirty", &s.undo.len())
+            .finish()
+    }
+}
+
+impl MlsStorage {
+    pub(super) fn new(values: HashMap<Vec<u8>, Vec<u8>>) -> Self {
+        MlsStorage {
+            state: Mutex::new(MlsState {
+                values,
+                undo: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Locks the state (a poisoned lock is recovered: the state is always
+    /// consistent between two statements).
+    pub(super) fn lock(&self) -> MutexGuard<'_, MlsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Internal helper to abstract write operations.
+    fn write(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        self.lock().insert(storage_key, value);
+        Ok(())
+    }
+
+    fn append(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let mut state = self.lock();
+
+        // fetch value from db, falling back to an empty list if it doesn't exist
+        let mut list: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+        list.push(value);
+
+        let list_bytes = serde_json::to_vec(&list)?;
+        state.insert(storage_key, list_bytes);
+        Ok(())
+    }
+
+    fn remove_item(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let mut state = self.lock();
+
+        // fetch value from db, falling back to an empty list if it doesn't exist
+        let mut list: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+        if let Some(pos) = list.iter().position(|stored_item| stored_item == &value) {
+            list.remove(pos);
+        }
+
+        let list_bytes = serde_json::to_vec(&list)?;
+        state.insert(storage_key, list_bytes);
+        Ok(())
+    }
+
+    /// Internal helper to abstract read operations.
+    fn read<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Option<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+        match state.values.get(&storage_key) {
+            Some(value) => Ok(Some(serde_json::from_slice(value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Like `read`, but a stored JSON `null` reads as `None` (as the
+    /// original's direct `Option<V>` deserialization does).
+    fn read_nullable<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Option<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+        match state.values.get(&storage_key) {
+            Some(value) => Ok(serde_json::from_slice::<Option<V>>(value)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Internal helper to abstract list read operations.
+    fn read_list<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Vec<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+
+        let value: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+
+        value
+            .iter()
+            .map(|value_bytes| serde_json::from_slice(value_bytes))
+            .collect::<Result<Vec<V>, _>>()
+            .map_err(MlsStorageError::from)
+    }
+
+    /// Internal helper to abstract delete operations.
+    fn delete(&self, label: &[u8], key: &[u8]) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        self.lock().remove(&storage_key);
+        Ok(())
+    }
+}
+
+const KEY_PACKAGE_LABEL: &[u8] = b"KeyPackage";
+const PSK_LABEL: &[u8] = b"Psk";
+const ENCRYPTION_KEY_PAIR_LABEL: &[u8] = b"EncryptionKeyPair";
+const SIGNATURE_KEY_PAIR_LABEL: &[u8] = b"SignatureKeyPair";
+const EPOCH_KEY_PAIRS_LABEL: &[u8] = b"EpochKeyPairs";
+
+// related to PublicGroup
+const TREE_LABEL: &[u8] = b"Tree";
+const GROUP_CONTEXT_LABEL: &[u8] = b"GroupContext";
+const INTERIM_TRANSCRIPT_HASH_LABEL: &[u8] = b"InterimTranscriptHash";
+const CONFIRMATION_TAG_LABEL: &[u8] = b"ConfirmationTag";
+
+// related to MlsGroup
+const JOIN_CONFIG_LABEL: &[u8] = b"MlsGroupJoinConfig";
+const OWN_LEAF_NODES_LABEL: &[u8] = b"OwnLeafNodes";
+const GROUP_STATE_LABEL: &[u8] = b"GroupState";
+const QUEUED_PROPOSAL_LABEL: &[u8] = b"QueuedProposal";
+const PROPOSAL_QUEUE_REFS_LABEL: &[u8] = b"ProposalQueueRefs";
+const OWN_LEAF_NODE_INDEX_LABEL: &[u8] = b"OwnLeafNodeIndex";
+const EPOCH_SECRETS_LABEL: &[u8] = b"EpochSecrets";
+const RESUMPTION_PSK_STORE_LABEL: &[u8] = b"ResumptionPsk";
+const MESSAGE_SECRETS_LABEL: &[u8] = b"MessageSecrets";
+
+fn json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, MlsStorageError> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+impl StorageProvider<CURRENT_VERSION> for MlsStorage {
+    type Error = MlsStorageError;
+
+    fn queue_proposal<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+        QueuedProposal: traits::QueuedProposal<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        proposal_ref: &ProposalRef,
+        proposal: &QueuedProposal,
+    ) -> Result<(), Self::Error> {
+        // write proposal to key (group_id, proposal_ref)
+        let key = json(&(group_id, proposal_ref))?;
+        let value = json(proposal)?;
+        self.write(QUEUED_PROPOSAL_LABEL, &key, value)?;
+
+        // update proposal list for group_id
+        let key = json(group_id)?;
+        let value = json(proposal_ref)?;
+        self.append(PROPOSAL_QUEUE_REFS_LABEL, &key, value)?;
+
+        Ok(())
+    }
+
+    fn write_tree<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        TreeSync: traits::TreeSync<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        tree: &TreeSync,
+    ) -> Result<(), Self::Error> {
+        self.write(TREE_LABEL, &json(group_id)?, json(tree)?)
+    }
+
+    fn write_interim_transcript_hash<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        InterimTranscriptHash: traits::InterimTranscriptHash<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        interim_transcript_hash: &InterimTranscriptHash,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            INTERIM_TRANSCRIPT_HASH_LABEL,
+            &json(group_id)?,
+            json(interim_transcript_hash)?,
+        )
+    }
+
+    fn write_context<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupContext: traits::GroupContext<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        group_context: &GroupContext,
+    ) -> Result<(), Self::Error> {
+        self.write(GROUP_CONTEXT_LABEL, &json(group_id)?, json(group_context)?)
+    }
+
+    fn write_confirmation_tag<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ConfirmationTag: traits::ConfirmationTag<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        confirmation_tag: &ConfirmationTag,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            CONFIRMATION_TAG_LABEL,
+            &json(group_id)?,
+            json(confirmation_tag)?,
+        )
+    }
+
+    fn write_signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+        SignatureKeyPair: traits::SignatureKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &SignaturePublicKey,
+        signature_key_pair: &SignatureKeyPair,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            SIGNATURE_KEY_PAIR_LABEL,
+            &json(public_key)?,
+            json(signature_key_pair)?,
+        )
+    }
+
+    fn queued_proposal_refs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<ProposalRef>, Self::Error> {
+        self.read_list(PROPOSAL_QUEUE_REFS_LABEL, &json(group_id)?)
+    }
+
+    fn queued_proposals<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+        QueuedProposal: traits::QueuedProposal<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<(ProposalRef, QueuedProposal)>, Self::Error> {
+        let refs: Vec<ProposalRef> = self.read_list(PROPOSAL_QUEUE_REFS_LABEL, &json(group_id)?)?;
+
+        refs.into_iter()
+            .map(|proposal_ref| -> Result<_, _> {
+                let key = json(&(group_id, &proposal_ref))?;
+                let proposal = self.read(QUEUED_PROPOSAL_LABEL, &key)?.ok_or_else(|| {
+                    MlsStorageError::Corrupt("a queued proposal reference has no proposal".into())
+                })?;
+                Ok((proposal_ref, proposal))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    fn tree<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        TreeSync: traits::TreeSync<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<TreeSync>, Self::Error> {
+        self.read_nullable(TREE_LABEL, &json(group_id)?)
+    }
+
+    fn group_context<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupContext: traits::GroupContext<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupContext>, Self::Error> {
+        self.read_nullable(GROUP_CONTEXT_LABEL, &json(group_id)?)
+    }
+
+    fn interim_transcript_hash<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        InterimTranscriptHash: traits::InterimTranscriptHash<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<InterimTranscriptHash>, Self::Error> {
+        self.read_nullable(INTERIM_TRANSCRIPT_HASH_LABEL, &json(group_id)?)
+    }
+
+    fn confirmation_tag<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ConfirmationTag: traits::ConfirmationTag<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<ConfirmationTag>, Self::Error> {
+        self.read_nullable(CONFIRMATION_TAG_LABEL, &json(group_id)?)
+    }
+
+    fn signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+        SignatureKeyPair: traits::SignatureKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &SignaturePublicKey,
+    ) -> Result<Option<SignatureKeyPair>, Self::Error> {
+        self.read_nullable(SIGNATURE_KEY_PAIR_LABEL, &json(public_key)?)
+    }
+
+    fn write_key_package<
+        HashReference: traits::HashReference<CURRENT_VERSION>,
+        KeyPackage: traits::KeyPackage<CURRENT_VERSION>,
+    >(
+        &self,
+        hash_ref: &HashReference,
+        key_package: &KeyPackage,
+    ) -> Result<(), Self::Error> {
+        self.write(KEY_PACKAGE_LABEL, &json(hash_ref)?, json(key_package)?)
+    }
+
+    fn write_psk<
+        PskId: traits::PskId<CURRENT_VERSION>,
+        PskBundle: traits::PskBundle<CURRENT_VERSION>,
+    >(
+        &self,
+        psk_id: &PskId,
+        psk: &PskBundle,
+    ) -> Result<(), Self::Error> {
+        self.write(PSK_LABEL, &json(psk_id)?, json(psk)?)
+    }
+
+    fn write_encryption_key_pair<
+        EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &EncryptionKey,
+        key_pair: &HpkeKeyPair,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            ENCRYPTION_KEY_PAIR_LABEL,
+            &json(public_key)?,
+            json(key_pair)?,
+        )
+    }
+
+    fn key_package<
+        KeyPackageRef: traits::HashReference<CURRENT_VERSION>,
+        KeyPackage: traits::KeyPackage<CURRENT_VERSION>,
+    >(
+        &self,
+        hash_ref: &KeyPackageRef,
+    ) -> Result<Option<KeyPackage>, Self::Error> {
+        self.read(KEY_PACKAGE_LABEL, &json(hash_ref)?)
+    }
+
+    fn psk<PskBundle: traits::PskBundle<CURRENT_VERSION>, PskId: traits::PskId<CURRENT_VERSION>>(
+        &self,
+        psk_id: &PskId,
+    ) -> Result<Option<PskBundle>, Self::Error> {
+        self.read(PSK_LABEL, &json(psk_id)?)
+    }
+
+    fn encryption_key_pair<
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+        EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &EncryptionKey,
+    ) -> Result<Option<HpkeKeyPair>, Self::Error> {
+        self.read(ENCRYPTION_KEY_PAIR_LABEL, &json(public_key)?)
+    }
+
+    fn delete_signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &SignaturePublicKey,
+    ) -> Result<(), Self::Error> {
+        self.delete(SIGNATURE_KEY_PAIR_LABEL, &json(public_key)?)
+    }
+
+    fn delete_encryption_key_pair<EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>>(
+        &self,
+        public_key: &EncryptionKey,
+    ) -> Result<(), Self::Error> {
+        self.delete(ENCRYPTION_KEY_PAIR_LABEL, &json(public_key)?)
+    }
+
+    fn delete_key_package<KeyPackageRef: traits::HashReference<CURRENT_VERSION>>(
+        &self,
+        hash_ref: &KeyPackageRef,
+    ) -> Result<(), Self::Error> {
+        self.delete(KEY_PACKAGE_LABEL, &json(hash_ref)?)
+    }
+
+    fn delete_psk<PskKey: traits::PskId<CURRENT_VERSION>>(
+        &self,
+        psk_id: &PskKey,
+    ) -> Result<(), Self::Error> {
+        self.delete(PSK_LABEL, &json(psk_id)?)
+    }
+
+    fn group_state<
+        GroupState: traits::GroupState<CURRENT_VERSION>,
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupState>, Self::Error> {
+        self.read(GROUP_STATE_LABEL, &json(group_id)?)
+    }
+
+    fn write_group_state<
+        GroupState: traits::GroupState<CURRENT_VERSION>,
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        group_state: &GroupState,
+    ) -> Result<(), Self::Error> {
+        self.write(GROUP_STATE_LABEL, &json(group_id)?, json(group_state)?)
+    }
+
+    fn delete_group_state<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(GROUP_STATE_LABEL, &json(group_id)?)
+    }
+
+    fn message_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MessageSecrets: traits::MessageSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<MessageSecrets>, Self::Error> {
+        self.read(MESSAGE_SECRETS_LABEL, &json(group_id)?)
+    }
+
+    fn write_message_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MessageSecrets: traits::MessageSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        message_secrets: &MessageSecrets,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            MESSAGE_SECRETS_LABEL,
+            &json(group_id)?,
+            json(message_secrets)?,
+        )
+    }
+
+    fn delete_message_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(MESSAGE_SECRETS_LABEL, &json(group_id)?)
+    }
+
+    fn resumption_psk_store<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ResumptionPskStore: traits::ResumptionPskStore<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<ResumptionPskStore>, Self::Error> {
+        self.read(RESUMPTION_PSK_STORE_LABEL, &json(group_id)?)
+    }
+
+    fn write_resumption_psk_store<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ResumptionPskStore: traits::ResumptionPskStore<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        resumption_psk_store: &ResumptionPskStore,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            RESUMPTION_PSK_STORE_LABEL,
+            &json(group_id)?,
+            json(resumption_psk_store)?,
+        )
+    }
+
+    fn delete_all_resumption_psk_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(RESUMPTION_PSK_STORE_LABEL, &json(group_id)?)
+    }
+
+    fn own_leaf_index<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNodeIndex: traits::LeafNodeIndex<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<LeafNodeIndex>, Self::Error> {
+        self.read(OWN_LEAF_NODE_INDEX_LABEL, &json(group_id)?)
+    }
+
+    fn write_own_leaf_index<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNodeIndex: traits::LeafNodeIndex<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        own_leaf_index: &LeafNodeIndex,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            OWN_LEAF_NODE_INDEX_LABEL,
+            &json(group_id)?,
+            json(own_leaf_index)?,
+        )
+    }
+
+    fn delete_own_leaf_index<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(OWN_LEAF_NODE_INDEX_LABEL, &json(group_id)?)
+    }
+
+    fn group_epoch_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupEpochSecrets: traits::GroupEpochSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupEpochSecrets>, Self::Error> {
+        self.read(EPOCH_SECRETS_LABEL, &json(group_id)?)
+    }
+
+    fn write_group_epoch_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupEpochSecrets: traits::GroupEpochSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        group_epoch_secrets: &GroupEpochSecrets,
+    ) -> Result<(), Self::Error> {
+        self.write(
+            EPOCH_SECRETS_LABEL,
+            &json(group_id)?,
+            json(group_epoch_secrets)?,
+        )
+    }
+
+    fn delete_group_epoch_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(EPOCH_SECRETS_LABEL, &json(group_id)?)
+    }
+
+    fn write_encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+        key_pairs: &[HpkeKeyPair],
+    ) -> Result<(), Self::Error> {
+        let key = epoch_key_pairs_id(group_id, epoch, leaf_index)?;
+        let value = json(key_pairs)?;
+        self.write(EPOCH_KEY_PAIRS_LABEL, &key, value)
+    }
+
+    fn encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+    ) -> Result<Vec<HpkeKeyPair>, Self::Error> {
+        let key = epoch_key_pairs_id(group_id, epoch, leaf_index)?;
+        let storage_key = build_key_from_vec(EPOCH_KEY_PAIRS_LABEL, key);
+        let state = self.lock();
+        match state.values.get(&storage_key) {
+            Some(value) => Ok(serde_json::from_slice(value)?),
+            None => Ok(vec![]),
+        }
+    }
+
+    fn delete_encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+    ) -> Result<(), Self::Error> {
+        let key = epoch_key_pairs_id(group_id, epoch, leaf_index)?;
+        self.delete(EPOCH_KEY_PAIRS_LABEL, &key)
+    }
+
+    fn clear_proposal_queue<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        // Get all proposal refs for this group.
+        let proposal_refs: Vec<ProposalRef> =
+            self.read_list(PROPOSAL_QUEUE_REFS_LABEL, &json(group_id)?)?;
+        for proposal_ref in proposal_refs {
+            // Delete all proposals. (The original removed the bare
+            // `(group_id, proposal_ref)` key, without label and version, so it
+            // never deleted anything; this deletes the actual entries.)
+            let key = json(&(group_id, proposal_ref))?;
+            self.delete(QUEUED_PROPOSAL_LABEL, &key)?;
+        }
+
+        // Delete the proposal refs from the store.
+        self.delete(PROPOSAL_QUEUE_REFS_LABEL, &json(group_id)?)
+    }
+
+    fn mls_group_join_config<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MlsGroupJoinConfig: traits::MlsGroupJoinConfig<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<MlsGroupJoinConfig>, Self::Error> {
+        self.read(JOIN_CONFIG_LABEL, &json(group_id)?)
+    }
+
+    fn write_mls_join_config<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MlsGroupJoinConfig: traits::MlsGroupJoinConfig<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        config: &MlsGroupJoinConfig,
+    ) -> Result<(), Self::Error> {
+        self.write(JOIN_CONFIG_LABEL, &json(group_id)?, json(config)?)
+    }
+
+    fn own_leaf_nodes<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNode: traits::LeafNode<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<LeafNode>, Self::Error> {
+        self.read_list(OWN_LEAF_NODES_LABEL, &json(group_id)?)
+    }
+
+    fn append_own_leaf_node<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNode: traits::LeafNode<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        leaf_node: &LeafNode,
+    ) -> Result<(), Self::Error> {
+        let key = json(group_id)?;
+        let value = json(leaf_node)?;
+        self.append(OWN_LEAF_NODES_LABEL, &key, value)
+    }
+
+    fn delete_own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(OWN_LEAF_NODES_LABEL, &json(group_id)?)
+    }
+
+    fn delete_group_config<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(JOIN_CONFIG_LABEL, &json(group_id)?)
+    }
+
+    fn delete_tree<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(TREE_LABEL, &json(group_id)?)
+    }
+
+    fn delete_confirmation_tag<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(CONFIRMATION_TAG_LABEL, &json(group_id)?)
+    }
+
+    fn delete_context<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(GROUP_CONTEXT_LABEL, &json(group_id)?)
+    }
+
+    fn delete_interim_transcript_hash<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete(INTERIM_TRANSCRIPT_HASH_LABEL, &json(group_id)?)
+    }
+
+    fn remove_proposal<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        proposal_ref: &ProposalRef,
+    ) -> Result<(), Self::Error> {
+        let key = json(group_id)?;
+        let value = json(proposal_ref)?;
+        self.remove_item(PROPOSAL_QUEUE_REFS_LABEL, &key, value)?;
+
+        let key = json(&(group_id, proposal_ref))?;
+        self.delete(QUEUED_PROPOSAL_LABEL, &key)
+    }
+}
+
+/// Build a key with version and label.
+fn build_key_from_vec(label: &[u8], key: Vec<u8>) -> Vec<u8> {
+    let mut key_out = label.to_vec();
+    key_out.extend_from_slice(&key);
+    key_out.extend_from_slice(&u16::to_be_bytes(CURRENT_VERSION));
+    key_out
+}
+
+fn epoch_key_pairs_id(
+    group_id: &impl traits::GroupId<CURRENT_VERSION>,
+    epoch: &impl traits::EpochKey<CURRENT_VERSION>,
+    leaf_index: u32,
+) -> Result<Vec<u8>, MlsStorageError> {
+    let mut key = json(group_id)?;
+    key.extend_from_slice(&json(epoch)?);
+    key.extend_from_slice(&json(&leaf_index)?);
+    Ok(key)
+}

@@ -1,0 +1,132 @@
+//! Catch-up sync, sans-IO: peers exchange summaries of how far they are in
+//! every send-group stream, and fetch what they miss from any peer's
+//! envelope log. Gossip is only a fast path; this is what makes partitions
+//! heal. The node and the simulator both call these functions.
+
+use crate::envelope::MAX_ENVELOPE_BYTES;
+use crate::id::Id32;
+use crate::identity::MemberId;
+use crate::universe::{from_cbor, to_cbor};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
+
+/// How many envelopes one fetch answer carries at most.
+pub const MAX_FETCH_ENVELOPES: usize = 256;
+/// And how many bytes.
+pub const MAX_FETCH_BYTES: usize = 4 * MAX_ENVELOPE_BYTES;
+
+/// A peer's position in every send group of one universe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    pub universe: Id32,
+    /// (group, next stream seq the peer expects = how many it holds).
+    pub heads: Vec<(Id32, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchRequest {
+    /// Stream entries `from..` of one send group.
+    Range {
+        universe: Id32,
+        group: Id32,
+        from: u64,
+    },
+    /// Welcomes that add `member` to groups of `universe`.
+    Welcomes { universe: Id32, member: MemberId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FetchResponse {
+    pub envelopes: Vec<ByteBuf>,
+    /// The oldest seq still in the server's log for the group; a requester
+    /// that needs older entries can only rejoin.
+    pub oldest: Option<u64>,
+    /// True if more entries follow (ask again from the last seq + 1).
+    pub more: bool,
+}
+
+/// The wire form of a sync request/answer (request-response protocol).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncMessage {
+    Summary(Vec<SyncSummary>),
+    Fetch(FetchRequest),
+    Summaries(Vec<SyncSummary>),
+    Fetched(FetchResponse),
+}
+
+impl SyncMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
+    }
+    pub fn decode(b: &[u8]) -> Result<SyncMessage, String> {
+        if b.len() > MAX_FETCH_BYTES + 4096 {
+            return Err(format!("sync message of {} bytes is too large", b.len()));
+        }
+        from_cbor(b)
+    }
+}
+
+/// Decides what to fetch from a peer, given our heads and theirs: every
+/// group where the peer holds more of the stream than we do.
+pub fn plan(
+    universe: Id32,
+    ours: &BTreeMap<Id32, u64>,
+    theirs: &SyncSummary,
+    me: &MemberId,
+) -> Vec<FetchRequest> {
+    let mut out = vec![];
+    let mut unknown_group = false;
+    for (group, their_next) in &theirs.heads {
+        match ours.get(group) {
+            Some(our_next) if their_next > our_next => out.push(FetchRequest::Range {
+                universe,
+                group: *group,
+                from: *our_next,
+            }),
+            Some(_) => {}
+            None => unknown_group = true,
+        }
+    }
+    // A group we are not in may hold a Welcome for us.
+    if unknown_group {
+        out.push(FetchRequest::Welcomes {
+            universe,
+            member: me.clone(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    #[test]
+    fn plans_only_what_the_peer_has_more_of() {
+        let me = Identity::from_seed([1; 32]).member_id();
+        let u = Id32([0; 32]);
+        let (a, b, c) = (Id32([1; 32]), Id32([2; 32]), Id32([3; 32]));
+        let ours = BTreeMap::from([(a, 5), (b, 9)]);
+        let theirs = SyncSummary {
+            universe: u,
+            heads: vec![(a, 7), (b, 3), (c, 1)],
+        };
+        let p = plan(u, &ours, &theirs, &me);
+        assert_eq!(
+            p,
+            vec![
+                FetchRequest::Range {
+                    universe: u,
+                    group: a,
+                    from: 5
+                },
+                FetchRequest::Welcomes {
+                    universe: u,
+                    member: me
+                }
+            ]
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! What a universe is: its definition (sent by the creator as the first
+//! application message of its send group, draft-xue-multi-mls 6.1) and the
+//! control payloads that travel inside send groups.
+
+use crate::id::Id32;
+use crate::identity::MemberId;
+use crate::profile::Profile;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniverseDef {
+    /// The group id of the creator's send group.
+    pub id: Id32,
+    pub name: String,
+    pub creator: MemberId,
+    pub admins: Vec<MemberId>,
+    pub profile: Profile,
+    pub export_len: u16,
+    /// Accepted ciphersuites (u16 code points); anything else is refused.
+    pub ciphersuites: Vec<u16>,
+}
+
+/// The payload of every application message, CBOR inside MLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A user message with the sender's per-universe sequence number.
+    Text { seq: u64, body: ByteBuf },
+    /// Sent right after every Welcome: tells joiners which universe this
+    /// send group belongs to and who is in it.
+    Hello {
+        def: UniverseDef,
+        roster: Vec<MemberId>,
+    },
+}
+
+/// Authenticated data of every commit and application message (MLS
+/// authenticates but does not encrypt it, so receivers can check
+/// dependencies before they decrypt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Aad {
+    /// The envelope's stream position, authenticated.
+    pub seq: u64,
+    /// PSKs the commit imports.
+    pub deps: Vec<(Id32, u64)>,
+    /// The owner's view of every send group: epoch and a short hash of its
+    /// epoch authenticator. Acks for rejoin and the equivocation check.
+    pub frontier: Vec<FrontierEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontierEntry {
+    pub group: Id32,
+    pub epoch: u64,
+    pub auth: [u8; 8],
+}
+
+/// A member asks owners to re-add it (it fell behind, or lost its state).
+/// Signed with the member's identity key, because the lobby is not inside
+/// any MLS group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinRequest {
+    pub universe: Id32,
+    pub member: MemberId,
+    /// KeyPackages addressed to each owner asked (TLS-encoded).
+    pub key_packages: Vec<(MemberId, ByteBuf)>,
+    /// True when the member lost its state: any owner may re-add it, using
+    /// `any_key_package` if none is addressed to it.
+    pub lost_state: bool,
+    pub any_key_package: Option<ByteBuf>,
+    /// Milliseconds (driver clock); owners ignore requests older than the last
+    /// one they served, so a replay cannot kick a member out again.
+    pub nonce: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedRejoin {
+    pub request: ByteBuf,
+    pub signature: ByteBuf,
+}
+
+pub(crate) fn to_cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(v, &mut out);
+    out
+}
+
+pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    ciborium::de::from_reader_with_recursion_limit(b, 32).map_err(|e| {
+        let mut s = e.to_string();
+        s.truncate(200);
+        s
+    })
+}
+
+pub(crate) fn auth8(authenticator: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    let n = authenticator.len().min(8);
+    a[..n].copy_from_slice(&authenticator[..n]);
+    a
+}
+
+impl UniverseDef {
+    pub fn is_admin(&self, m: &MemberId) -> bool {
+        self.admins.contains(m)
+    }
+}
