@@ -32,6 +32,10 @@ pub enum Kind {
     Application,
     /// A signed request to be re-added to send groups (body: `RejoinRequest`).
     Rejoin,
+    /// A member's Update proposal (leaf rotation) in another owner's send
+    /// group; only that owner uses it, and embeds it in the commit that
+    /// covers it.
+    Proposal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,10 @@ pub struct Envelope {
     /// processed before the receiver has reached them.
     #[serde(default)]
     pub deps: Vec<(Id32, u64)>,
+    /// The proposals (TLS MLS messages) a commit covers by reference, so
+    /// readers always have them when they have the commit.
+    #[serde(default)]
+    pub proposals: Vec<ByteBuf>,
     pub body: ByteBuf,
 }
 
@@ -85,6 +93,7 @@ impl Envelope {
             sender: None,
             to: None,
             deps: vec![],
+            proposals: vec![],
             body: ByteBuf::from(body),
         }
     }
@@ -126,7 +135,10 @@ impl Envelope {
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
-        let need_group = matches!(self.kind, Kind::Welcome | Kind::Commit | Kind::Application);
+        let need_group = matches!(
+            self.kind,
+            Kind::Welcome | Kind::Commit | Kind::Application | Kind::Proposal
+        );
         if need_group && self.group.is_none() {
             return Err(EnvelopeError::MissingField(self.kind, "group"));
         }
@@ -135,6 +147,9 @@ impl Envelope {
         }
         if self.deps.len() > 4096 {
             return Err(EnvelopeError::Malformed("too many dependencies".into()));
+        }
+        if self.proposals.len() > 4096 {
+            return Err(EnvelopeError::Malformed("too many proposals".into()));
         }
         Ok(())
     }

@@ -57,6 +57,14 @@ pub enum MmlsError {
     BufferFull(Id32),
     #[error("message too large: {0} bytes (limit {1})")]
     TooLarge(usize, usize),
+    #[error(
+        "owner {owner} equivocated: two different states of send group {group} at epoch {epoch}"
+    )]
+    Equivocation {
+        owner: crate::identity::MemberId,
+        group: Id32,
+        epoch: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -252,6 +252,13 @@ struct UniverseState {
     rejoin_requested_at: Option<u64>,
     removed: bool,
     equivocations: Vec<(MemberId, Id32, u64)>,
+    /// Update proposals received in our own group (TLS MLS messages), to
+    /// embed in the commit that covers them.
+    #[serde(default)]
+    own_proposals: Vec<ByteBuf>,
+    /// Groups where our leaf rotation is proposed but not yet committed.
+    #[serde(default)]
+    leaf_updates: BTreeSet<Id32>,
 }
 
 impl UniverseState {
@@ -276,10 +283,13 @@ impl UniverseState {
             rejoin_requested_at: None,
             removed: false,
             equivocations: vec![],
+            own_proposals: vec![],
+            leaf_updates: BTreeSet::new(),
         }
     }
     fn has_pending(&self) -> bool {
         !self.pending_imports.is_empty()
+            || !self.own_proposals.is_empty()
             || !self.pending_adds.is_empty()
             || !self.pending_removes.is_empty()
             || !self.readds.is_empty()
@@ -383,6 +393,27 @@ fn log_key(group: &Id32, seq: u64) -> Vec<u8> {
     let mut k = group.as_bytes().to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Members may send exactly one kind of proposal in a send group: an Update
+/// of their own leaf, keeping their identity.
+fn check_update_proposal(q: &QueuedProposal) -> Result<(), MmlsError> {
+    let Proposal::Update(upd) = q.proposal() else {
+        return Err(MmlsError::Unexpected(
+            "only Update proposals may be sent in another member's send group".into(),
+        ));
+    };
+    match q.sender() {
+        Sender::Member(i) if *i != LeafNodeIndex::new(0) => {}
+        _ => {
+            return Err(MmlsError::Unexpected(
+                "Update proposal from a non-member or the owner".into(),
+            ))
+        }
+    }
+    let leaf = upd.leaf_node();
+    verify_binding(leaf.credential(), leaf.signature_key().as_slice())?;
+    Ok(())
 }
 
 fn tls<T: tls_codec::Serialize>(v: &T) -> Result<Vec<u8>, MmlsError> {
@@ -615,7 +646,7 @@ impl Participant {
         }
     }
 
-    fn group(&mut self, id: &Id32) -> Result<&mut MlsGroup, MmlsError> {
+    pub(crate) fn group(&mut self, id: &Id32) -> Result<&mut MlsGroup, MmlsError> {
         cached(&mut self.groups, self.provider.storage(), id)
     }
 
@@ -774,8 +805,45 @@ impl Participant {
         if u.own_group.is_none() {
             return Err(MmlsError::UniverseNotReady(*universe));
         }
-        self.step(|p| p.commit_own(*universe, true).map(|_| ()))?;
+        self.step(|p| {
+            p.commit_own(*universe, true)?;
+            // Leaf rotation: a fresh leaf key in every other send group too.
+            let others: Vec<Id32> = p
+                .uni(universe)?
+                .groups
+                .iter()
+                .filter(|(_, s)| s.owner != p.me && !s.stale)
+                .map(|(g, _)| *g)
+                .collect();
+            for g in others {
+                p.uni_mut(universe)?.leaf_updates.insert(g);
+                p.propose_leaf_update(*universe, g)?;
+            }
+            Ok(())
+        })?;
         Ok(self.take_outputs())
+    }
+
+    /// Sends an Update proposal with a fresh leaf in `g` (someone else's
+    /// send group); its owner commits it with its next commit.
+    fn propose_leaf_update(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
+        let identity = self.identity.clone();
+        let provider = &self.provider;
+        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let (msg, _) = group
+            .propose_self_update(provider, &identity, LeafNodeParameters::default())
+            .map_err(MmlsError::mls)?;
+        let mut e = Envelope::new(Kind::Proposal, tls(&msg)?);
+        e.universe = Some(uid);
+        e.group = Some(g);
+        e.epoch = group.epoch().as_u64();
+        e.sender = Some(self.me.to_string());
+        self.outputs.push(Output::Publish(Publish {
+            topic: Topic::Universe(uid),
+            bytes: e.encode(),
+            outbox_id: None,
+        }));
+        Ok(())
     }
 
     /// Admin: add a member to the universe. Every owner mirrors it.
@@ -1372,7 +1440,13 @@ impl Participant {
         } else {
             deferred = u.pending_imports.clone();
         }
-        if !force_path && imports.is_empty() && adds.is_empty() && removals.is_empty() {
+        let proposals_in = u.own_proposals.clone();
+        if !force_path
+            && imports.is_empty()
+            && adds.is_empty()
+            && removals.is_empty()
+            && proposals_in.is_empty()
+        {
             let u = self.uni_mut(&uid)?;
             u.pending_imports = deferred;
             if u.pending_imports.is_empty() && u.pending_adds.iter().all(|m| waiting_kp.contains(m))
@@ -1412,7 +1486,13 @@ impl Participant {
             .force_self_update(force_path)
             .load_psks(provider.storage())
             .map_err(MmlsError::mls)?
-            .build(provider.rand(), provider.crypto(), &identity, |_| true)
+            // An Update from a member we remove in this commit is void.
+            .build(provider.rand(), provider.crypto(), &identity, |q| {
+                match q.sender() {
+                    Sender::Member(i) => !removals.contains(i),
+                    _ => false,
+                }
+            })
             .map_err(MmlsError::mls)?
             .stage_commit(provider)
             .map_err(MmlsError::mls)?;
@@ -1444,6 +1524,7 @@ impl Participant {
             }
             gs.joined_at.retain(|m, _| remaining.contains(m));
             u.pending_imports = deferred;
+            u.own_proposals.clear();
             u.pending_adds.retain(|m| waiting_kp.contains(m));
             u.pending_removes.clear();
             for m in &readded {
@@ -1456,7 +1537,7 @@ impl Participant {
             }
         }
         self.export_psk(uid, own)?;
-        let env = self.own_envelope(
+        let mut env = self.own_envelope(
             uid,
             own,
             Kind::Commit,
@@ -1464,6 +1545,7 @@ impl Participant {
             tls(&commit)?,
             imports.clone(),
         )?;
+        env.proposals = proposals_in;
         self.emit_stream(Topic::Universe(uid), &env);
         if let Some(w) = welcome {
             self.emit_welcome(
@@ -1657,6 +1739,7 @@ impl Participant {
             Kind::KeyPackage => self.step(|p| p.on_key_package(&env)),
             Kind::KeyPackageRequest => self.step(|p| p.on_kp_request(&env)),
             Kind::Rejoin => self.step(|p| p.on_rejoin(&env)),
+            Kind::Proposal => self.step(|p| p.on_proposal(&env)),
             Kind::Welcome | Kind::Commit | Kind::Application => self.on_stream(env, bytes),
         };
         match r {
@@ -1665,7 +1748,8 @@ impl Participant {
                 if !e.is_duplicate() {
                     self.state.rejected_inputs += 1;
                 }
-                self.outputs.clear();
+                // Outputs of steps that did commit stay queued and go out
+                // with the next call.
                 Err(e)
             }
         }
@@ -1717,6 +1801,59 @@ impl Participant {
                 self.outputs.push(Output::Publish(p));
             }
         }
+        Ok(())
+    }
+
+    /// An Update proposal for a send group: only its owner acts on it.
+    fn on_proposal(&mut self, env: &Envelope) -> Result<(), MmlsError> {
+        let uid = env
+            .universe
+            .ok_or(crate::envelope::EnvelopeError::MissingField(
+                env.kind, "universe",
+            ))?;
+        let g = env
+            .group
+            .ok_or(crate::envelope::EnvelopeError::MissingField(
+                env.kind, "group",
+            ))?;
+        let u = self.uni(&uid).map_err(|_| MmlsError::NotInUniverse(uid))?;
+        if u.own_group != Some(g) {
+            // Readers get it embedded in the owner's commit.
+            return Ok(());
+        }
+        if u.own_proposals
+            .iter()
+            .any(|p| p.as_slice() == env.body.as_slice())
+        {
+            return Err(MmlsError::Duplicate {
+                group: g,
+                seq: env.epoch,
+            });
+        }
+        let pm = Self::protocol_message(env)?;
+        let provider = &self.provider;
+        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        if pm.epoch() != group.epoch() {
+            return Err(MmlsError::Unexpected(format!(
+                "proposal for epoch {} but our group is at {} (the member re-proposes)",
+                pm.epoch().as_u64(),
+                group.epoch().as_u64()
+            )));
+        }
+        let processed = group
+            .process_message(provider, pm)
+            .map_err(MmlsError::mls)?;
+        let ProcessedMessageContent::ProposalMessage(q) = processed.into_content() else {
+            return Err(MmlsError::Unexpected("not a proposal".into()));
+        };
+        check_update_proposal(&q)?;
+        group
+            .store_pending_proposal(provider.storage(), *q)
+            .map_err(MmlsError::mls)?;
+        let now = self.now;
+        let u = self.uni_mut(&uid)?;
+        u.own_proposals.push(ByteBuf::from(env.body.to_vec()));
+        u.pending_since.get_or_insert(now);
         Ok(())
     }
 
@@ -1872,16 +2009,49 @@ impl Participant {
         if let Some((n, false)) = next {
             if n == env.seq && self.deps_ready(&uid, &env.deps)? {
                 if let Err(e) = self.step(|p| p.process_entry(uid, g, &env)) {
-                    let _ = self.step(|p| {
-                        p.buffer_remove(g, env.seq);
-                        Ok(())
-                    });
+                    self.drop_entry(uid, g, env.seq, &e);
                     return Err(e);
                 }
             }
         }
         self.drain(uid, g);
         Ok(())
+    }
+
+    /// A stream entry failed: drop it (the real one may still come), and
+    /// record an equivocation it revealed.
+    fn drop_entry(&mut self, uid: Id32, g: Id32, seq: u64, e: &MmlsError) {
+        let reason = e.to_string();
+        let eq = match e {
+            MmlsError::Equivocation {
+                owner,
+                group,
+                epoch,
+            } => Some((owner.clone(), *group, *epoch)),
+            _ => None,
+        };
+        let _ = self.step(|p| {
+            p.buffer_remove(g, seq);
+            if let Some((owner, group, epoch)) = eq {
+                let u = p.uni_mut(&uid)?;
+                if !u.equivocations.contains(&(owner.clone(), group, epoch)) {
+                    u.equivocations.push((owner.clone(), group, epoch));
+                }
+                p.emit(Event::Equivocation {
+                    universe: uid,
+                    owner,
+                    group,
+                    epoch,
+                });
+            }
+            p.emit(Event::Rejected {
+                universe: uid,
+                group: g,
+                seq,
+                reason,
+            });
+            Ok(())
+        });
     }
 
     fn welcome_is_for_me(&self, env: &Envelope) -> Result<bool, MmlsError> {
@@ -1966,17 +2136,7 @@ impl Participant {
                         progressed = true;
                     }
                     Err(e) => {
-                        let reason = e.to_string();
-                        let _ = self.step(|p| {
-                            p.buffer_remove(g, next);
-                            p.emit(Event::Rejected {
-                                universe: uid,
-                                group: g,
-                                seq: next,
-                                reason,
-                            });
-                            Ok(())
-                        });
+                        self.drop_entry(uid, g, next, &e);
                         self.set_blocked(uid, g, true);
                         break;
                     }
@@ -2212,7 +2372,6 @@ impl Participant {
     }
 
     fn check_owner_and_aad(
-        &self,
         g: &Id32,
         processed: &ProcessedMessage,
         env: &Envelope,
@@ -2243,7 +2402,7 @@ impl Participant {
         let processed = group
             .process_message(provider, pm)
             .map_err(MmlsError::mls)?;
-        self.check_owner_and_aad(&g, &processed, env, "application messages")?;
+        Self::check_owner_and_aad(&g, &processed, env, "application messages")?;
         let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() else {
             return Err(MmlsError::Unexpected(
                 "expected an application message".into(),
@@ -2347,19 +2506,90 @@ impl Participant {
                 group.epoch().as_u64()
             )));
         }
-        let processed = group
-            .process_message(provider, pm)
-            .map_err(MmlsError::mls)?;
-        let aad = self.check_owner_and_aad(&g, &processed, env, "commits")?;
+        // The proposals the commit covers travel with it.
+        for raw in &env.proposals {
+            let msg = MlsMessageIn::tls_deserialize_exact(raw.as_slice())
+                .map_err(|e| MmlsError::MalformedMls(format!("{e:?}")))?;
+            let ppm = msg
+                .try_into_protocol_message()
+                .map_err(|e| MmlsError::MalformedMls(format!("{e:?}")))?;
+            let pp = group
+                .process_message(provider, ppm)
+                .map_err(MmlsError::mls)?;
+            match pp.into_content() {
+                ProcessedMessageContent::ProposalMessage(q) => {
+                    check_update_proposal(&q)?;
+                    group
+                        .store_pending_proposal(provider.storage(), *q)
+                        .map_err(MmlsError::mls)?;
+                }
+                // Our own proposal: already in our proposal store.
+                ProcessedMessageContent::OwnPrivateMessage => {}
+                _ => {
+                    return Err(MmlsError::Unexpected(
+                        "a commit attachment that is not a proposal".into(),
+                    ))
+                }
+            }
+        }
+        let raw_aad = match &pm {
+            ProtocolMessage::PrivateMessage(m) => m.aad().to_vec(),
+            ProtocolMessage::PublicMessage(_) => vec![],
+        };
+        let processed = match group.process_message(provider, pm) {
+            Ok(p) => p,
+            Err(ProcessMessageError::InvalidCommit(err)) => {
+                // Decrypted and signature-checked, so the AAD is the
+                // owner's: a commit importing a (group, epoch) whose state
+                // differs from ours is how an equivocation shows.
+                let u = self.uni(&uid)?;
+                if let Ok(aad) = from_cbor::<Aad>(&raw_aad) {
+                    for f in &aad.frontier {
+                        if let Some(gs) = u.groups.get(&f.group) {
+                            if gs
+                                .auth
+                                .get(&f.epoch)
+                                .is_some_and(|a| *a != f.auth && f.auth != [0; 8])
+                            {
+                                return Err(MmlsError::Equivocation {
+                                    owner: gs.owner.clone(),
+                                    group: f.group,
+                                    epoch: f.epoch,
+                                });
+                            }
+                        }
+                    }
+                }
+                return Err(MmlsError::mls(err));
+            }
+            Err(e) => return Err(MmlsError::mls(e)),
+        };
+        let aad = Self::check_owner_and_aad(&g, &processed, env, "commits")?;
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(MmlsError::Unexpected(
                 "only the owner's commits are accepted in a send group".into(),
             ));
         };
-        if staged.update_proposals().next().is_some() {
-            return Err(MmlsError::Unexpected(
-                "Update proposals are not part of this protocol version".into(),
-            ));
+        let my_leaf = group.own_leaf_index();
+        let mut my_update_committed = false;
+        for up in staged.update_proposals() {
+            let Sender::Member(i) = up.sender() else {
+                return Err(MmlsError::Unexpected(
+                    "Update proposal from a non-member".into(),
+                ));
+            };
+            let new_id = {
+                let leaf = up.update_proposal().leaf_node();
+                verify_binding(leaf.credential(), leaf.signature_key().as_slice())?
+            };
+            // A leaf may rotate its keys, never change whose it is.
+            match members_before.iter().find(|(l, _)| l == i) {
+                Some((_, m)) if *m == new_id => {}
+                _ => return Err(MmlsError::BadCredential),
+            }
+            if *i == my_leaf {
+                my_update_committed = true;
+            }
         }
         let path = staged.update_path_leaf_node().is_some();
         let mut added = vec![];
@@ -2487,6 +2717,11 @@ impl Participant {
             u.pending_adds.insert(m.clone());
             u.pending_since.get_or_insert(now);
         }
+        // Our leaf rotation here: done, or re-proposed at the new epoch.
+        let wants_update = u.leaf_updates.contains(&g);
+        if wants_update && my_update_committed {
+            u.leaf_updates.remove(&g);
+        }
         for e in events {
             self.emit(e);
         }
@@ -2499,6 +2734,9 @@ impl Participant {
             });
         }
         self.export_psk(uid, g)?;
+        if wants_update && !my_update_committed {
+            self.propose_leaf_update(uid, g)?;
+        }
         Ok(())
     }
 

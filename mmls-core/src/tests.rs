@@ -72,12 +72,7 @@ fn updates_import_everywhere_and_settle_in_bounded_commits() {
     let n = 5;
     let mut net = Net::new(n);
     let uid = net.universe(Profile::Mmls00);
-    let commits_before: usize = net
-        .events
-        .iter()
-        .flatten()
-        .filter(|e| matches!(e, Event::Committed { .. }))
-        .count();
+    let marks: Vec<usize> = net.events.iter().map(|e| e.len()).collect();
     net.update(2, &uid);
     net.run();
     net.settle();
@@ -86,24 +81,55 @@ fn updates_import_everywhere_and_settle_in_bounded_commits() {
         .iter()
         .enumerate()
         .flat_map(|(i, ev)| {
-            ev.iter().filter_map(move |e| match e {
+            ev[marks[i]..].iter().filter_map(move |e| match e {
                 Event::Committed { imports, path, .. } => Some((i, *imports, *path)),
                 _ => None,
             })
         })
         .collect();
-    let after = commits.len() - commits_before;
-    // The update itself plus one PSK-only import commit per other member.
-    assert_eq!(after, 1 + (n - 1), "{commits:?}");
-    // Every other member imported node 2's update.
-    for i in (0..n).filter(|i| *i != 2) {
+    let after = &commits;
+    // Settling (DESIGN): every other member commits node 2's PSK together
+    // with its leaf-rotation Update (a path commit: an MMLS update of its
+    // own), then one PSK-only commit importing the others' path commits;
+    // node 2 itself: its update, then one import. Two commits per member,
+    // and then the universe is quiet.
+    assert_eq!(after.len(), 2 * n, "{commits:?}");
+    for i in 0..n {
+        let mine: Vec<_> = after.iter().filter(|(w, _, _)| *w == i).collect();
+        assert_eq!(mine.len(), 2, "node {i}: {mine:?}");
+        assert_eq!(
+            mine.iter().filter(|(_, _, path)| *path).count(),
+            1,
+            "node {i}: {mine:?}"
+        );
+        if i != 2 {
+            assert!(
+                mine.iter().any(|(_, imports, path)| *path && *imports == 1),
+                "node {i} did not import node 2's update with its leaf update"
+            );
+        }
         assert!(
-            commits
-                .iter()
-                .any(|(w, imports, path)| *w == i && *imports >= 1 && !*path),
-            "node {i} did not import"
+            mine.iter()
+                .any(|(_, imports, path)| !*path && *imports == n - 2 + usize::from(i == 2)),
+            "node {i}: {mine:?}"
         );
     }
+    // Quiet now: nothing more to commit.
+    let total = net
+        .events
+        .iter()
+        .flatten()
+        .filter(|e| matches!(e, Event::Committed { .. }))
+        .count();
+    net.settle();
+    assert_eq!(
+        net.events
+            .iter()
+            .flatten()
+            .filter(|e| matches!(e, Event::Committed { .. }))
+            .count(),
+        total
+    );
     net.assert_consistent(&uid);
     // Messages still flow.
     net.send(4, &uid, "after update");
@@ -555,4 +581,88 @@ fn crash_before_publish_and_mid_step_recovers_without_fork() {
     net.run();
     assert!(net.texts(0).contains(&"after crashes".to_string()));
     net.assert_consistent(&uid);
+}
+
+#[test]
+fn an_update_rotates_the_updaters_leaf_in_every_send_group() {
+    let n = 4;
+    let mut net = Net::new(n);
+    let uid = net.universe(Profile::Mmls00);
+    let x = net.member(1);
+    let leaf_key = |net: &mut Net, owner: usize| -> Vec<u8> {
+        let m = net.member(owner);
+        let g = net.node(0).group_of(&uid, &m).unwrap();
+        let group = net.node(0).group(&g).unwrap();
+        let me = group
+            .members()
+            .find(|mm| {
+                crate::identity::verify_binding(&mm.credential, &mm.signature_key).ok()
+                    == Some(x.clone())
+            })
+            .unwrap();
+        me.encryption_key.clone()
+    };
+    let before: Vec<Vec<u8>> = (0..n)
+        .filter(|o| *o != 1)
+        .map(|o| leaf_key(&mut net, o))
+        .collect();
+    net.update(1, &uid);
+    net.run();
+    net.settle();
+    let after: Vec<Vec<u8>> = (0..n)
+        .filter(|o| *o != 1)
+        .map(|o| leaf_key(&mut net, o))
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b, a, "node 1's leaf key was not rotated in some send group");
+    }
+    net.assert_consistent(&uid);
+}
+
+#[test]
+fn an_equivocating_owner_is_detected_and_named() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    // Node 1 forks itself: two different commits for the same epoch.
+    let snap = net.stores[1].snapshot().unwrap();
+    let (mut twin, _) =
+        crate::participant::Participant::open(net.ids[1].clone(), snap, config(), net.now).unwrap();
+    let a = net.node(1).update(&uid).unwrap();
+    let b = twin.update(&uid).unwrap();
+    let commit_of = |outs: &[crate::participant::Output]| {
+        outs.iter()
+            .find_map(|o| match o {
+                crate::participant::Output::Publish(p) => Envelope::decode(&p.bytes)
+                    .ok()
+                    .filter(|e| e.kind == Kind::Commit)
+                    .map(|_| p.bytes.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (ca, cb) = (commit_of(&a), commit_of(&b));
+    assert_ne!(ca, cb);
+    // Node 0 sees version A, node 2 sees version B.
+    let o = net.node(0).handle_incoming(&ca).unwrap();
+    net.absorb(0, o);
+    let o = net.node(2).handle_incoming(&cb).unwrap();
+    net.absorb(2, o);
+    // Their next commits carry their frontier; each sees the other's.
+    net.update(0, &uid);
+    net.update(2, &uid);
+    net.run();
+    let owner = net.member(1);
+    let seen = |net: &Net, i: usize| {
+        net.events[i]
+            .iter()
+            .any(|e| matches!(e, Event::Equivocation { owner: o, .. } if *o == owner))
+    };
+    assert!(seen(&net, 0) || seen(&net, 2), "no Equivocation event");
+    let st = net.node(0).status(&uid).unwrap();
+    let st2 = net.node(2).status(&uid).unwrap();
+    assert!(st
+        .equivocations
+        .iter()
+        .chain(&st2.equivocations)
+        .any(|(o, _, _)| *o == owner));
 }

@@ -1,0 +1,810 @@
+//! Criterion benchmarks of the MMLS engine against plain openmls.
+//!
+//! Run: `cargo bench -p mmls-core --bench engine` (results in BENCHMARKS.md).
+//!
+//! 1. `protect`: PROTECT + UNPROTECT of one application message
+//!    (`Participant::send` + `handle_incoming` on the peer, 2-member universe)
+//!    with the in-memory and the durable (fsync per step) store, against an
+//!    openmls `MlsGroup` of 2 (`create_message` + `process_message`).
+//! 2. `update_round`: one member's MMLS update until the universe is quiet
+//!    (N = 4, 16, 64), against one openmls self-update commit processed by
+//!    the N-1 others.
+//! 3. `psk_import_commit`: the owner's commit importing k PSKs (k = 1, 8, 32)
+//!    against an openmls commit with k external PSK proposals.
+//!
+//! Under `cargo test --all-targets` (criterion's test mode: no `--bench`
+//! argument) every benchmark runs once, at its smallest size only, so the
+//! test suite stays fast. `MMLS_BENCH_MAX_N` caps the sizes of 2 and 3.
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use mmls_core::sync::FetchRequest;
+use mmls_core::{
+    Config, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant, Profile, Store, Topic,
+    DEFAULT_CIPHERSUITE as CS,
+};
+use openmls::prelude as mls;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{OpenMlsProvider as _, OpenMlsRand as _};
+use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::storage::StorageProvider as _;
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const SIZES: [usize; 2] = [100, 1024];
+const ROUND_NS: [usize; 3] = [4, 16, 64];
+const PSK_KS: [usize; 3] = [1, 8, 32];
+
+/// Criterion's test mode (`cargo test --benches`): no `--bench` argument.
+fn test_mode() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// The sizes to run: all of them when benchmarking (capped by
+/// `MMLS_BENCH_MAX_N`), only the smallest in test mode.
+fn sizes(all: &[usize]) -> Vec<usize> {
+    if test_mode() {
+        return all[..1].to_vec();
+    }
+    let cap = std::env::var("MMLS_BENCH_MAX_N")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    all.iter().copied().filter(|n| *n <= cap).collect()
+}
+
+// ------------------------------------------------------- MMLS driver --
+
+/// What the engine produced (for counting commits and envelopes).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    envelopes: usize,
+    commits: usize,
+    path_commits: usize,
+    imports: usize,
+    messages: usize,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            envelopes: self.envelopes - o.envelopes,
+            commits: self.commits - o.commits,
+            path_commits: self.path_commits - o.path_commits,
+            imports: self.imports - o.imports,
+            messages: self.messages - o.messages,
+        }
+    }
+}
+
+/// A minimal in-memory network (every publish reaches every other node, in
+/// order; fetches answered by the first peer that can), like the engine's
+/// own test kit, which benches cannot use.
+struct Net {
+    nodes: Vec<Participant>,
+    queue: VecDeque<(usize, Topic, Vec<u8>)>,
+    fetches: Vec<(usize, FetchRequest)>,
+    now: u64,
+    counts: Counts,
+    rejections: Vec<String>,
+    /// Keeps the durable stores' files alive.
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn bench_config() -> Config {
+    Config {
+        commit_delay_ms: 0,
+        ..Config::default()
+    }
+}
+
+impl Net {
+    fn new(n: usize, durable: bool) -> Net {
+        let dir = durable.then(|| tempfile::tempdir().expect("tempdir"));
+        let mut net = Net {
+            nodes: vec![],
+            queue: VecDeque::new(),
+            fetches: vec![],
+            now: 1_000,
+            counts: Counts::default(),
+            rejections: vec![],
+            _dir: None,
+        };
+        for i in 0..n {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            let id = Identity::from_seed(seed);
+            let store = match &dir {
+                Some(d) => {
+                    Store::open(&d.path().join(format!("node{i}.redb"))).expect("open store")
+                }
+                None => Store::in_memory().expect("store"),
+            };
+            let (p, outs) = Participant::open(id, store, bench_config(), net.now).expect("open");
+            net.nodes.push(p);
+            net.absorb(i, outs);
+        }
+        net._dir = dir;
+        net.run();
+        net
+    }
+
+    fn member(&self, i: usize) -> MemberId {
+        self.nodes[i].me().clone()
+    }
+
+    fn absorb(&mut self, from: usize, outs: Vec<Output>) {
+        let mut acks = vec![];
+        for o in outs {
+            match o {
+                Output::Publish(p) => {
+                    if let Some(id) = p.outbox_id {
+                        acks.push(id);
+                    }
+                    self.counts.envelopes += 1;
+                    self.queue.push_back((from, p.topic, p.bytes));
+                }
+                Output::Event(Event::Committed { imports, path, .. }) => {
+                    self.counts.commits += 1;
+                    self.counts.path_commits += usize::from(path);
+                    self.counts.imports += imports;
+                }
+                Output::Event(Event::Message(_)) => self.counts.messages += 1,
+                Output::Event(_) => {}
+                Output::Fetch(r) => self.fetches.push((from, r)),
+            }
+        }
+        self.nodes[from].ack_published(&acks);
+    }
+
+    fn deliver(&mut self, to: usize, bytes: &[u8]) {
+        match self.nodes[to].handle_incoming(bytes) {
+            Ok(outs) => self.absorb(to, outs),
+            Err(e) if e.is_duplicate() => {}
+            Err(e) => self.rejections.push(format!("node {to}: {e}")),
+        }
+    }
+
+    /// Delivers everything queued (and what that causes) until quiet.
+    fn run(&mut self) {
+        while !self.queue.is_empty() || !self.fetches.is_empty() {
+            if let Some((from, topic, bytes)) = self.queue.pop_front() {
+                for to in 0..self.nodes.len() {
+                    if to == from {
+                        continue;
+                    }
+                    // Like gossipsub: a universe topic reaches its members only.
+                    if let Topic::Universe(u) = topic {
+                        if !self.nodes[to].universes().contains(&u) {
+                            continue;
+                        }
+                    }
+                    self.deliver(to, &bytes);
+                }
+                continue;
+            }
+            for (who, req) in std::mem::take(&mut self.fetches) {
+                for peer in 0..self.nodes.len() {
+                    if peer == who {
+                        continue;
+                    }
+                    let Ok(resp) = self.nodes[peer].serve_fetch(&req) else {
+                        continue;
+                    };
+                    if resp.envelopes.is_empty() && resp.oldest.is_none() {
+                        continue;
+                    }
+                    let outs = self.nodes[who].handle_fetch_response(&req, resp);
+                    self.absorb(who, outs);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Advances time on every node, then runs the network. Returns whether
+    /// anything was published.
+    fn tick(&mut self, ms: u64) -> bool {
+        let before = self.counts.envelopes;
+        self.now += ms;
+        for i in 0..self.nodes.len() {
+            let outs = self.nodes[i].tick(self.now);
+            self.absorb(i, outs);
+        }
+        self.run();
+        self.counts.envelopes != before
+    }
+
+    /// Catch-up sync between every pair of nodes (setup only).
+    fn sync_all(&mut self) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a == b {
+                    continue;
+                }
+                for s in self.nodes[b].summaries() {
+                    for r in self.nodes[a].plan_fetches(&s) {
+                        let Ok(resp) = self.nodes[b].serve_fetch(&r) else {
+                            continue;
+                        };
+                        let outs = self.nodes[a].handle_fetch_response(&r, resp);
+                        self.absorb(a, outs);
+                    }
+                }
+            }
+        }
+        self.run();
+    }
+
+    /// Ticks until three ticks in a row publish nothing.
+    fn settle(&mut self) {
+        let mut quiet = 0;
+        for _ in 0..1_000 {
+            if self.tick(1_000) {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet == 3 {
+                    return;
+                }
+            }
+        }
+        panic!("the universe does not settle");
+    }
+
+    /// Node 0 creates a universe with everyone; returns once it is quiet
+    /// and every node agrees on every send group.
+    fn universe(&mut self) -> Id32 {
+        let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
+        let (uid, outs) = self.nodes[0]
+            .create_universe("bench", &members, &[], Profile::Mmls00)
+            .expect("create universe");
+        self.absorb(0, outs);
+        self.run();
+        self.settle();
+        self.sync_all();
+        self.settle();
+        self.assert_healthy(&uid);
+        uid
+    }
+
+    fn assert_healthy(&mut self, uid: &Id32) {
+        assert!(
+            self.rejections.is_empty(),
+            "rejections: {:?}",
+            self.rejections
+        );
+        let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
+        for owner in &members {
+            let mut seen: Option<(u64, Vec<u8>)> = None;
+            for i in 0..self.nodes.len() {
+                let g = self.nodes[i]
+                    .group_of(uid, owner)
+                    .unwrap_or_else(|| panic!("node {i} lacks the group of {owner:?}"));
+                let fp = self.nodes[i].epoch_fingerprint(&g).expect("fingerprint");
+                if let Some(s) = &seen {
+                    assert_eq!(s, &fp, "node {i} disagrees on the group of {owner:?}");
+                }
+                seen = Some(fp);
+            }
+        }
+    }
+
+    /// PROTECT on `from`: the one envelope it publishes.
+    fn protect(&mut self, from: usize, uid: &Id32, body: &[u8]) -> Vec<u8> {
+        let (_, outs) = self.nodes[from].send(uid, body).expect("send");
+        let mut bytes = None;
+        let mut acks = vec![];
+        for o in outs {
+            if let Output::Publish(p) = o {
+                assert!(bytes.is_none(), "send published more than one envelope");
+                acks.extend(p.outbox_id);
+                bytes = Some(p.bytes);
+            }
+        }
+        self.nodes[from].ack_published(&acks);
+        bytes.expect("send published nothing")
+    }
+
+    /// UNPROTECT on `to`: must deliver exactly one message.
+    fn unprotect(&mut self, to: usize, bytes: &[u8]) {
+        let outs = self.nodes[to].handle_incoming(bytes).expect("unprotect");
+        let delivered = outs
+            .iter()
+            .filter(|o| matches!(o, Output::Event(Event::Message(_))))
+            .count();
+        assert_eq!(delivered, 1, "expected one delivered message");
+        black_box(outs);
+    }
+
+    /// One full update round started by `who`: its update, delivered to
+    /// everyone, every owner commits its imports (ticks, commit delay 0),
+    /// every commit delivered to everyone, until a tick publishes nothing.
+    /// The time excludes that final quiet tick.
+    fn update_round(&mut self, uid: &Id32, who: usize) -> (Duration, Counts) {
+        let c0 = self.counts;
+        let t = Instant::now();
+        let outs = self.nodes[who].update(uid).expect("update");
+        self.absorb(who, outs);
+        self.run();
+        let mut elapsed = t.elapsed();
+        let mut waves = 0;
+        while self.tick(1) {
+            elapsed = t.elapsed();
+            waves += 1;
+            assert!(waves < 100, "update round does not settle");
+        }
+        assert!(
+            self.rejections.is_empty(),
+            "rejections: {:?}",
+            self.rejections
+        );
+        (elapsed, self.counts - c0)
+    }
+}
+
+// --------------------------------------------------- openmls baseline --
+
+struct Member {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    cwk: mls::CredentialWithKey,
+}
+
+impl Member {
+    fn new(i: usize) -> Member {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CS.signature_algorithm()).expect("signer");
+        signer.store(provider.storage()).expect("store signer");
+        let credential = mls::BasicCredential::new(format!("member {i}").into_bytes());
+        let cwk = mls::CredentialWithKey {
+            credential: credential.into(),
+            signature_key: signer.public().into(),
+        };
+        Member {
+            provider,
+            signer,
+            cwk,
+        }
+    }
+
+    fn key_package(&self) -> mls::KeyPackage {
+        mls::KeyPackage::builder()
+            .build(CS, &self.provider, &self.signer, self.cwk.clone())
+            .expect("key package")
+            .key_package()
+            .clone()
+    }
+}
+
+/// The engine's group settings, so the comparison is like for like.
+fn create_config() -> mls::MlsGroupCreateConfig {
+    mls::MlsGroupCreateConfig::builder()
+        .ciphersuite(CS)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(mls::PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(0)
+        .sender_ratchet_configuration(mls::SenderRatchetConfiguration::new(64, 10_000))
+        .build()
+}
+
+fn join_config() -> mls::MlsGroupJoinConfig {
+    mls::MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(mls::PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(0)
+        .sender_ratchet_configuration(mls::SenderRatchetConfiguration::new(64, 10_000))
+        .build()
+}
+
+fn to_wire(m: &mls::MlsMessageOut) -> Vec<u8> {
+    m.tls_serialize_detached().expect("tls encode")
+}
+
+fn protocol_message(bytes: &[u8]) -> mls::ProtocolMessage {
+    mls::MlsMessageIn::tls_deserialize_exact(bytes)
+        .expect("tls decode")
+        .try_into_protocol_message()
+        .expect("protocol message")
+}
+
+/// A plain openmls group of `n`; with `joined` every member holds its
+/// `MlsGroup`, otherwise only the creator (the others are leaves only).
+struct Baseline {
+    members: Vec<Member>,
+    groups: Vec<mls::MlsGroup>,
+}
+
+impl Baseline {
+    fn new(n: usize, joined: bool) -> Baseline {
+        let members: Vec<Member> = (0..n).map(Member::new).collect();
+        let m0 = &members[0];
+        let mut g0 = mls::MlsGroup::new(&m0.provider, &m0.signer, &create_config(), m0.cwk.clone())
+            .expect("new group");
+        let kps: Vec<mls::KeyPackage> = members[1..].iter().map(Member::key_package).collect();
+        let (_, welcome, _) = g0
+            .add_members(&m0.provider, &m0.signer, &kps)
+            .expect("add members");
+        g0.merge_pending_commit(&m0.provider).expect("merge");
+        let mut groups = vec![g0];
+        if joined {
+            let wire = to_wire(&welcome);
+            for m in &members[1..] {
+                let msg =
+                    mls::MlsMessageIn::tls_deserialize_exact(wire.as_slice()).expect("decode");
+                let mls::MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+                    panic!("not a welcome");
+                };
+                let g = mls::StagedWelcome::new_from_welcome(&m.provider, &join_config(), w, None)
+                    .expect("stage welcome")
+                    .into_group(&m.provider)
+                    .expect("join");
+                groups.push(g);
+            }
+        }
+        Baseline { members, groups }
+    }
+
+    fn protect(&mut self, from: usize, body: &[u8]) -> Vec<u8> {
+        let m = &self.members[from];
+        let msg = self.groups[from]
+            .create_message(&m.provider, &m.signer, body)
+            .expect("create message");
+        to_wire(&msg)
+    }
+
+    fn unprotect(&mut self, to: usize, bytes: &[u8]) {
+        let m = &self.members[to];
+        let processed = self.groups[to]
+            .process_message(&m.provider, protocol_message(bytes))
+            .expect("process message");
+        let mls::ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() else {
+            panic!("not an application message");
+        };
+        black_box(app.into_bytes());
+    }
+
+    /// `who` commits a self-update; every other member processes it.
+    fn update_round(&mut self, who: usize) {
+        let m = &self.members[who];
+        let bundle = self.groups[who]
+            .self_update(&m.provider, &m.signer, mls::LeafNodeParameters::default())
+            .expect("self update");
+        self.groups[who]
+            .merge_pending_commit(&m.provider)
+            .expect("merge");
+        let wire = to_wire(bundle.commit());
+        for j in 0..self.groups.len() {
+            if j == who {
+                continue;
+            }
+            let m = &self.members[j];
+            let processed = self.groups[j]
+                .process_message(&m.provider, protocol_message(&wire))
+                .expect("process commit");
+            let mls::ProcessedMessageContent::StagedCommitMessage(staged) =
+                processed.into_content()
+            else {
+                panic!("not a commit");
+            };
+            self.groups[j]
+                .merge_staged_commit(&m.provider, *staged)
+                .expect("merge staged");
+        }
+    }
+
+    /// Stores `k` fresh external PSKs (as an importer would after peers'
+    /// updates); returns their ids.
+    fn store_psks(&mut self, k: usize, round: u64) -> Vec<Vec<u8>> {
+        let p = &self.members[0].provider;
+        (0..k)
+            .map(|j| {
+                // Like the engine's ids: epoch_be_u64 || group id (32 bytes).
+                let mut id = round.to_be_bytes().to_vec();
+                id.extend_from_slice(&[j as u8; 32]);
+                let secret = p.rand().random_vec(32).expect("random");
+                PreSharedKeyId::external(id.clone(), vec![0; CS.hash_length()])
+                    .store(p, &secret)
+                    .expect("store psk");
+                id
+            })
+            .collect()
+    }
+
+    /// The owner's commit with one external PSK proposal per id (fresh
+    /// nonces), staged, merged and encoded.
+    fn psk_commit(&mut self, ids: &[Vec<u8>]) -> Vec<u8> {
+        let m = &self.members[0];
+        let p = &m.provider;
+        let proposals: Vec<mls::Proposal> = ids
+            .iter()
+            .map(|id| {
+                let nonce = p.rand().random_vec(CS.hash_length()).expect("nonce");
+                let psk = PreSharedKeyId::external(id.clone(), nonce);
+                mls::Proposal::PreSharedKey(Box::new(mls::PreSharedKeyProposal::new(psk)))
+            })
+            .collect();
+        let g = &mut self.groups[0];
+        let bundle = g
+            .commit_builder()
+            .add_proposals(proposals)
+            .load_psks(p.storage())
+            .expect("load psks")
+            .build(p.rand(), p.crypto(), &m.signer, |_| true)
+            .expect("build commit")
+            .stage_commit(p)
+            .expect("stage commit");
+        g.merge_pending_commit(p).expect("merge");
+        to_wire(bundle.commit())
+    }
+
+    fn delete_psks(&mut self, ids: Vec<Vec<u8>>) {
+        let p = &self.members[0].provider;
+        for id in ids {
+            p.storage()
+                .delete_psk(&Psk::External(ExternalPsk::new(id)))
+                .expect("delete psk");
+        }
+    }
+}
+
+// ------------------------------------------------------- benchmarks --
+
+/// 1. PROTECT + UNPROTECT, and each half alone.
+fn bench_protect(c: &mut Criterion) {
+    let mut g = c.benchmark_group("protect");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+
+    for durable in [false, true] {
+        let name = if durable { "mmls_durable" } else { "mmls_mem" };
+        let mut net = Net::new(2, durable);
+        let uid = net.universe();
+        for &size in &sizes(&SIZES) {
+            let body = vec![0x5a; size];
+            g.bench_function(BenchmarkId::new(format!("{name}/roundtrip"), size), |b| {
+                b.iter_custom(|iters| {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        let bytes = net.protect(1, &uid, &body);
+                        net.unprotect(0, &bytes);
+                    }
+                    t.elapsed()
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("{name}/protect"), size), |b| {
+                b.iter_custom(|iters| {
+                    let t = Instant::now();
+                    let sent: Vec<Vec<u8>> =
+                        (0..iters).map(|_| net.protect(1, &uid, &body)).collect();
+                    let elapsed = t.elapsed();
+                    for bytes in &sent {
+                        net.unprotect(0, bytes);
+                    }
+                    elapsed
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("{name}/unprotect"), size), |b| {
+                b.iter_custom(|iters| {
+                    let sent: Vec<Vec<u8>> =
+                        (0..iters).map(|_| net.protect(1, &uid, &body)).collect();
+                    let t = Instant::now();
+                    for bytes in &sent {
+                        net.unprotect(0, bytes);
+                    }
+                    t.elapsed()
+                })
+            });
+            if !durable {
+                let bytes = net.protect(1, &uid, &body);
+                net.unprotect(0, &bytes);
+                let env = Envelope::decode(&bytes).expect("decode");
+                println!(
+                    "envelope for a {size} B message: {} B (MLS message {} B)",
+                    bytes.len(),
+                    env.body.len()
+                );
+            }
+        }
+        net.assert_healthy(&uid);
+    }
+
+    let mut base = Baseline::new(2, true);
+    for &size in &sizes(&SIZES) {
+        let body = vec![0x5a; size];
+        g.bench_function(BenchmarkId::new("openmls/roundtrip", size), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let bytes = base.protect(1, &body);
+                    base.unprotect(0, &bytes);
+                }
+                t.elapsed()
+            })
+        });
+        g.bench_function(BenchmarkId::new("openmls/protect", size), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                let sent: Vec<Vec<u8>> = (0..iters).map(|_| base.protect(1, &body)).collect();
+                let elapsed = t.elapsed();
+                for bytes in &sent {
+                    base.unprotect(0, bytes);
+                }
+                elapsed
+            })
+        });
+        g.bench_function(BenchmarkId::new("openmls/unprotect", size), |b| {
+            b.iter_custom(|iters| {
+                let sent: Vec<Vec<u8>> = (0..iters).map(|_| base.protect(1, &body)).collect();
+                let t = Instant::now();
+                for bytes in &sent {
+                    base.unprotect(0, bytes);
+                }
+                t.elapsed()
+            })
+        });
+        println!(
+            "openmls message for a {size} B message: {} B",
+            base.protect(1, &body).len()
+        );
+        // Keep the receiver in step (max_past_epochs 0, one epoch anyway).
+    }
+    g.finish();
+}
+
+/// 2. One full update round, N = 4, 16, 64.
+fn bench_update_round(c: &mut Criterion) {
+    let mut g = c.benchmark_group("update_round");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4));
+
+    for &n in &sizes(&ROUND_NS) {
+        let t = Instant::now();
+        let mut net = Net::new(n, false);
+        let uid = net.universe();
+        println!(
+            "setup: universe of {n} in {:.1} s ({} commits, {} envelopes)",
+            t.elapsed().as_secs_f64(),
+            net.counts.commits,
+            net.counts.envelopes
+        );
+        // One round outside the measurement, to print what a round costs.
+        let (d, c) = net.update_round(&uid, 1 % n);
+        println!(
+            "update round N={n}: {:.1} ms, {} commits ({} with path), {} PSK imports, \
+             {} envelopes ({} proposals), {} commits processed",
+            d.as_secs_f64() * 1e3,
+            c.commits,
+            c.path_commits,
+            c.imports,
+            c.envelopes,
+            c.envelopes - c.commits,
+            c.commits * (n - 1)
+        );
+        let mut who = 2;
+        g.bench_function(BenchmarkId::new("mmls", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (d, c) = net.update_round(&uid, who % n);
+                    assert_eq!(c.commits, 2 * n, "commits per update round");
+                    total += d;
+                    who += 1;
+                }
+                total
+            })
+        });
+        net.assert_healthy(&uid);
+        drop(net);
+
+        let mut base = Baseline::new(n, true);
+        let mut who = 0;
+        g.bench_function(BenchmarkId::new("openmls", n), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    base.update_round(who % n);
+                    who += 1;
+                }
+                t.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// 3. The owner's commit importing k PSKs.
+fn bench_psk_import(c: &mut Criterion) {
+    let mut g = c.benchmark_group("psk_import_commit");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+
+    for &k in &sizes(&PSK_KS) {
+        // A universe of k+1; node 0 is the owner. Each iteration, the k
+        // peers make an MMLS update and only their commits reach the owner
+        // (their leaf-rotation proposals are withheld, so the owner's
+        // commit carries exactly k PSK proposals and no path, like the
+        // baseline); timed: the owner's tick, which commits the imports.
+        let mut net = Net::new(k + 1, false);
+        let uid = net.universe();
+        g.bench_function(BenchmarkId::new("mmls", k), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for j in 1..=k {
+                        let outs = net.nodes[j].update(&uid).expect("update");
+                        let mut acks = vec![];
+                        for o in outs {
+                            if let Output::Publish(p) = o {
+                                acks.extend(p.outbox_id);
+                                let env = Envelope::decode(&p.bytes).expect("decode");
+                                if env.kind == Kind::Commit {
+                                    net.deliver(0, &p.bytes);
+                                }
+                            }
+                        }
+                        net.nodes[j].ack_published(&acks);
+                    }
+                    assert!(net.rejections.is_empty(), "{:?}", net.rejections);
+                    net.now += 1;
+                    let now = net.now;
+                    let t = Instant::now();
+                    let outs = net.nodes[0].tick(now);
+                    total += t.elapsed();
+                    let imports: Vec<(usize, bool)> = outs
+                        .iter()
+                        .filter_map(|o| match o {
+                            Output::Event(Event::Committed { imports, path, .. }) => {
+                                Some((*imports, *path))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    assert_eq!(imports, vec![(k, false)], "owner's import commit");
+                    let acks: Vec<u64> = outs
+                        .iter()
+                        .filter_map(|o| match o {
+                            Output::Publish(p) => p.outbox_id,
+                            _ => None,
+                        })
+                        .collect();
+                    net.nodes[0].ack_published(&acks);
+                }
+                total
+            })
+        });
+        drop(net);
+
+        let mut base = Baseline::new(k + 1, false);
+        let mut round = 0u64;
+        g.bench_function(BenchmarkId::new("openmls", k), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    let ids = base.store_psks(k, round);
+                    let t = Instant::now();
+                    black_box(base.psk_commit(&ids));
+                    total += t.elapsed();
+                    base.delete_psks(ids);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_protect, bench_update_round, bench_psk_import);
+criterion_main!(benches);
