@@ -21,8 +21,8 @@ use criterion::{
 };
 use mmls_core::sync::FetchRequest;
 use mmls_core::{
-    Config, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant, Profile, Store, Topic,
-    DEFAULT_CIPHERSUITE as CS,
+    Config, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant, Profile, Store,
+    Topic, DEFAULT_CIPHERSUITE as CS,
 };
 use openmls::prelude as mls;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -555,6 +555,81 @@ impl Baseline {
 
 // ------------------------------------------------------- benchmarks --
 
+/// Criterion's benchmark filter (the first positional argument), to skip
+/// the setup of benchmarks that will not run.
+fn filter() -> Option<String> {
+    const WITH_VALUE: [&str; 19] = [
+        "-s",
+        "--save-baseline",
+        "-b",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--plotting-backend",
+        "--output-format",
+        "-c",
+        "--color",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// Whether criterion will run the benchmark `id` (substring match, which
+/// is what a plain-name filter amounts to).
+fn wanted(id: &str) -> bool {
+    filter().is_none_or(|f| id.contains(&f))
+}
+
+/// Rounds measured by hand (outside criterion's 10+1 samples) for sizes
+/// whose single round takes longer than `SLOW_ROUND`.
+fn slow_rounds() -> usize {
+    std::env::var("MMLS_BENCH_SLOW_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+const SLOW_ROUND: Duration = Duration::from_secs(5);
+
+/// Size of a node's serialized engine state (written on every step).
+fn state_bytes(net: &Net, i: usize) -> usize {
+    net.nodes[i]
+        .store()
+        .get(mmls_core::store::Table::Meta, b"engine")
+        .ok()
+        .flatten()
+        .map_or(0, |v| v.len())
+}
+
+fn universe_of(n: usize, durable: bool) -> (Net, Id32) {
+    let t = Instant::now();
+    let mut net = Net::new(n, durable);
+    let uid = net.universe();
+    println!(
+        "setup: universe of {n}{} in {:.1} s; engine state {} B per node",
+        if durable { " (durable)" } else { "" },
+        t.elapsed().as_secs_f64(),
+        state_bytes(&net, 0)
+    );
+    (net, uid)
+}
+
 /// 1. PROTECT + UNPROTECT, and each half alone.
 fn bench_protect(c: &mut Criterion) {
     let mut g = c.benchmark_group("protect");
@@ -565,25 +640,27 @@ fn bench_protect(c: &mut Criterion) {
 
     for durable in [false, true] {
         let name = if durable { "mmls_durable" } else { "mmls_mem" };
-        let mut net = Net::new(2, durable);
-        let uid = net.universe();
+        // Set up on first use: a filtered-out benchmark costs nothing.
+        let mut lazy: Option<(Net, Id32)> = None;
         for &size in &sizes(&SIZES) {
             let body = vec![0x5a; size];
             g.bench_function(BenchmarkId::new(format!("{name}/roundtrip"), size), |b| {
+                let (net, uid) = lazy.get_or_insert_with(|| universe_of(2, durable));
                 b.iter_custom(|iters| {
                     let t = Instant::now();
                     for _ in 0..iters {
-                        let bytes = net.protect(1, &uid, &body);
+                        let bytes = net.protect(1, uid, &body);
                         net.unprotect(0, &bytes);
                     }
                     t.elapsed()
                 })
             });
             g.bench_function(BenchmarkId::new(format!("{name}/protect"), size), |b| {
+                let (net, uid) = lazy.get_or_insert_with(|| universe_of(2, durable));
                 b.iter_custom(|iters| {
                     let t = Instant::now();
                     let sent: Vec<Vec<u8>> =
-                        (0..iters).map(|_| net.protect(1, &uid, &body)).collect();
+                        (0..iters).map(|_| net.protect(1, uid, &body)).collect();
                     let elapsed = t.elapsed();
                     for bytes in &sent {
                         net.unprotect(0, bytes);
@@ -592,9 +669,10 @@ fn bench_protect(c: &mut Criterion) {
                 })
             });
             g.bench_function(BenchmarkId::new(format!("{name}/unprotect"), size), |b| {
+                let (net, uid) = lazy.get_or_insert_with(|| universe_of(2, durable));
                 b.iter_custom(|iters| {
                     let sent: Vec<Vec<u8>> =
-                        (0..iters).map(|_| net.protect(1, &uid, &body)).collect();
+                        (0..iters).map(|_| net.protect(1, uid, &body)).collect();
                     let t = Instant::now();
                     for bytes in &sent {
                         net.unprotect(0, bytes);
@@ -602,24 +680,27 @@ fn bench_protect(c: &mut Criterion) {
                     t.elapsed()
                 })
             });
-            if !durable {
-                let bytes = net.protect(1, &uid, &body);
+            if let Some((net, uid)) = lazy.as_mut().filter(|_| !durable) {
+                let bytes = net.protect(1, uid, &body);
                 net.unprotect(0, &bytes);
                 let env = Envelope::decode(&bytes).expect("decode");
                 println!(
-                    "envelope for a {size} B message: {} B (MLS message {} B)",
+                    "wire: MMLS envelope for a {size} B message: {} B (MLS message inside {} B)",
                     bytes.len(),
                     env.body.len()
                 );
             }
         }
-        net.assert_healthy(&uid);
+        if let Some((mut net, uid)) = lazy {
+            net.assert_healthy(&uid);
+        }
     }
 
-    let mut base = Baseline::new(2, true);
+    let mut lazy: Option<Baseline> = None;
     for &size in &sizes(&SIZES) {
         let body = vec![0x5a; size];
         g.bench_function(BenchmarkId::new("openmls/roundtrip", size), |b| {
+            let base = lazy.get_or_insert_with(|| Baseline::new(2, true));
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
@@ -630,6 +711,7 @@ fn bench_protect(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("openmls/protect", size), |b| {
+            let base = lazy.get_or_insert_with(|| Baseline::new(2, true));
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 let sent: Vec<Vec<u8>> = (0..iters).map(|_| base.protect(1, &body)).collect();
@@ -641,6 +723,7 @@ fn bench_protect(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("openmls/unprotect", size), |b| {
+            let base = lazy.get_or_insert_with(|| Baseline::new(2, true));
             b.iter_custom(|iters| {
                 let sent: Vec<Vec<u8>> = (0..iters).map(|_| base.protect(1, &body)).collect();
                 let t = Instant::now();
@@ -650,11 +733,14 @@ fn bench_protect(c: &mut Criterion) {
                 t.elapsed()
             })
         });
-        println!(
-            "openmls message for a {size} B message: {} B",
-            base.protect(1, &body).len()
-        );
-        // Keep the receiver in step (max_past_epochs 0, one epoch anyway).
+        if let Some(base) = lazy.as_mut() {
+            let bytes = base.protect(1, &body);
+            base.unprotect(0, &bytes);
+            println!(
+                "wire: openmls message for a {size} B message: {} B",
+                bytes.len()
+            );
+        }
     }
     g.finish();
 }
@@ -668,47 +754,64 @@ fn bench_update_round(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4));
 
     for &n in &sizes(&ROUND_NS) {
-        let t = Instant::now();
-        let mut net = Net::new(n, false);
-        let uid = net.universe();
-        println!(
-            "setup: universe of {n} in {:.1} s ({} commits, {} envelopes)",
-            t.elapsed().as_secs_f64(),
-            net.counts.commits,
-            net.counts.envelopes
-        );
-        // One round outside the measurement, to print what a round costs.
-        let (d, c) = net.update_round(&uid, 1 % n);
-        println!(
-            "update round N={n}: {:.1} ms, {} commits ({} with path), {} PSK imports, \
-             {} envelopes ({} proposals), {} commits processed",
-            d.as_secs_f64() * 1e3,
-            c.commits,
-            c.path_commits,
-            c.imports,
-            c.envelopes,
-            c.envelopes - c.commits,
-            c.commits * (n - 1)
-        );
-        let mut who = 2;
-        g.bench_function(BenchmarkId::new("mmls", n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (d, c) = net.update_round(&uid, who % n);
-                    assert_eq!(c.commits, 2 * n, "commits per update round");
-                    total += d;
+        let id = format!("update_round/mmls/{n}");
+        if wanted(&id) {
+            let (mut net, uid) = universe_of(n, false);
+            // One round outside the measurement, to print what a round costs.
+            let (d, c) = net.update_round(&uid, 1 % n);
+            let processed = c.commits * (n - 1);
+            println!(
+                "update round N={n}: {:.1} ms; {} commits ({} with path, {} PSK imports), \
+                 {} envelopes ({} leaf-update proposals); {} commit processings, \
+                 {:.2} ms each; engine state now {} B per node",
+                d.as_secs_f64() * 1e3,
+                c.commits,
+                c.path_commits,
+                c.imports,
+                c.envelopes,
+                c.envelopes - c.commits,
+                processed,
+                d.as_secs_f64() * 1e3 / processed as f64,
+                state_bytes(&net, 0)
+            );
+            let mut who = 2;
+            if d > SLOW_ROUND && !test_mode() {
+                // Criterion would need 11 rounds at least: measure by hand.
+                let rounds = slow_rounds();
+                let mut times = vec![d];
+                for _ in 1..rounds {
+                    times.push(net.update_round(&uid, who % n).0);
                     who += 1;
                 }
-                total
-            })
-        });
-        net.assert_healthy(&uid);
-        drop(net);
+                let mean = times.iter().sum::<Duration>() / times.len() as u32;
+                println!(
+                    "{id:<24}time:   [{:.3} s] (measured by hand: mean of {} round(s), \
+                     each > {} s; set MMLS_BENCH_SLOW_ROUNDS for more)",
+                    mean.as_secs_f64(),
+                    times.len(),
+                    SLOW_ROUND.as_secs()
+                );
+            } else {
+                g.bench_function(BenchmarkId::new("mmls", n), |b| {
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let (d, c) = net.update_round(&uid, who % n);
+                            assert_eq!(c.commits, 2 * n, "commits per update round");
+                            total += d;
+                            who += 1;
+                        }
+                        total
+                    })
+                });
+            }
+            net.assert_healthy(&uid);
+        }
 
-        let mut base = Baseline::new(n, true);
+        let mut lazy: Option<Baseline> = None;
         let mut who = 0;
         g.bench_function(BenchmarkId::new("openmls", n), |b| {
+            let base = lazy.get_or_insert_with(|| Baseline::new(n, true));
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
@@ -736,14 +839,14 @@ fn bench_psk_import(c: &mut Criterion) {
         // (their leaf-rotation proposals are withheld, so the owner's
         // commit carries exactly k PSK proposals and no path, like the
         // baseline); timed: the owner's tick, which commits the imports.
-        let mut net = Net::new(k + 1, false);
-        let uid = net.universe();
+        let mut lazy: Option<(Net, Id32)> = None;
         g.bench_function(BenchmarkId::new("mmls", k), |b| {
+            let (net, uid) = lazy.get_or_insert_with(|| universe_of(k + 1, false));
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     for j in 1..=k {
-                        let outs = net.nodes[j].update(&uid).expect("update");
+                        let outs = net.nodes[j].update(uid).expect("update");
                         let mut acks = vec![];
                         for o in outs {
                             if let Output::Publish(p) = o {
@@ -762,7 +865,7 @@ fn bench_psk_import(c: &mut Criterion) {
                     let t = Instant::now();
                     let outs = net.nodes[0].tick(now);
                     total += t.elapsed();
-                    let imports: Vec<(usize, bool)> = outs
+                    let commits: Vec<(usize, bool)> = outs
                         .iter()
                         .filter_map(|o| match o {
                             Output::Event(Event::Committed { imports, path, .. }) => {
@@ -771,7 +874,7 @@ fn bench_psk_import(c: &mut Criterion) {
                             _ => None,
                         })
                         .collect();
-                    assert_eq!(imports, vec![(k, false)], "owner's import commit");
+                    assert_eq!(commits, vec![(k, false)], "owner's import commit");
                     let acks: Vec<u64> = outs
                         .iter()
                         .filter_map(|o| match o {
@@ -784,11 +887,12 @@ fn bench_psk_import(c: &mut Criterion) {
                 total
             })
         });
-        drop(net);
+        drop(lazy);
 
-        let mut base = Baseline::new(k + 1, false);
+        let mut lazy: Option<Baseline> = None;
         let mut round = 0u64;
         g.bench_function(BenchmarkId::new("openmls", k), |b| {
+            let base = lazy.get_or_insert_with(|| Baseline::new(k + 1, false));
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {

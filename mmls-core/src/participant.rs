@@ -259,6 +259,9 @@ struct UniverseState {
     /// Groups where our leaf rotation is proposed but not yet committed.
     #[serde(default)]
     leaf_updates: BTreeSet<Id32>,
+    /// Policy: an own MMLS update is due (after rejoining).
+    #[serde(default)]
+    update_due: bool,
 }
 
 impl UniverseState {
@@ -285,6 +288,7 @@ impl UniverseState {
             equivocations: vec![],
             own_proposals: vec![],
             leaf_updates: BTreeSet::new(),
+            update_due: false,
         }
     }
     fn has_pending(&self) -> bool {
@@ -306,6 +310,9 @@ struct EngineState {
     my_kp: Option<ByteBuf>,
     /// Hash refs of KeyPackages we made (to recognise our Welcomes).
     my_kp_refs: BTreeSet<ByteBuf>,
+    /// Those of them that are last-resort (reused across Welcomes).
+    #[serde(default)]
+    last_resort_refs: BTreeSet<ByteBuf>,
     /// Non-last-resort KeyPackages others gave us, once used (never twice).
     used_kp_refs: BTreeSet<ByteBuf>,
     kp_requested: BTreeMap<MemberId, u64>,
@@ -545,6 +552,9 @@ impl Participant {
             .map_err(MmlsError::mls)?;
         self.state
             .my_kp_refs
+            .insert(ByteBuf::from(r.as_slice().to_vec()));
+        self.state
+            .last_resort_refs
             .insert(ByteBuf::from(r.as_slice().to_vec()));
         self.state.my_kp = Some(ByteBuf::from(tls(kp)?));
         Ok(())
@@ -805,23 +815,27 @@ impl Participant {
         if u.own_group.is_none() {
             return Err(MmlsError::UniverseNotReady(*universe));
         }
-        self.step(|p| {
-            p.commit_own(*universe, true)?;
-            // Leaf rotation: a fresh leaf key in every other send group too.
-            let others: Vec<Id32> = p
-                .uni(universe)?
-                .groups
-                .iter()
-                .filter(|(_, s)| s.owner != p.me && !s.stale)
-                .map(|(g, _)| *g)
-                .collect();
-            for g in others {
-                p.uni_mut(universe)?.leaf_updates.insert(g);
-                p.propose_leaf_update(*universe, g)?;
-            }
-            Ok(())
-        })?;
+        self.step(|p| p.mmls_update(*universe))?;
         Ok(self.take_outputs())
+    }
+
+    /// An MMLS update: a commit with a fresh path in our group, and a fresh
+    /// leaf (Update proposal) in every other send group.
+    fn mmls_update(&mut self, uid: Id32) -> Result<(), MmlsError> {
+        self.commit_own(uid, true)?;
+        let others: Vec<Id32> = self
+            .uni(&uid)?
+            .groups
+            .iter()
+            .filter(|(_, s)| s.owner != self.me && !s.stale)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in others {
+            self.uni_mut(&uid)?.leaf_updates.insert(g);
+            self.propose_leaf_update(uid, g)?;
+        }
+        self.uni_mut(&uid)?.update_due = false;
+        Ok(())
     }
 
     /// Sends an Update proposal with a fresh leaf in `g` (someone else's
@@ -978,8 +992,10 @@ impl Participant {
             let due_commit = u.has_pending()
                 && u.pending_since
                     .is_some_and(|t| now >= t.saturating_add(cfg.commit_delay_ms));
-            if due_update || due_commit {
-                self.commit_own(uid, due_update)?;
+            if due_update || u.update_due {
+                self.mmls_update(uid)?;
+            } else if due_commit {
+                self.commit_own(uid, false)?;
             }
         }
         // Missing history: fetch again, and rejoin if it does not come.
@@ -2237,6 +2253,13 @@ impl Participant {
         if w.ciphersuite() != CS {
             return Err(MmlsError::CiphersuiteRefused(u16::from(w.ciphersuite())));
         }
+        // Joined through our last-resort KeyPackage: its leaf key is shared
+        // with every other group joined that way, so rotate it at once.
+        let via_last_resort = w.secrets().iter().any(|s| {
+            self.state
+                .last_resort_refs
+                .contains(&ByteBuf::from(s.new_member().as_slice().to_vec()))
+        });
         let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), w)
             .map_err(MmlsError::mls)?
             .replace_old_group()
@@ -2317,7 +2340,13 @@ impl Participant {
         for s in stale_below {
             self.buffer_remove(g, s);
         }
+        if via_last_resort {
+            self.uni_mut(&uid)?.leaf_updates.insert(g);
+            self.propose_leaf_update(uid, g)?;
+        }
         if rejoined {
+            // Policy: an own MMLS update after rejoining.
+            self.uni_mut(&uid)?.update_due = true;
             self.emit(Event::Rejoined {
                 universe: uid,
                 group: g,
