@@ -2313,7 +2313,7 @@ impl Participant {
             g,
             GroupState {
                 owner: owner.clone(),
-                next_seq: env.seq + 1,
+                next_seq: env.seq.saturating_add(1),
                 epoch,
                 auth: BTreeMap::from([(epoch, auth)]),
                 psk_min: epoch,
@@ -2359,7 +2359,7 @@ impl Participant {
             self.outputs.push(Output::Fetch(FetchRequest::Range {
                 universe: uid,
                 group: g,
-                from: env.seq + 1,
+                from: env.seq.saturating_add(1),
             }));
         }
         Ok(())
@@ -2388,7 +2388,7 @@ impl Participant {
             .groups
             .get_mut(&g)
             .ok_or(MmlsError::UnknownGroup(g))?;
-        gs.next_seq += 1;
+        gs.next_seq = gs.next_seq.saturating_add(1);
         gs.blocked_since = None;
         Ok(())
     }
