@@ -223,9 +223,6 @@ struct GroupState {
     stale_since: Option<u64>,
     /// When the owner last committed (silence detection).
     last_commit_at: u64,
-    /// Epoch at which each member (re)entered the group: a PSK of an older
-    /// epoch cannot be imported where that member must read it.
-    joined_at: BTreeMap<MemberId, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,11 +334,13 @@ pub struct Participant {
     outputs: Vec<Output>,
     acked: Vec<u64>,
     crash_next_commit: bool,
+    /// CBOR of `state` as of the last committed step.
+    committed_state: Vec<u8>,
 }
 
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
 const STATE_KEY: &[u8] = b"engine";
-const AUTH_HISTORY: usize = 32;
+const AUTH_HISTORY: usize = 16;
 
 fn gid(id: &Id32) -> GroupId {
     GroupId::from_slice(id.as_bytes())
@@ -476,7 +475,9 @@ impl Participant {
             outputs: vec![],
             acked: vec![],
             crash_next_commit: false,
+            committed_state: vec![],
         };
+        p.committed_state = to_cbor(&p.state);
         p.step(|p| {
             p.state.member = Some(me.clone());
             if p.state.my_kp.is_none() {
@@ -588,7 +589,6 @@ impl Participant {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, MmlsError>,
     ) -> Result<T, MmlsError> {
-        let saved = self.state.clone();
         let mark = self.outputs.len();
         self.buffer_undo.clear();
         let r = f(self).and_then(|v| {
@@ -597,9 +597,11 @@ impl Participant {
                     .store()
                     .delete(Table::Outbox, &id.to_be_bytes());
             }
-            self.provider
-                .store()
-                .put(Table::Meta, STATE_KEY, &to_cbor(&self.state));
+            let bytes = to_cbor(&self.state);
+            if bytes != self.committed_state {
+                self.provider.store().put(Table::Meta, STATE_KEY, &bytes);
+                self.committed_state = bytes;
+            }
             if std::mem::take(&mut self.crash_next_commit) {
                 // Fault injection: the process "dies" before the commit.
                 self.provider.store().crash_discard();
@@ -609,7 +611,11 @@ impl Participant {
             Ok(v)
         });
         if r.is_err() {
-            self.state = saved;
+            // Back to the state of the last committed step (no per-step
+            // clone: failures are rare, successes are the hot path).
+            if let Ok(st) = from_cbor(&self.committed_state) {
+                self.state = st;
+            }
             self.provider.store().rollback();
             for (g, seq, old) in std::mem::take(&mut self.buffer_undo).into_iter().rev() {
                 let b = self.buffers.entry(g).or_default();
@@ -1222,10 +1228,6 @@ impl Participant {
             .map_err(MmlsError::mls)?;
         let epoch = group.epoch().as_u64();
         let auth = auth8(group.epoch_authenticator().as_slice());
-        let mut joined_at = BTreeMap::new();
-        for m in others.iter().chain(std::iter::once(&self.me)) {
-            joined_at.insert(m.clone(), epoch);
-        }
         self.groups.insert(gid_new, group);
         let gs = GroupState {
             owner: self.me.clone(),
@@ -1238,7 +1240,6 @@ impl Participant {
             stale: false,
             stale_since: None,
             last_commit_at: self.now,
-            joined_at,
         };
         let now = self.now;
         let me = self.me.clone();
@@ -1428,14 +1429,30 @@ impl Participant {
             }
         }
         // PSK imports: only where every reader of our group can derive the
-        // PSK (it is in that group and joined it at or before the epoch),
-        // and never together with Welcomes (joiners could be stale there).
+        // PSK, i.e. is a member of that group now (we import its current
+        // epoch, which every current member has reached or will reach), and
+        // never together with Welcomes (joiners could be stale there).
         let mut imports: Vec<(Id32, u64)> = vec![];
         let mut deferred = BTreeSet::new();
         if adds.is_empty() {
-            let readers: Vec<&MemberId> = own_members
-                .iter()
-                .filter(|m| !u.pending_removes.contains(*m))
+            // Compared by signature key: bound 1:1 to the member id.
+            let removed_keys: BTreeSet<Vec<u8>> = {
+                let group = self.group(&own)?;
+                group
+                    .members()
+                    .filter(|m| {
+                        members
+                            .iter()
+                            .any(|(i, id)| *i == m.index && u.pending_removes.contains(id))
+                    })
+                    .map(|m| m.signature_key)
+                    .collect()
+            };
+            let readers: BTreeSet<Vec<u8>> = self
+                .group(&own)?
+                .members()
+                .map(|m| m.signature_key)
+                .filter(|k| !removed_keys.contains(k))
                 .collect();
             for g in &u.pending_imports {
                 let Some(gs) = u.groups.get(g) else { continue };
@@ -1443,10 +1460,9 @@ impl Participant {
                     continue;
                 }
                 let e = gs.epoch;
-                let ok = gs.psk_min <= e
-                    && readers
-                        .iter()
-                        .all(|m| gs.joined_at.get(*m).is_some_and(|j| *j <= e));
+                let theirs: BTreeSet<Vec<u8>> =
+                    self.group(g)?.members().map(|m| m.signature_key).collect();
+                let ok = gs.psk_min <= e && readers.is_subset(&theirs);
                 if ok {
                     imports.push((*g, e));
                 } else {
@@ -1522,10 +1538,6 @@ impl Participant {
         let epoch = group.epoch().as_u64();
         let prev_epoch = epoch - 1;
         let auth = auth8(group.epoch_authenticator().as_slice());
-        let remaining: Vec<MemberId> = group
-            .members()
-            .filter_map(|m| verify_binding(&m.credential, &m.signature_key).ok())
-            .collect();
         {
             let u = self.uni_mut(&uid)?;
             let gs = u.groups.get_mut(&own).ok_or(MmlsError::UnknownGroup(own))?;
@@ -1535,10 +1547,6 @@ impl Participant {
                 gs.auth.pop_first();
             }
             gs.last_commit_at = now;
-            for m in &added {
-                gs.joined_at.insert(m.clone(), epoch);
-            }
-            gs.joined_at.retain(|m, _| remaining.contains(m));
             u.pending_imports = deferred;
             u.own_proposals.clear();
             u.pending_adds.retain(|m| waiting_kp.contains(m));
@@ -2308,7 +2316,6 @@ impl Participant {
                 u.pending_imports.remove(&old);
             }
         }
-        let joined_at = members.iter().map(|m| (m.clone(), epoch)).collect();
         u.groups.insert(
             g,
             GroupState {
@@ -2322,7 +2329,6 @@ impl Participant {
                 stale: false,
                 stale_since: None,
                 last_commit_at: now,
-                joined_at,
             },
         );
         u.pending_imports.insert(g);
@@ -2702,12 +2708,6 @@ impl Participant {
                 gs.auth.pop_first();
             }
             gs.last_commit_at = now;
-            for m in &removed {
-                gs.joined_at.remove(m);
-            }
-            for m in &added {
-                gs.joined_at.insert(m.clone(), epoch);
-            }
         }
         if path {
             u.pending_imports.insert(g);
