@@ -61,6 +61,11 @@ pub struct Config {
     pub kp_retry_ms: u64,
     /// Remove members whose send group has been silent this long (None = never).
     pub silent_removal_ms: Option<u64>,
+    /// Leaf rotation: an MMLS update also sends an Update proposal in every
+    /// other send group (DESIGN "Leaf rotation everywhere"). Costs one path
+    /// commit per other member per update; large simulations may turn it off
+    /// to study the PSK mechanism alone.
+    pub rotate_leaves: bool,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Default for Config {
             rejoin_after_ms: 30_000,
             kp_retry_ms: 2_000,
             silent_removal_ms: None,
+            rotate_leaves: true,
         }
     }
 }
@@ -829,6 +835,10 @@ impl Participant {
     /// leaf (Update proposal) in every other send group.
     fn mmls_update(&mut self, uid: Id32) -> Result<(), MmlsError> {
         self.commit_own(uid, true)?;
+        if !self.config.rotate_leaves {
+            self.uni_mut(&uid)?.update_due = false;
+            return Ok(());
+        }
         let others: Vec<Id32> = self
             .uni(&uid)?
             .groups
@@ -2346,7 +2356,7 @@ impl Participant {
         for s in stale_below {
             self.buffer_remove(g, s);
         }
-        if via_last_resort {
+        if via_last_resort && self.config.rotate_leaves {
             self.uni_mut(&uid)?.leaf_updates.insert(g);
             self.propose_leaf_update(uid, g)?;
         }
