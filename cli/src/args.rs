@@ -1,0 +1,187 @@
+//! The command line, as clap derive definitions.
+
+use clap::{Args, Parser, Subcommand};
+use node::Multiaddr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+const ABOUT: &str = "A peer-to-peer Multi-MLS (MMLS) node: end-to-end encrypted group messaging \
+without a server, over libp2p.";
+
+const AFTER_HELP: &str = "\
+Start here:
+  mmls demo                                   run a local demo universe (no setup)
+  mmls init --name alice                      create an identity in the data dir
+  mmls run                                    run the node (foreground, Ctrl-C stops it)
+  mmls id                                     print the member id to give to others
+
+Every command except `demo` and `run` talks to the node running on the data dir
+through its local API (address and token in the data dir).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mmls",
+    version,
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    arg_required_else_help = true,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The node's data dir [default: the platform data dir, e.g. ~/.local/share/mmls]
+    #[arg(long, global = true, env = "MMLS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data dir with a fresh identity (identity.key) and API token
+    Init {
+        /// A name for this node (shown in `status`; not sent to peers)
+        #[arg(long, default_value = "mmls-node")]
+        name: String,
+    },
+    /// Print this node's member id (= its libp2p PeerId) and, if the node runs, its addresses
+    Id {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the node in the foreground until Ctrl-C
+    Run(RunArgs),
+    /// Create, list, inspect universes and change their members
+    #[command(subcommand)]
+    Universe(UniverseCmd),
+    /// Send a text message to a universe
+    Send {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// The text; `-` reads it from stdin. Several words are joined with spaces.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the messages delivered in a universe (oldest first)
+    Read {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// Only messages after this cursor (the `cursor` of the last one you read)
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<u64>,
+        /// At most this many messages
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// One JSON object per line (sender, universe, seq, text, received_at, cursor, ...)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream a universe's messages and events live until Ctrl-C
+    Tail {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force an MMLS update (fresh keys) in this node's send group
+    Update {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+    },
+    /// Epochs of every send group, stale groups, equivocations, peers
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// The peers this node is connected to
+    Peers {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask to be re-added to a universe (after losing the store, or when stale)
+    Rejoin {
+        /// Universe id (64 hex chars; a prefix or name works if the store still knows it)
+        universe: String,
+    },
+    /// Run a demo universe of N nodes in this process: partition, heal, update
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// libp2p listen address (repeatable) [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+    /// A static peer to dial and keep dialling (repeatable), e.g. /ip4/10.0.0.2/tcp/4001
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Vec<Multiaddr>,
+    /// Turn off mDNS discovery of peers on the local network
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Local API address (loopback only) [default: 127.0.0.1:0, a free port]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UniverseCmd {
+    /// Create a universe with the given members (prints its id)
+    Create {
+        /// The universe's name
+        name: String,
+        /// A member id (`mmls id` prints it); repeat, or list several
+        #[arg(long = "member", value_name = "ID", required = true, num_args = 1..)]
+        members: Vec<String>,
+        /// Key-derivation profile: `mmls-00` (draft-xue-multi-mls) or `dmls`
+        #[arg(long, default_value = "mmls-00", value_parser = ["mmls-00", "dmls"])]
+        profile: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the universes this node is in
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one universe: definition, roster and every send group
+    Show {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a member (admins only)
+    Add {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// The member id to add
+        id: String,
+    },
+    /// Remove a member (admins only)
+    Remove {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// The member id to remove
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many nodes (2 to 16)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=16))]
+    pub nodes: u16,
+    /// Give up on any one waiting step after this many seconds
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+}

@@ -1,0 +1,624 @@
+//! The commands that work on a data dir and talk to the node running on it
+//! through its local API (`node::Client`).
+
+use crate::args::UniverseCmd;
+use crate::output::{bytes, short_hex, short_member, utc, Table};
+use anyhow::{anyhow, bail, Context as _};
+use mmls_core::MemberId;
+use node::types::{self, StreamEvent};
+use node::{Client, ClientError, DataDir};
+use serde_json::json;
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+
+/// `writeln!` to stdout, with `?` (a closed pipe ends the command quietly,
+/// see [`crate::main`]).
+macro_rules! outln {
+    () => { writeln!(std::io::stdout().lock())? };
+    ($($arg:tt)*) => { writeln!(std::io::stdout().lock(), $($arg)*)? };
+}
+pub(crate) use outln;
+
+/// The data dir, which must hold an identity (else: "run `mmls init`").
+pub fn open_data_dir(dir: &Path) -> anyhow::Result<DataDir> {
+    Ok(DataDir::open(dir)?)
+}
+
+/// A client of the node running on `dir`.
+pub fn client(dir: &Path) -> anyhow::Result<Client> {
+    open_data_dir(dir)?;
+    Client::from_data_dir(dir).map_err(|e| api_error(dir, e))
+}
+
+/// A client error in words for the command line.
+pub fn api_error(dir: &Path, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::NotRunning(_) => anyhow!(
+            "the node is not running (data dir {}): start it with `mmls run` first",
+            dir.display()
+        ),
+        ClientError::Api { code, message, .. } if code == "unauthorized" => anyhow!(
+            "the node refused our API token: {message} (was the data dir re-initialised while it ran?)"
+        ),
+        ClientError::Api { code, message, .. } if code == "missing_key_package" => anyhow!(
+            "{message} (is that member's node running and connected? see `mmls peers`)"
+        ),
+        ClientError::Api { message, .. } => anyhow!("{message}"),
+        other => anyhow!(other),
+    }
+}
+
+/// Parses a member id as `mmls id` prints it (before any node is contacted).
+pub fn parse_member(s: &str) -> anyhow::Result<MemberId> {
+    MemberId::parse(s).map_err(|_| {
+        anyhow!(
+            "invalid member id {:?}: a member id is the PeerId that `mmls id` prints (12D3KooW..., 52 characters)",
+            s.chars().take(80).collect::<String>()
+        )
+    })
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Resolves a universe argument to its 64-hex id: the full id as is, else a
+/// unique id prefix (>= 8 hex chars) or a unique name among the node's
+/// universes.
+pub fn resolve_universe(c: &Client, dir: &Path, arg: &str) -> anyhow::Result<String> {
+    let a = arg.trim();
+    if a.len() == 64 && is_hex(a) {
+        return Ok(a.to_ascii_lowercase());
+    }
+    let list = c.universes().map_err(|e| api_error(dir, e))?;
+    let prefix = (a.len() >= 8 && is_hex(a)).then(|| a.to_ascii_lowercase());
+    let mut hits: Vec<&types::Universe> = list
+        .iter()
+        .filter(|u| {
+            prefix.as_deref().is_some_and(|p| u.id.starts_with(p)) || u.name.as_deref() == Some(a)
+        })
+        .collect();
+    hits.dedup_by(|x, y| x.id == y.id);
+    match hits.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => {
+            let hint = if is_hex(a) && a.len() < 8 {
+                " (an id prefix needs at least 8 hex characters)"
+            } else {
+                ""
+            };
+            bail!(
+                "no universe matches {a:?}{hint}: give its id, a unique id prefix or its name (see `mmls universe list`)"
+            )
+        }
+        many => bail!(
+            "{a:?} is ambiguous: it matches {}; give more of the id",
+            many.iter()
+                .map(|u| format!(
+                    "{} ({})",
+                    short_hex(&u.id, 16),
+                    u.name.as_deref().unwrap_or("?")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Appends `/p2p/<peer>` unless the address names its peer already.
+pub fn with_p2p(addr: &str, peer: &str) -> String {
+    if addr.contains("/p2p/") {
+        addr.to_string()
+    } else {
+        format!("{addr}/p2p/{peer}")
+    }
+}
+
+// ------------------------------------------------------------ commands --
+
+pub fn init(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("--name must not be empty");
+    }
+    let dd = DataDir::init(dir, name)?;
+    let member = dd.identity()?.member_id();
+    outln!("initialised {}", dir.display());
+    outln!("member id  {member}");
+    outln!();
+    outln!("Next: `mmls run` starts the node; give your member id to whoever creates a universe.");
+    outln!(
+        "Back up {} (your identity).",
+        dd.file("identity.key").display()
+    );
+    Ok(())
+}
+
+pub fn id(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let dd = open_data_dir(dir)?;
+    let member = dd.identity()?.member_id().to_string();
+    let name = dd.info()?.name;
+    // The addresses only if the node runs.
+    let (running, addrs, problem) = match Client::from_data_dir(dir).and_then(|c| c.id()) {
+        Ok(info) => (true, info.listen_addrs, None),
+        Err(ClientError::NotRunning(_)) => (false, vec![], None),
+        Err(e) => (false, vec![], Some(api_error(dir, e).to_string())),
+    };
+    if json {
+        return print_json(&json!({
+            "member": member,
+            "peer_id": member,
+            "name": name,
+            "data_dir": dir,
+            "running": running,
+            "listen_addrs": addrs,
+        }));
+    }
+    outln!("member id  {member}");
+    outln!("name       {name}");
+    outln!("data dir   {}", dir.display());
+    if running {
+        outln!("node       running");
+        for a in &addrs {
+            outln!("address    {}", with_p2p(a, &member));
+        }
+    } else if let Some(p) = problem {
+        outln!("node       unreachable: {p}");
+    } else {
+        outln!("node       not running (`mmls run` starts it)");
+    }
+    Ok(())
+}
+
+pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
+    match cmd {
+        UniverseCmd::Create {
+            name,
+            members,
+            profile,
+            json,
+        } => {
+            // Validate everything before contacting the node.
+            let name = name.trim().to_string();
+            if name.is_empty() {
+                bail!("the universe name must not be empty");
+            }
+            let members: Vec<String> = members
+                .iter()
+                .map(|m| parse_member(m).map(|m| m.to_string()))
+                .collect::<anyhow::Result<_>>()?;
+            let c = client(dir)?;
+            let id = c
+                .create_universe(&name, &members, Some(&profile), None)
+                .map_err(|e| api_error(dir, e))?;
+            if json {
+                print_json(&json!({"id": id, "name": name, "profile": profile, "members": members}))
+            } else {
+                outln!("{id}");
+                Ok(())
+            }
+        }
+        UniverseCmd::List { json } => {
+            let c = client(dir)?;
+            let list = c.universes().map_err(|e| api_error(dir, e))?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                eprintln!("(no universes: `mmls universe create NAME --member ID...` makes one)");
+                return Ok(());
+            }
+            let mut t = Table::new(&["ID", "NAME", "MEMBERS", "JOINED", "SENT", "STATE"]);
+            for u in &list {
+                let joined = u.groups.iter().filter(|g| !g.stale).count();
+                t.row(vec![
+                    short_hex(&u.id, 16).to_string(),
+                    u.name.clone().unwrap_or_else(|| "(joining)".into()),
+                    u.roster.len().to_string(),
+                    format!("{joined}/{}", u.roster.len()),
+                    u.messages_sent.to_string(),
+                    universe_state(u),
+                ]);
+            }
+            outln!("{t}");
+            Ok(())
+        }
+        UniverseCmd::Show { universe, json } => {
+            let c = client(dir)?;
+            let id = resolve_universe(&c, dir, &universe)?;
+            let me = open_data_dir(dir)?.identity()?.member_id().to_string();
+            let u = c.universe(&id).map_err(|e| api_error(dir, e))?;
+            if json {
+                return print_json(&u);
+            }
+            show_universe(&u, &me)
+        }
+        UniverseCmd::Add { universe, id } => {
+            let m = parse_member(&id)?;
+            let c = client(dir)?;
+            let u = resolve_universe(&c, dir, &universe)?;
+            c.add_member(&u, m.as_str())
+                .map_err(|e| api_error(dir, e))?;
+            outln!(
+                "added {m} to universe {} (every member adds it to its own send group)",
+                short_hex(&u, 16)
+            );
+            Ok(())
+        }
+        UniverseCmd::Remove { universe, id } => {
+            let m = parse_member(&id)?;
+            let c = client(dir)?;
+            let u = resolve_universe(&c, dir, &universe)?;
+            c.remove_member(&u, m.as_str())
+                .map_err(|e| api_error(dir, e))?;
+            outln!(
+                "removed {m} from universe {} (every member removes it from its own send group)",
+                short_hex(&u, 16)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn universe_state(u: &types::Universe) -> String {
+    if u.removed {
+        return "removed".into();
+    }
+    let mut s = vec![];
+    if !u.equivocations.is_empty() {
+        s.push(format!("EQUIVOCATION x{}", u.equivocations.len()));
+    }
+    let stale = u.groups.iter().filter(|g| g.stale).count();
+    if stale > 0 {
+        s.push(format!("{stale} stale"));
+    }
+    let blocked = u.groups.iter().filter(|g| g.blocked).count();
+    if blocked > 0 {
+        s.push(format!("{blocked} catching up"));
+    }
+    if u.name.is_none() {
+        s.push("joining".into());
+    }
+    if s.is_empty() {
+        "ok".into()
+    } else {
+        s.join(", ")
+    }
+}
+
+fn group_state(g: &types::Group) -> &'static str {
+    if g.stale {
+        "stale (rejoin pending)"
+    } else if g.blocked {
+        "catching up"
+    } else {
+        "ok"
+    }
+}
+
+fn groups_table(u: &types::Universe, me: &str, indent: usize) -> Table {
+    let mut t = Table::new(&[
+        "OWNER", "GROUP", "EPOCH", "AUTH", "MEMBERS", "NEXT SEQ", "BUFFERED", "STATE",
+    ])
+    .indent(indent);
+    for g in &u.groups {
+        let owner = if g.owner == me {
+            format!("{} (me)", short_member(&g.owner))
+        } else {
+            short_member(&g.owner).to_string()
+        };
+        t.row(vec![
+            owner,
+            short_hex(&g.group, 8).to_string(),
+            g.epoch.to_string(),
+            g.auth.clone(),
+            g.members.to_string(),
+            g.next_seq.to_string(),
+            g.buffered.to_string(),
+            group_state(g).to_string(),
+        ]);
+    }
+    t
+}
+
+fn show_universe(u: &types::Universe, me: &str) -> anyhow::Result<()> {
+    let mark = |m: &str| {
+        if m == me {
+            format!("{m} (me)")
+        } else {
+            m.to_string()
+        }
+    };
+    outln!("universe   {}", u.id);
+    outln!("name       {}", u.name.as_deref().unwrap_or("(joining)"));
+    outln!("profile    {}", u.profile.as_deref().unwrap_or("?"));
+    if let Some(c) = &u.creator {
+        outln!("creator    {}", mark(c));
+    }
+    for (i, a) in u.admins.iter().enumerate() {
+        outln!(
+            "{}{}",
+            if i == 0 { "admins     " } else { "           " },
+            mark(a)
+        );
+    }
+    for (i, m) in u.roster.iter().enumerate() {
+        outln!(
+            "{}{}",
+            if i == 0 { "members    " } else { "           " },
+            mark(m)
+        );
+    }
+    outln!("state      {}", universe_state(u));
+    outln!(
+        "sent       {} message(s); pending imports {}",
+        u.messages_sent,
+        u.pending_imports
+    );
+    for e in &u.equivocations {
+        outln!(
+            "WARNING    equivocation: {} sent conflicting commits for epoch {} of group {}",
+            e.owner,
+            e.epoch,
+            short_hex(&e.group, 8)
+        );
+    }
+    outln!();
+    outln!("send groups:");
+    outln!("{}", groups_table(u, me, 2));
+    Ok(())
+}
+
+/// The text argument: the words joined, or stdin for `-`.
+fn message_text(words: &[String]) -> anyhow::Result<String> {
+    if words.len() == 1 && words[0] == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the message from stdin")?;
+        let s = s.strip_suffix('\n').unwrap_or(&s);
+        let s = s.strip_suffix('\r').unwrap_or(s).to_string();
+        return Ok(s);
+    }
+    Ok(words.join(" "))
+}
+
+pub fn send(dir: &Path, universe: &str, words: &[String], json: bool) -> anyhow::Result<()> {
+    let text = message_text(words)?;
+    if text.is_empty() {
+        bail!("the message is empty");
+    }
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    let seq = c.send(&u, &text).map_err(|e| api_error(dir, e))?;
+    if json {
+        outln!("{}", json!({"universe": u, "seq": seq}));
+    } else {
+        outln!("sent message #{seq} to universe {}", short_hex(&u, 16));
+    }
+    Ok(())
+}
+
+/// Table cells hold one line: control characters become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+pub fn read(
+    dir: &Path,
+    universe: &str,
+    after: Option<u64>,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    let mut all: Vec<types::Message> = vec![];
+    let mut cursor = after;
+    let want = limit.unwrap_or(usize::MAX);
+    loop {
+        let page = (want - all.len()).min(node::api::MAX_PAGE);
+        let batch = c
+            .messages(&u, cursor, Some(page))
+            .map_err(|e| api_error(dir, e))?;
+        let n = batch.len();
+        if let Some(last) = batch.last() {
+            cursor = Some(last.cursor);
+        }
+        all.extend(batch);
+        if n < page || all.len() >= want {
+            break;
+        }
+    }
+    if json {
+        let mut out = std::io::stdout().lock();
+        for m in &all {
+            writeln!(out, "{}", serde_json::to_string(m)?)?;
+        }
+        return Ok(());
+    }
+    if all.is_empty() {
+        eprintln!("(no messages)");
+        return Ok(());
+    }
+    let mut t = Table::new(&["CURSOR", "RECEIVED (UTC)", "FROM", "SEQ", "TEXT"]);
+    for m in &all {
+        t.row(vec![
+            m.cursor.to_string(),
+            utc(m.received_at),
+            short_member(&m.sender).to_string(),
+            m.seq.to_string(),
+            one_line(&m.text),
+        ]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+pub fn tail(dir: &Path, universe: &str, json: bool) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    let stream = c.stream(&u).map_err(|e| api_error(dir, e))?;
+    if !json {
+        eprintln!("following universe {} (Ctrl-C to stop)", short_hex(&u, 16));
+    }
+    for ev in stream {
+        let ev = ev.map_err(|e| api_error(dir, e))?;
+        if json {
+            outln!("{}", serde_json::to_string(&ev)?);
+            continue;
+        }
+        match &ev {
+            StreamEvent::Message(m) => outln!(
+                "{}  {}  {}",
+                &utc(m.received_at)[11..],
+                short_member(&m.sender),
+                m.text
+            ),
+            other => outln!("-- {}", describe_event(other)),
+        }
+    }
+    bail!("the node stopped")
+}
+
+fn describe_event(e: &StreamEvent) -> String {
+    match e {
+        StreamEvent::UniverseJoined { name, .. } => format!("joined universe {name:?}"),
+        StreamEvent::Message(m) => format!("message from {}", short_member(&m.sender)),
+        StreamEvent::MemberAdded { member, .. } => format!("member added: {member}"),
+        StreamEvent::MemberRemoved { member, .. } => format!("member removed: {member}"),
+        StreamEvent::RemovedFromUniverse { .. } => "this node was removed from the universe".into(),
+        StreamEvent::Stale { owner, .. } => format!(
+            "stale in {}'s send group: a rejoin was requested",
+            short_member(owner)
+        ),
+        StreamEvent::Rejoined { owner, .. } => {
+            format!("rejoined {}'s send group", short_member(owner))
+        }
+        StreamEvent::Equivocation { owner, epoch, .. } => format!(
+            "EQUIVOCATION: {owner} sent conflicting commits for epoch {epoch} of its send group"
+        ),
+        StreamEvent::Rejected { seq, reason, .. } => {
+            format!("rejected stream entry #{seq}: {reason}")
+        }
+        StreamEvent::Committed {
+            epoch,
+            imports,
+            path,
+            ..
+        } => format!(
+            "committed epoch {epoch} of own send group ({imports} PSK import(s){})",
+            if *path { ", fresh keys" } else { "" }
+        ),
+        StreamEvent::Lagged { missed } => {
+            format!("fell behind: {missed} event(s) skipped (see `mmls read`)")
+        }
+    }
+}
+
+pub fn update(dir: &Path, universe: &str) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    c.update(&u).map_err(|e| api_error(dir, e))?;
+    let st = c.universe(&u).map_err(|e| api_error(dir, e))?;
+    let epoch = st
+        .own_group
+        .as_ref()
+        .and_then(|g| st.groups.iter().find(|x| &x.group == g))
+        .map(|g| g.epoch);
+    match epoch {
+        Some(e) => outln!(
+            "MMLS update committed: own send group of {} now at epoch {e}",
+            short_hex(&u, 16)
+        ),
+        None => outln!("MMLS update committed in {}", short_hex(&u, 16)),
+    }
+    Ok(())
+}
+
+pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let st = c.status().map_err(|e| api_error(dir, e))?;
+    if json {
+        return print_json(&st);
+    }
+    outln!("member id  {}", st.member);
+    outln!("name       {}", st.name);
+    for a in &st.listen_addrs {
+        outln!("listening  {}", with_p2p(a, &st.peer_id));
+    }
+    outln!("peers      {} connected", st.peers.len());
+    outln!(
+        "store      {}; rejected inputs {}; queued publishes {}",
+        bytes(st.store_bytes),
+        st.rejected_inputs,
+        st.queued_publishes
+    );
+    if st.universes.is_empty() {
+        outln!();
+        outln!("no universes yet");
+    }
+    for u in &st.universes {
+        outln!();
+        outln!(
+            "universe {} {:?}: {} members, {}, {}",
+            short_hex(&u.id, 16),
+            u.name.as_deref().unwrap_or("(joining)"),
+            u.roster.len(),
+            u.profile.as_deref().unwrap_or("?"),
+            universe_state(u)
+        );
+        for e in &u.equivocations {
+            outln!(
+                "  WARNING: {} equivocated at epoch {} of group {}",
+                e.owner,
+                e.epoch,
+                short_hex(&e.group, 8)
+            );
+        }
+        outln!("{}", groups_table(u, &st.member, 2));
+    }
+    Ok(())
+}
+
+pub fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let ps = c.peers().map_err(|e| api_error(dir, e))?;
+    if json {
+        return print_json(&ps);
+    }
+    if ps.is_empty() {
+        eprintln!("(no peers connected)");
+        return Ok(());
+    }
+    let mut t = Table::new(&["PEER", "ADDRESS"]);
+    for p in &ps {
+        let addr = match p.addrs.len() {
+            0 => String::new(),
+            1 => p.addrs[0].clone(),
+            n => format!("{} (+{} more)", p.addrs[0], n - 1),
+        };
+        t.row(vec![p.peer_id.clone(), addr]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+pub fn rejoin(dir: &Path, universe: &str) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    c.rejoin(&u).map_err(|e| api_error(dir, e))?;
+    outln!(
+        "rejoin requested for universe {}: each member re-adds this node to its send group \
+         (watch `mmls status`)",
+        short_hex(&u, 16)
+    );
+    Ok(())
+}

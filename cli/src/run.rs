@@ -1,0 +1,139 @@
+//! `mmls run`: the node in the foreground until Ctrl-C (or SIGTERM, or
+//! `POST /v1/shutdown`).
+
+use crate::args::RunArgs;
+use crate::commands::{open_data_dir, outln, with_p2p};
+use anyhow::Context as _;
+use node::{Multiaddr, Node, NodeError, NodeHandle};
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
+    // A clear "run `mmls init` first" before anything starts.
+    open_data_dir(dir)?;
+    if let Some(api) = args.api {
+        if !api.ip().is_loopback() {
+            anyhow::bail!(
+                "--api {api}: the local API only listens on a loopback address (127.0.0.1 or ::1); \
+                 its token travels in clear HTTP"
+            );
+        }
+    }
+    init_tracing("info");
+
+    let mut cfg = node::Config::daemon(dir);
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen;
+    }
+    cfg.peers = args.peer;
+    cfg.mdns = !args.no_mdns;
+    if let Some(api) = args.api {
+        cfg.api_addr = Some(api);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let h = Node::start(cfg).await.map_err(start_error)?;
+        let member = h.member_id().to_string();
+        outln!("mmls node {:?} running on {}", h.name(), dir.display());
+        outln!("member id {member}");
+        let mut printed = BTreeSet::new();
+        print_new_addrs(&h, &member, &mut printed).await?;
+        if let Some(a) = h.api_addr() {
+            outln!(
+                "local API on http://{a} (token in {})",
+                dir.join("api.token").display()
+            );
+        }
+        outln!("press Ctrl-C to stop");
+
+        // Listeners on 0.0.0.0 report one address per interface, some after
+        // the first ones: print late arrivals for a few seconds.
+        let watcher = {
+            let h = h.clone();
+            let member = member.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if print_new_addrs(&h, &member, &mut printed).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+
+        tokio::select! {
+            _ = shutdown_signal() => {
+                outln!("stopping...");
+                watcher.abort();
+                if tokio::time::timeout(Duration::from_secs(15), h.shutdown()).await.is_err() {
+                    anyhow::bail!("the node did not stop within 15 s");
+                }
+            }
+            _ = h.wait() => {
+                watcher.abort();
+            }
+        }
+        outln!("stopped");
+        Ok(())
+    })
+}
+
+async fn print_new_addrs(
+    h: &NodeHandle,
+    member: &str,
+    printed: &mut BTreeSet<Multiaddr>,
+) -> anyhow::Result<()> {
+    for a in h.listen_addrs().await? {
+        if printed.insert(a.clone()) {
+            outln!("listening on {}", with_p2p(&a.to_string(), member));
+        }
+    }
+    Ok(())
+}
+
+fn start_error(e: NodeError) -> anyhow::Error {
+    match e {
+        NodeError::RemoteApiRefused(a) => {
+            anyhow::anyhow!("--api {a}: the local API only listens on a loopback address")
+        }
+        other => anyhow::anyhow!("cannot start the node: {other}"),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,379 @@
+//! Shared harness of the integration tests (fuzz, adversary, crash): an
+//! in-memory network of participants, copied from the engine's own
+//! `src/testkit.rs` (which is `#[cfg(test)]` and so invisible here), plus a
+//! few helpers that only use the public API.
+//!
+//! Every publish reaches every other live node (in order, or shuffled and
+//! duplicated when asked); fetches are answered by the first peer that can.
+
+#![allow(dead_code)]
+
+use mmls_core::sync::FetchRequest;
+use mmls_core::{
+    Config, Delivered, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant,
+    Profile, Store, Topic,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+
+pub struct Net {
+    pub nodes: Vec<Option<Participant>>,
+    pub ids: Vec<Identity>,
+    pub stores: Vec<Store>,
+    pub queue: VecDeque<(usize, Topic, Vec<u8>)>,
+    pub fetches: Vec<(usize, FetchRequest)>,
+    pub now: u64,
+    pub delivered: Vec<Vec<Delivered>>,
+    pub events: Vec<Vec<Event>>,
+    /// Errors other than duplicates, per receiving node.
+    pub rejections: Vec<Vec<String>>,
+    pub rng: ChaCha8Rng,
+    pub shuffle: bool,
+    pub dup_prob: f64,
+    /// Nodes that receive nothing (offline).
+    pub offline: Vec<bool>,
+    /// Every envelope any node published, in order.
+    pub all_bytes: Vec<Vec<u8>>,
+    pub config: Config,
+}
+
+/// The engine tests' configuration: commit imports at once.
+pub fn config() -> Config {
+    Config {
+        commit_delay_ms: 0,
+        ..Config::default()
+    }
+}
+
+/// The deterministic identity of node `i`.
+pub fn identity(i: usize) -> Identity {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    Identity::from_seed(seed)
+}
+
+impl Net {
+    pub fn new(n: usize) -> Net {
+        Net::with_config(n, config())
+    }
+
+    pub fn with_config(n: usize, cfg: Config) -> Net {
+        let mut net = Net {
+            nodes: vec![],
+            ids: vec![],
+            stores: vec![],
+            queue: VecDeque::new(),
+            fetches: vec![],
+            now: 1_000,
+            delivered: vec![vec![]; n],
+            events: vec![vec![]; n],
+            rejections: vec![vec![]; n],
+            rng: ChaCha8Rng::seed_from_u64(7),
+            shuffle: false,
+            dup_prob: 0.0,
+            offline: vec![false; n],
+            all_bytes: vec![],
+            config: cfg.clone(),
+        };
+        for i in 0..n {
+            let id = identity(i);
+            let store = Store::in_memory().expect("store");
+            let (p, outs) =
+                Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
+            net.ids.push(id);
+            net.stores.push(store);
+            net.nodes.push(Some(p));
+            net.absorb(i, outs);
+        }
+        net.run();
+        net
+    }
+
+    pub fn member(&self, i: usize) -> MemberId {
+        self.ids[i].member_id()
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut Participant {
+        self.nodes[i].as_mut().expect("node is down")
+    }
+
+    /// Takes a node's outputs: publishes go on the wire (and are acked),
+    /// events are recorded, fetches queued.
+    pub fn absorb(&mut self, from: usize, outs: Vec<Output>) {
+        let mut acks = vec![];
+        for o in outs {
+            match o {
+                Output::Publish(p) => {
+                    if let Some(id) = p.outbox_id {
+                        acks.push(id);
+                    }
+                    self.all_bytes.push(p.bytes.clone());
+                    self.queue.push_back((from, p.topic, p.bytes));
+                }
+                Output::Event(e) => {
+                    if let Event::Message(d) = &e {
+                        self.delivered[from].push(d.clone());
+                    }
+                    self.events[from].push(e);
+                }
+                Output::Fetch(r) => self.fetches.push((from, r)),
+            }
+        }
+        if let Some(p) = self.nodes[from].as_mut() {
+            p.ack_published(&acks);
+        }
+    }
+
+    /// Delivers one envelope to node `to` as the network would.
+    pub fn deliver(&mut self, to: usize, bytes: &[u8]) {
+        let r = self.node(to).handle_incoming(bytes);
+        match r {
+            Ok(outs) => self.absorb(to, outs),
+            Err(e) if e.is_duplicate() => {}
+            Err(e) => self.rejections[to].push(e.to_string()),
+        }
+    }
+
+    /// Delivers everything queued (and what that causes) until quiet.
+    pub fn run(&mut self) {
+        let mut guard = 0;
+        while !self.queue.is_empty() || !self.fetches.is_empty() {
+            guard += 1;
+            assert!(guard < 1_000_000, "network does not settle");
+            if self.shuffle && self.queue.len() > 1 {
+                let i = self.rng.gen_range(0..self.queue.len());
+                self.queue.swap(0, i);
+            }
+            if let Some((from, topic, bytes)) = self.queue.pop_front() {
+                if self.dup_prob > 0.0 && self.rng.gen_bool(self.dup_prob) {
+                    self.queue.push_back((from, topic, bytes.clone()));
+                }
+                for to in 0..self.nodes.len() {
+                    if to == from || self.offline[to] || self.nodes[to].is_none() {
+                        continue;
+                    }
+                    // Like gossipsub: a universe topic reaches its members only.
+                    if let Topic::Universe(u) = topic {
+                        if !self.node(to).universes().contains(&u) {
+                            continue;
+                        }
+                    }
+                    self.deliver(to, &bytes);
+                }
+                continue;
+            }
+            let fetches = std::mem::take(&mut self.fetches);
+            for (who, req) in fetches {
+                if self.offline[who] || self.nodes[who].is_none() {
+                    continue;
+                }
+                for peer in 0..self.nodes.len() {
+                    if peer == who || self.offline[peer] || self.nodes[peer].is_none() {
+                        continue;
+                    }
+                    let Ok(resp) = self.nodes[peer].as_ref().expect("up").serve_fetch(&req) else {
+                        continue;
+                    };
+                    if resp.envelopes.is_empty() && resp.oldest.is_none() {
+                        continue;
+                    }
+                    let outs = self.node(who).handle_fetch_response(&req, resp);
+                    self.absorb(who, outs);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Catch-up sync between every pair of live nodes, as the node driver
+    /// does periodically.
+    pub fn sync_all(&mut self) {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| !self.offline[*i] && self.nodes[*i].is_some())
+            .collect();
+        for &a in &live {
+            for &b in &live {
+                if a == b {
+                    continue;
+                }
+                let sums = self.node(b).summaries();
+                for s in sums {
+                    let reqs = self.node(a).plan_fetches(&s);
+                    for r in reqs {
+                        let Ok(resp) = self.node(b).serve_fetch(&r) else {
+                            continue;
+                        };
+                        let outs = self.node(a).handle_fetch_response(&r, resp);
+                        self.absorb(a, outs);
+                    }
+                }
+            }
+        }
+        self.run();
+    }
+
+    /// Advances time by `ms` on every node, then runs the network.
+    pub fn tick(&mut self, ms: u64) {
+        self.now += ms;
+        for i in 0..self.nodes.len() {
+            if self.offline[i] || self.nodes[i].is_none() {
+                continue;
+            }
+            let now = self.now;
+            let outs = self.node(i).tick(now);
+            self.absorb(i, outs);
+        }
+        self.run();
+    }
+
+    /// Ticks (with periodic sync) until no node has anything left to do.
+    pub fn settle(&mut self) {
+        for _ in 0..10 {
+            self.tick(1_000);
+            self.sync_all();
+        }
+    }
+
+    /// Node 0 creates a universe with everyone.
+    pub fn universe(&mut self, profile: Profile) -> Id32 {
+        let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
+        let (uid, outs) = self
+            .node(0)
+            .create_universe("test", &members, &[], profile)
+            .expect("create");
+        self.absorb(0, outs);
+        self.run();
+        self.settle();
+        uid
+    }
+
+    pub fn send(&mut self, i: usize, uid: &Id32, text: &str) -> u64 {
+        let (seq, outs) = self.node(i).send(uid, text.as_bytes()).expect("send");
+        self.absorb(i, outs);
+        seq
+    }
+
+    pub fn update(&mut self, i: usize, uid: &Id32) {
+        let outs = self.node(i).update(uid).expect("update");
+        self.absorb(i, outs);
+    }
+
+    /// Every live node's view of every send group agrees (epoch and secrets).
+    pub fn assert_consistent(&mut self, uid: &Id32) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some() && !self.offline[*i])
+            .collect();
+        let members: Vec<MemberId> = up.iter().map(|i| self.member(*i)).collect();
+        for owner in &members {
+            let mut seen: Option<(u64, Vec<u8>)> = None;
+            for &i in &up {
+                let g = self
+                    .node(i)
+                    .group_of(uid, owner)
+                    .unwrap_or_else(|| panic!("node {i} lacks group of {owner:?}"));
+                let fp = self.node(i).epoch_fingerprint(&g).expect("fingerprint");
+                if let Some(s) = &seen {
+                    assert_eq!(s, &fp, "node {i} disagrees on the group of {owner:?}");
+                }
+                seen = Some(fp);
+            }
+        }
+    }
+
+    pub fn texts(&self, i: usize) -> Vec<String> {
+        self.delivered[i]
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.body).to_string())
+            .collect()
+    }
+
+    /// The last published envelope of `kind` (decoded and raw).
+    pub fn last_of(&self, kind: Kind) -> Option<(Envelope, Vec<u8>)> {
+        self.all_bytes.iter().rev().find_map(|b| {
+            Envelope::decode(b)
+                .ok()
+                .filter(|e| e.kind == kind)
+                .map(|e| (e, b.clone()))
+        })
+    }
+}
+
+/// What a rejected input must leave untouched: per group (epoch, next seq),
+/// the roster and the delivered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub groups: Vec<(Id32, u64, u64)>,
+    pub roster: Vec<MemberId>,
+    pub messages: Vec<(MemberId, u64, Vec<u8>)>,
+}
+
+pub fn view(p: &mut Participant, uid: &Id32) -> View {
+    let st = p.status(uid).expect("status");
+    let messages = p
+        .messages(uid, None, usize::MAX)
+        .expect("messages")
+        .into_iter()
+        .map(|d| (d.sender, d.seq, d.body.into_vec()))
+        .collect();
+    View {
+        groups: st
+            .groups
+            .iter()
+            .map(|g| (g.group, g.epoch, g.next_seq))
+            .collect(),
+        roster: st.roster,
+        messages,
+    }
+}
+
+/// Texts in the delivered log of `p` for `uid` (the durable record).
+pub fn logged_texts(p: &Participant, uid: &Id32) -> Vec<String> {
+    p.messages(uid, None, usize::MAX)
+        .expect("messages")
+        .into_iter()
+        .map(|d| String::from_utf8_lossy(&d.body).to_string())
+        .collect()
+}
+
+/// Pulls everything `victim` misses from `peers` (read-only), as the
+/// driver's periodic sync would, until nothing new comes.
+pub fn pull_from(victim: &mut Participant, peers: &[&Participant]) -> Vec<Output> {
+    let mut outs = vec![];
+    for _round in 0..8 {
+        let mut progressed = false;
+        let mut pending: Vec<FetchRequest> = vec![];
+        for peer in peers {
+            for s in peer.summaries() {
+                pending.extend(victim.plan_fetches(&s));
+            }
+        }
+        let mut guard = 0;
+        while let Some(r) = pending.pop() {
+            guard += 1;
+            if guard > 10_000 {
+                break;
+            }
+            for peer in peers {
+                let Ok(resp) = peer.serve_fetch(&r) else {
+                    continue;
+                };
+                if resp.envelopes.is_empty() {
+                    continue;
+                }
+                progressed = true;
+                for o in victim.handle_fetch_response(&r, resp) {
+                    match o {
+                        Output::Fetch(f) => pending.push(f),
+                        o => outs.push(o),
+                    }
+                }
+                break;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    outs
+}

@@ -1,0 +1,435 @@
+//! The local HTTP API (axum, JSON). Loopback only unless configured
+//! otherwise; every request carries `Authorization: Bearer <api.token>`,
+//! compared in constant time. Errors are JSON
+//! `{"error":{"code":"...","message":"..."}}` with a fitting status; request
+//! bodies are parsed by hand so that garbage gets a JSON 400, never a panic.
+
+use crate::error::NodeError;
+use crate::handle::NodeHandle;
+use crate::types::{self, event_universe, StreamEvent};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use mmls_core::{Id32, MemberId, Profile};
+use serde::de::DeserializeOwned;
+use std::convert::Infallible;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, watch};
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Most messages one `GET .../messages` returns.
+pub const MAX_PAGE: usize = 1000;
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    node: NodeHandle,
+    token: Arc<String>,
+    stop: watch::Receiver<bool>,
+    max_body: usize,
+}
+
+impl ApiState {
+    pub(crate) fn new(
+        node: NodeHandle,
+        token: String,
+        stop: watch::Receiver<bool>,
+        max_body: usize,
+    ) -> ApiState {
+        ApiState {
+            node,
+            token: Arc::new(token),
+            stop,
+            max_body,
+        }
+    }
+}
+
+/// An API error: status plus the JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+    fn bad(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(400, code, message)
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        ApiError::new(e.http_status(), e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = types::ErrorBody {
+            error: types::ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
+    let stop = state.stop.clone();
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped(stop))
+        .await
+    {
+        tracing::error!(error = %e, "API server failed");
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn router(state: ApiState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/v1/id", get(id))
+        .route("/v1/universes", get(universes).post(create_universe))
+        .route("/v1/universes/{id}", get(universe))
+        .route("/v1/universes/{id}/members", post(add_member))
+        .route("/v1/universes/{id}/members/{member}", delete(remove_member))
+        .route("/v1/universes/{id}/messages", get(messages).post(send))
+        .route("/v1/universes/{id}/stream", get(stream))
+        .route("/v1/universes/{id}/update", post(update))
+        .route("/v1/universes/{id}/rejoin", post(rejoin))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/shutdown", post(shutdown))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let ok: bool = presented.as_bytes().ct_eq(s.token.as_bytes()).into();
+    if !ok {
+        return ApiError::new(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token (it is in api.token in the node's data dir)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "not_found", "no such endpoint (see /v1/openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+fn body_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status().as_u16(), "bad_body", e.body_text()))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("bad_json", format!("invalid JSON body: {e}")))
+}
+
+fn universe_id(s: &str) -> Result<Id32, ApiError> {
+    Id32::parse_hex(s)
+        .ok_or_else(|| ApiError::bad("bad_universe_id", "a universe id is 64 hex characters"))
+}
+
+fn member_id(s: &str) -> Result<MemberId, ApiError> {
+    MemberId::parse(s).map_err(|e| ApiError::bad("invalid_member", e.to_string()))
+}
+
+async fn id(State(s): State<ApiState>) -> ApiResult<types::IdInfo> {
+    let addrs = s.node.listen_addrs().await?;
+    Ok(Json(types::IdInfo {
+        member: s.node.member_id().to_string(),
+        peer_id: s.node.peer_id().to_string(),
+        name: s.node.name().to_string(),
+        listen_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+    }))
+}
+
+async fn universes(State(s): State<ApiState>) -> ApiResult<Vec<types::Universe>> {
+    let us = s.node.universes().await?;
+    Ok(Json(us.iter().map(types::Universe::from).collect()))
+}
+
+async fn create_universe(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<types::Created>), ApiError> {
+    let req: types::CreateUniverse = body_json(body)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::bad("bad_name", "name must be 1 to 256 bytes"));
+    }
+    if req.members.is_empty() || req.members.len() > 4096 {
+        return Err(ApiError::bad(
+            "no_members",
+            "members must list 1 to 4096 member ids",
+        ));
+    }
+    let members = req
+        .members
+        .iter()
+        .map(|m| member_id(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admins = req
+        .admins
+        .unwrap_or_default()
+        .iter()
+        .map(|m| member_id(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let profile: Profile = match req.profile.as_deref() {
+        None => Profile::default(),
+        Some(p) => p
+            .parse()
+            .map_err(|e: String| ApiError::bad("bad_profile", e))?,
+    };
+    let id = s
+        .node
+        .create_universe_with_admins(name, &members, &admins, profile)
+        .await?;
+    Ok((StatusCode::CREATED, Json(types::Created { id: id.hex() })))
+}
+
+async fn universe(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Universe> {
+    let u = universe_id(&id)?;
+    let st = s.node.universe_status(u).await?;
+    Ok(Json(types::Universe::from(&st)))
+}
+
+async fn add_member(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    let req: types::AddMember = body_json(body)?;
+    let m = member_id(&req.member)?;
+    s.node.add_member(u, &m).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn remove_member(
+    State(s): State<ApiState>,
+    Path((id, member)): Path<(String, String)>,
+) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    let m = member_id(&member)?;
+    s.node.remove_member(u, &m).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn send(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Sent> {
+    let u = universe_id(&id)?;
+    let req: types::SendText = body_json(body)?;
+    let seq = s.node.send(u, req.text.as_bytes()).await?;
+    Ok(Json(types::Sent { seq }))
+}
+
+/// `after` and `limit` from the query string (parsed by hand for JSON
+/// errors).
+fn page(q: Option<String>) -> Result<(Option<u64>, usize), ApiError> {
+    let mut after = None;
+    let mut limit = 100usize;
+    for pair in q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "after" => {
+                after = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::bad("bad_query", "after must be a cursor (an unsigned integer)")
+                })?)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad("bad_query", "limit must be an unsigned integer"))?
+            }
+            _ => {}
+        }
+    }
+    Ok((after, limit.clamp(1, MAX_PAGE)))
+}
+
+async fn messages(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Vec<types::Message>> {
+    let u = universe_id(&id)?;
+    let (after, limit) = page(q)?;
+    let ms = s.node.messages(u, after, limit).await?;
+    Ok(Json(ms.iter().map(types::Message::from).collect()))
+}
+
+async fn stream(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let u = universe_id(&id)?;
+    // Subscribe before checking, so nothing between the two is lost.
+    let rx = s.node.subscribe();
+    s.node.universe_status(u).await?;
+    let events = futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if event_universe(&ev) == u => {
+                    let se = StreamEvent::from(&ev);
+                    return Some((Ok::<_, Infallible>(sse_event(&se)), rx));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let se = StreamEvent::Lagged { missed: n };
+                    return Some((Ok(sse_event(&se)), rx));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .take_until(stopped(s.stop.clone()));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn sse_event(e: &StreamEvent) -> SseEvent {
+    SseEvent::default()
+        .event(e.name())
+        .data(serde_json::to_string(e).unwrap_or_else(|_| "{}".into()))
+}
+
+async fn update(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    s.node.update(u).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn rejoin(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    s.node.rejoin(u).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn status(State(s): State<ApiState>) -> ApiResult<types::Status> {
+    let st = s.node.status().await?;
+    Ok(Json(types::Status {
+        member: st.member.to_string(),
+        peer_id: st.peer_id.to_string(),
+        name: st.name,
+        listen_addrs: st.listen_addrs.iter().map(|a| a.to_string()).collect(),
+        peers: st.peers.iter().map(peer_dto).collect(),
+        universes: st.universes.iter().map(types::Universe::from).collect(),
+        store_bytes: st.store_bytes,
+        rejected_inputs: st.rejected_inputs,
+        queued_publishes: st.queued_publishes,
+    }))
+}
+
+fn peer_dto(p: &crate::driver::PeerInfo) -> types::Peer {
+    types::Peer {
+        peer_id: p.peer_id.to_string(),
+        addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+async fn peers(State(s): State<ApiState>) -> ApiResult<Vec<types::Peer>> {
+    let ps = s.node.peers().await?;
+    Ok(Json(ps.iter().map(peer_dto).collect()))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn shutdown(State(s): State<ApiState>) -> ApiResult<types::Ok> {
+    s.node.request_stop().await;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_is_valid_json_and_lists_every_route() {
+        let v: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        assert!(v["openapi"].as_str().unwrap().starts_with("3."));
+        for p in [
+            "/v1/id",
+            "/v1/universes",
+            "/v1/universes/{id}",
+            "/v1/universes/{id}/members",
+            "/v1/universes/{id}/members/{member}",
+            "/v1/universes/{id}/messages",
+            "/v1/universes/{id}/stream",
+            "/v1/universes/{id}/update",
+            "/v1/universes/{id}/rejoin",
+            "/v1/status",
+            "/v1/peers",
+            "/v1/openapi.json",
+            "/v1/shutdown",
+        ] {
+            assert!(v["paths"].get(p).is_some(), "{p} missing");
+        }
+    }
+
+    #[test]
+    fn page_parsing() {
+        assert_eq!(page(None).unwrap(), (None, 100));
+        assert_eq!(page(Some("after=5&limit=7".into())).unwrap(), (Some(5), 7));
+        assert_eq!(page(Some("limit=999999".into())).unwrap().1, MAX_PAGE);
+        assert!(page(Some("after=x".into())).is_err());
+    }
+}

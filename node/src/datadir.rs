@@ -1,0 +1,273 @@
+//! The node's data directory.
+//!
+//! ```text
+//! DIR/identity.key   Ed25519 secret, 32 bytes as hex (mode 0600): the libp2p
+//!                    key *and* the MLS signature key
+//! DIR/node.json      {"name": ..., "created": unix seconds}
+//! DIR/store.redb     the engine's store (mmls_core::Store)
+//! DIR/api.token      local API bearer token, 32 random bytes as hex (0600)
+//! DIR/api.addr       the API's bound address while the node runs
+//! ```
+
+use crate::error::NodeError;
+use mmls_core::{Identity, MmlsError, Store};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub const IDENTITY_FILE: &str = "identity.key";
+pub const NODE_FILE: &str = "node.json";
+pub const STORE_FILE: &str = "store.redb";
+pub const TOKEN_FILE: &str = "api.token";
+pub const ADDR_FILE: &str = "api.addr";
+
+/// `node.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// An initialised data directory (it holds an identity).
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    path: PathBuf,
+}
+
+impl DataDir {
+    /// Creates the data dir (and the directory itself if missing) with a
+    /// fresh identity, `node.json` and an API token. Fails if an identity is
+    /// already there.
+    pub fn init(dir: &Path, name: &str) -> Result<DataDir, NodeError> {
+        fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+        let d = DataDir {
+            path: dir.to_path_buf(),
+        };
+        if d.file(IDENTITY_FILE).exists() {
+            return Err(NodeError::IdentityExists(dir.to_path_buf()));
+        }
+        let identity = Identity::generate();
+        let secret = Zeroizing::new(hex::encode(identity.secret_bytes().as_slice()));
+        write_private(&d.file(IDENTITY_FILE), secret.as_bytes(), true)?;
+        let info = NodeInfo {
+            name: name.to_string(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let json = serde_json::to_vec_pretty(&info)
+            .map_err(|e| NodeError::InvalidInput(format!("node.json: {e}")))?;
+        write_private(&d.file(NODE_FILE), &json, false)?;
+        d.api_token()?;
+        Ok(d)
+    }
+
+    /// Opens an existing data dir (it must hold an identity).
+    pub fn open(dir: &Path) -> Result<DataDir, NodeError> {
+        let d = DataDir {
+            path: dir.to_path_buf(),
+        };
+        if !d.file(IDENTITY_FILE).exists() {
+            return Err(NodeError::NoIdentity(dir.to_path_buf()));
+        }
+        Ok(d)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The identity key (the same bytes feed libp2p and the engine).
+    pub fn identity_secret(&self) -> Result<Zeroizing<[u8; 32]>, NodeError> {
+        let path = self.file(IDENTITY_FILE);
+        let text = Zeroizing::new(fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NodeError::NoIdentity(self.path.clone())
+            } else {
+                NodeError::io(&path, e)
+            }
+        })?);
+        let bytes =
+            Zeroizing::new(
+                hex::decode(text.trim()).map_err(|e| NodeError::CorruptIdentity {
+                    path: path.clone(),
+                    reason: format!("not hex: {e}"),
+                })?,
+            );
+        let arr: [u8; 32] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::CorruptIdentity {
+                    path: path.clone(),
+                    reason: format!("expected 32 bytes, found {}", bytes.len()),
+                })?;
+        Ok(Zeroizing::new(arr))
+    }
+
+    /// The engine identity.
+    pub fn identity(&self) -> Result<Identity, NodeError> {
+        let s = self.identity_secret()?;
+        Identity::from_secret_bytes(s.as_slice()).map_err(NodeError::from)
+    }
+
+    /// `node.json` (a default name if the file is missing).
+    pub fn info(&self) -> Result<NodeInfo, NodeError> {
+        let path = self.file(NODE_FILE);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| NodeError::CorruptNodeInfo {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeInfo {
+                name: "mmls-node".into(),
+                created: 0,
+            }),
+            Err(e) => Err(NodeError::io(path, e)),
+        }
+    }
+
+    /// Opens (or creates) the engine's store, with typed errors for a
+    /// corrupt file or one held by another process.
+    pub fn open_store(&self) -> Result<Store, NodeError> {
+        let path = self.file(STORE_FILE);
+        Store::open(&path).map_err(|e| store_error(&path, MmlsError::Store(e)))
+    }
+
+    /// The API token, created (random 32 bytes, hex, mode 0600) if missing.
+    pub fn api_token(&self) -> Result<String, NodeError> {
+        let path = self.file(TOKEN_FILE);
+        match fs::read_to_string(&path) {
+            Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io(path, e)),
+        }
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        let token = hex::encode(b);
+        write_private(&path, token.as_bytes(), false)?;
+        Ok(token)
+    }
+
+    pub fn write_api_addr(&self, addr: SocketAddr) -> Result<(), NodeError> {
+        write_private(&self.file(ADDR_FILE), addr.to_string().as_bytes(), false)
+    }
+
+    pub fn remove_api_addr(&self) {
+        let _ = fs::remove_file(self.file(ADDR_FILE));
+    }
+
+    pub fn read_api_addr(&self) -> Option<SocketAddr> {
+        fs::read_to_string(self.file(ADDR_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+/// Maps an engine error met while opening the store to a typed node error.
+pub(crate) fn store_error(path: &Path, e: MmlsError) -> NodeError {
+    match e {
+        MmlsError::Store(se) => {
+            let reason = se.to_string();
+            if reason.contains("already open") || reason.contains("DatabaseAlreadyOpen") {
+                NodeError::StoreInUse(path.to_path_buf())
+            } else {
+                NodeError::CorruptStore {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
+        }
+        other => NodeError::Engine(other),
+    }
+}
+
+/// Writes a file atomically (temp file + rename), mode 0600 on Unix.
+fn write_private(path: &Path, data: &[u8], create_new: bool) -> Result<(), NodeError> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| NodeError::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| NodeError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| NodeError::io(&tmp, e))?;
+    drop(f);
+    if create_new && path.exists() {
+        let _ = fs::remove_file(&tmp);
+        return Err(NodeError::IdentityExists(
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ));
+    }
+    fs::rename(&tmp, path).map_err(|e| NodeError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_open_and_refuse_reinit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::init(dir.path(), "alice").unwrap();
+        assert_eq!(d.info().unwrap().name, "alice");
+        let token = d.api_token().unwrap();
+        assert_eq!(token.len(), 64);
+        assert_eq!(
+            DataDir::open(dir.path()).unwrap().api_token().unwrap(),
+            token
+        );
+        assert!(matches!(
+            DataDir::init(dir.path(), "again"),
+            Err(NodeError::IdentityExists(_))
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [IDENTITY_FILE, TOKEN_FILE] {
+                let mode = fs::metadata(d.file(f)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_and_corrupt_identity_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = DataDir::open(dir.path()).unwrap_err();
+        assert!(matches!(e, NodeError::NoIdentity(_)));
+        assert!(e.to_string().contains("mmls init"), "{e}");
+        fs::write(dir.path().join(IDENTITY_FILE), "zz").unwrap();
+        let Err(e) = DataDir::open(dir.path()).unwrap().identity() else {
+            panic!("a corrupt identity was accepted")
+        };
+        assert!(matches!(e, NodeError::CorruptIdentity { .. }), "{e}");
+    }
+
+    #[test]
+    fn corrupt_store_names_the_file_and_the_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::init(dir.path(), "x").unwrap();
+        fs::write(d.file(STORE_FILE), vec![0x5a; 64 * 1024]).unwrap();
+        let e = d.open_store().unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, NodeError::CorruptStore { .. }), "{msg}");
+        assert!(
+            msg.contains("store.redb") && msg.contains("rejoin"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Typed errors of the node (daemon side) and of the API client.
+//!
+//! Every error that can reach a user names what failed and, where there is
+//! one, the way out (`run mmls init first`, `move the store away and rejoin`).
+//! Each has a stable machine-readable `code` that the local API puts in its
+//! JSON error body, so the CLI and scripts can match on it.
+
+use mmls_core::MmlsError;
+use std::path::PathBuf;
+
+/// Errors of the node: data dir, startup, engine calls, shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no identity in {}: run `mmls init` first", .0.display())]
+    NoIdentity(PathBuf),
+    #[error("{} already holds an identity (identity.key); refusing to overwrite it", .0.display())]
+    IdentityExists(PathBuf),
+    #[error("identity key {} is unreadable: {reason}", path.display())]
+    CorruptIdentity { path: PathBuf, reason: String },
+    #[error(
+        "the store {} is corrupt or unreadable ({reason}). To recover: stop the node, move the \
+         file away (e.g. `mv {} {}.bad`), start the node again and run `mmls rejoin <universe>` \
+         for each universe: the identity key is kept, so peers re-add this node",
+        path.display(), path.display(), path.display()
+    )]
+    CorruptStore { path: PathBuf, reason: String },
+    #[error("the store {} is in use by another process (is a node already running on this data dir?)", .0.display())]
+    StoreInUse(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node.json in {} is unreadable: {reason}", path.display())]
+    CorruptNodeInfo { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Engine(#[from] MmlsError),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("refusing to serve the API on non-loopback address {0}: set allow_remote_api to do this deliberately")]
+    RemoteApiRefused(std::net::SocketAddr),
+    #[error("cannot bind the API on {addr}: {source}")]
+    ApiBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl NodeError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NodeError {
+        NodeError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Stable machine-readable code (the API's `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::Engine(e) => engine_code(e),
+            NodeError::InvalidInput(_) => "bad_request",
+            NodeError::Timeout(_) => "timeout",
+            NodeError::Stopped => "stopped",
+            NodeError::Network(_) => "network",
+            NodeError::NoIdentity(_) => "no_identity",
+            NodeError::IdentityExists(_) => "identity_exists",
+            NodeError::CorruptStore { .. } => "corrupt_store",
+            NodeError::StoreInUse(_) => "store_in_use",
+            _ => "internal",
+        }
+    }
+
+    /// The HTTP status the API answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            NodeError::Engine(e) => engine_status(e),
+            NodeError::InvalidInput(_) => 400,
+            NodeError::Timeout(_) | NodeError::Stopped => 503,
+            NodeError::IdentityExists(_) => 409,
+            _ => 500,
+        }
+    }
+}
+
+fn engine_code(e: &MmlsError) -> &'static str {
+    match e {
+        MmlsError::UnknownUniverse(_) => "unknown_universe",
+        MmlsError::NotInUniverse(_) => "not_in_universe",
+        MmlsError::UniverseNotReady(_) => "not_ready",
+        MmlsError::UnknownGroup(_) | MmlsError::NotInGroup(_) => "unknown_group",
+        MmlsError::InvalidMemberId(_) => "invalid_member",
+        MmlsError::NotAMember(_) => "not_a_member",
+        MmlsError::AlreadyMember(_) => "already_member",
+        MmlsError::NotAdmin => "not_admin",
+        MmlsError::MissingKeyPackage(_) => "missing_key_package",
+        MmlsError::NoMembers => "no_members",
+        MmlsError::TooLarge(..) => "too_large",
+        MmlsError::Store(_) | MmlsError::Internal(_) => "internal",
+        _ => "rejected",
+    }
+}
+
+fn engine_status(e: &MmlsError) -> u16 {
+    match e {
+        MmlsError::UnknownUniverse(_)
+        | MmlsError::NotInUniverse(_)
+        | MmlsError::UnknownGroup(_)
+        | MmlsError::NotInGroup(_)
+        | MmlsError::NotAMember(_) => 404,
+        MmlsError::UniverseNotReady(_) | MmlsError::MissingKeyPackage(_) => 503,
+        MmlsError::AlreadyMember(_) => 409,
+        MmlsError::NotAdmin => 403,
+        MmlsError::TooLarge(..) => 413,
+        MmlsError::Store(_) | MmlsError::Internal(_) => 500,
+        _ => 400,
+    }
+}
+
+/// Errors of the API client ([`crate::client::Client`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("node is not running (no api.addr in {})", .0.display())]
+    NotRunning(PathBuf),
+    #[error("no API token in {}: run `mmls init` first", .0.display())]
+    NoToken(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach the node at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The node's answer was not what the API promises.
+    #[error("unexpected answer from the node: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the node answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}

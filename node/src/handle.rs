@@ -1,0 +1,422 @@
+//! Starting a node in-process and talking to it: [`Node::start`] spawns the
+//! driver (and the local API) on the current tokio runtime and returns a
+//! [`NodeHandle`], a cheap clonable handle whose async methods send commands
+//! to the driver task.
+
+use crate::config::Config;
+use crate::datadir::{store_error, DataDir, STORE_FILE};
+use crate::driver::{now_ms, Command, Driver, DriverParts, NodeStatus, PeerInfo};
+use crate::error::NodeError;
+use crate::{api, swarm};
+use libp2p::{Multiaddr, PeerId};
+use mmls_core::{
+    Delivered, Event, Id32, MemberId, MmlsError, Participant, Profile, UniverseStatus,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::Instrument;
+
+/// Entry point: `Node::start(config)`.
+pub struct Node;
+
+impl Node {
+    /// Opens the data dir and the store, builds the swarm, binds the API
+    /// (refusing a non-loopback address unless `allow_remote_api`), and
+    /// spawns the node on the current tokio runtime.
+    pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+        let dd = DataDir::open(&config.data_dir)?;
+        let secret = dd.identity_secret()?;
+        let identity = mmls_core::Identity::from_secret_bytes(secret.as_slice())?;
+        let key = swarm::keypair(&secret)?;
+        drop(secret);
+        let info = dd.info()?;
+        let member = identity.member_id();
+        let peer_id = key.public().to_peer_id();
+        if peer_id.to_string() != member.to_string() {
+            return Err(NodeError::Network(format!(
+                "identity mismatch: PeerId {peer_id} vs member {member}"
+            )));
+        }
+
+        // The API socket first: a refused or busy address must not leave a
+        // half-started node behind.
+        let api_listener = match config.api_addr {
+            Some(addr) => {
+                if !addr.ip().is_loopback() && !config.allow_remote_api {
+                    return Err(NodeError::RemoteApiRefused(addr));
+                }
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::ApiBind { addr, source })?;
+                Some(l)
+            }
+            None => None,
+        };
+        let token = dd.api_token()?;
+
+        let store = dd.open_store()?;
+        let (participant, startup) =
+            Participant::open(identity, store, config.engine.clone(), now_ms())
+                .map_err(|e| store_error(&dd.file(STORE_FILE), e))?;
+
+        let mut swarm = swarm::build(key, &config)?;
+        for a in &config.listen {
+            swarm
+                .listen_on(a.clone())
+                .map_err(|e| NodeError::Network(format!("cannot listen on {a}: {e}")))?;
+        }
+
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(config.limits.command_queue);
+        let (events, _) = broadcast::channel(config.limits.event_buffer);
+        let (listeners_tx, listeners_rx) = watch::channel(0usize);
+        let (done_tx, done_rx) = watch::channel(false);
+        let (api_stop_tx, api_stop_rx) = watch::channel(false);
+        let driver = Driver::new(DriverParts {
+            swarm,
+            participant,
+            cfg: config.clone(),
+            name: info.name.clone(),
+            events: events.clone(),
+            listeners_ready: listeners_tx,
+        });
+
+        let api_addr = match &api_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| NodeError::io(dd.path(), e))?),
+            None => None,
+        };
+        let handle = NodeHandle {
+            inner: Arc::new(Inner {
+                cmd: cmd_tx,
+                events,
+                member,
+                peer_id,
+                name: info.name,
+                api_addr,
+                data_dir: config.data_dir.clone(),
+                key_package_wait: config.timing.key_package_wait,
+                listen_count: config.listen.len(),
+                listeners: listeners_rx,
+                done: done_rx,
+            }),
+        };
+
+        let span = tracing::info_span!("node", name = %handle.inner.name);
+        let driver_task = tokio::spawn(driver.run(cmd_rx, startup).instrument(span));
+        let api_task = match api_listener {
+            Some(l) => {
+                if let Some(addr) = api_addr {
+                    dd.write_api_addr(addr)?;
+                    tracing::info!(%addr, "local API listening");
+                }
+                let state = api::ApiState::new(
+                    handle.clone(),
+                    token,
+                    api_stop_rx,
+                    config.limits.max_api_body,
+                );
+                Some(tokio::spawn(api::serve(l, state)))
+            }
+            None => None,
+        };
+        // Supervisor: when the driver ends, stop the API, remove api.addr.
+        tokio::spawn(async move {
+            if let Err(e) = driver_task.await {
+                tracing::error!(error = %e, "driver task failed");
+            }
+            let _ = api_stop_tx.send(true);
+            if let Some(t) = api_task {
+                let abort = t.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(3), t)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+                dd.remove_api_addr();
+            }
+            let _ = done_tx.send(true);
+        });
+        Ok(handle)
+    }
+}
+
+/// Runs a node until SIGINT/SIGTERM or a shutdown command (the CLI's
+/// `mmls run`).
+pub async fn run(config: Config) -> Result<(), NodeError> {
+    let h = Node::start(config).await?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("signal received: shutting down");
+            h.shutdown().await;
+        }
+        _ = h.wait() => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+struct Inner {
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    member: MemberId,
+    peer_id: PeerId,
+    name: String,
+    api_addr: Option<SocketAddr>,
+    data_dir: PathBuf,
+    key_package_wait: Duration,
+    listen_count: usize,
+    listeners: watch::Receiver<usize>,
+    done: watch::Receiver<bool>,
+}
+
+/// A handle to a running node. Clone it freely; call [`NodeHandle::shutdown`]
+/// to stop the node (dropping handles does not stop it while its API runs).
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("member", &self.inner.member)
+            .finish()
+    }
+}
+
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+impl NodeHandle {
+    /// Runs `f` on the driver task and returns its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Driver) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Command = Box::new(move |d: &mut Driver| {
+            let _ = tx.send(f(d));
+        });
+        self.inner
+            .cmd
+            .send(job)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Our member id (= PeerId, as the engine writes it).
+    pub fn member_id(&self) -> MemberId {
+        self.inner.member.clone()
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The name from `node.json`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
+    }
+
+    /// The bound API address (None if the API is off).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.inner.api_addr
+    }
+
+    /// The addresses we listen on (waits up to 5 s for every configured
+    /// listener to be up).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        let mut rx = self.inner.listeners.clone();
+        let want = self.inner.listen_count;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while *rx.borrow_and_update() < want {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.call(|d| d.cmd_listen_addrs()).await
+    }
+
+    /// Dials a peer; the address is also kept and re-dialled whenever the
+    /// peer is not connected.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_dial(addr)).await?
+    }
+
+    /// Creates a universe with `members` (us included implicitly), waiting
+    /// up to `Timing::key_package_wait` for missing KeyPackages.
+    pub async fn create_universe(
+        &self,
+        name: &str,
+        members: &[MemberId],
+        profile: Profile,
+    ) -> Result<Id32, NodeError> {
+        self.create_universe_with_admins(name, members, &[], profile)
+            .await
+    }
+
+    pub async fn create_universe_with_admins(
+        &self,
+        name: &str,
+        members: &[MemberId],
+        admins: &[MemberId],
+        profile: Profile,
+    ) -> Result<Id32, NodeError> {
+        let deadline = Instant::now() + self.inner.key_package_wait;
+        loop {
+            let (n, m, a) = (name.to_string(), members.to_vec(), admins.to_vec());
+            match self
+                .call(move |d| d.cmd_create_universe(&n, &m, &a, profile))
+                .await?
+            {
+                Err(NodeError::Engine(MmlsError::MissingKeyPackage(_)))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(RETRY_EVERY).await
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Adds a member (admins only), waiting for its KeyPackage like
+    /// `create_universe`.
+    pub async fn add_member(&self, universe: Id32, member: &MemberId) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.inner.key_package_wait;
+        loop {
+            let m = member.clone();
+            match self.call(move |d| d.cmd_add_member(&universe, &m)).await? {
+                Err(NodeError::Engine(MmlsError::MissingKeyPackage(_)))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(RETRY_EVERY).await
+                }
+                r => return r,
+            }
+        }
+    }
+
+    pub async fn remove_member(&self, universe: Id32, member: &MemberId) -> Result<(), NodeError> {
+        let m = member.clone();
+        self.call(move |d| d.cmd_remove_member(&universe, &m))
+            .await?
+    }
+
+    /// Sends a message; returns its per-sender sequence number.
+    pub async fn send(&self, universe: Id32, body: impl AsRef<[u8]>) -> Result<u64, NodeError> {
+        let b = body.as_ref().to_vec();
+        self.call(move |d| d.cmd_send(&universe, &b)).await?
+    }
+
+    /// Delivered messages after `after` (a cursor), oldest first.
+    pub async fn messages(
+        &self,
+        universe: Id32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Delivered>, NodeError> {
+        self.call(move |d| d.cmd_messages(&universe, after, limit))
+            .await?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.call(|d| d.cmd_status()).await
+    }
+
+    pub async fn universes(&self) -> Result<Vec<UniverseStatus>, NodeError> {
+        self.call(|d| d.cmd_universes()).await
+    }
+
+    pub async fn universe_status(&self, universe: Id32) -> Result<UniverseStatus, NodeError> {
+        self.call(move |d| d.cmd_universe_status(&universe)).await?
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
+        self.call(|d| d.cmd_peers()).await
+    }
+
+    /// Forces an MMLS update (commit with a fresh path) in our send group.
+    pub async fn update(&self, universe: Id32) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_update(&universe)).await?
+    }
+
+    /// Asks to be re-added: to the stale groups of a universe we know, or to
+    /// every group of a universe this store lost.
+    pub async fn rejoin(&self, universe: Id32) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_rejoin(&universe)).await?
+    }
+
+    /// Disconnects a peer and refuses it until [`NodeHandle::unblock_all`].
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_block(peer)).await
+    }
+
+    /// Lifts every block and re-dials the known addresses.
+    pub async fn unblock_all(&self) -> Result<(), NodeError> {
+        self.call(|d| d.cmd_unblock_all()).await
+    }
+
+    /// Every engine event from now on (a lagging receiver gets
+    /// `RecvError::Lagged`; read the messages endpoint to catch up).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Asks the node to stop without waiting for it.
+    pub async fn request_stop(&self) {
+        let job: Command = Box::new(|d: &mut Driver| d.stop = true);
+        let _ = self.inner.cmd.send(job).await;
+    }
+
+    /// Stops the node and waits until it has (store closed, API down,
+    /// api.addr removed).
+    pub async fn shutdown(&self) {
+        self.request_stop().await;
+        self.wait().await;
+    }
+
+    /// Waits until the node has stopped.
+    pub async fn wait(&self) {
+        let mut rx = self.inner.done.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether the node has stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.inner.done.borrow()
+    }
+}

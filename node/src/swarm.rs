@@ -1,0 +1,252 @@
+//! The libp2p side: transports (TCP and QUIC, Noise, Yamux), the network
+//! behaviour (gossipsub, catch-up sync over request-response, identify,
+//! mDNS, block list, connection limits) and the sync codec.
+
+use crate::config::Config;
+use crate::error::NodeError;
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise,
+    request_response, tcp, yamux, StreamProtocol, Swarm,
+};
+use mmls_core::envelope::MAX_ENVELOPE_BYTES;
+use mmls_core::sync::{SyncMessage, MAX_FETCH_BYTES};
+use mmls_core::{Envelope, Id32, Topic};
+use std::io;
+use std::time::Duration;
+
+/// The request-response protocol of catch-up sync.
+pub const SYNC_PROTOCOL: &str = "/mmls/sync/1";
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/mmls/id/1";
+/// The lobby topic: KeyPackages, their requests, Welcomes, rejoin requests.
+pub const LOBBY_TOPIC: &str = "mmls/lobby";
+/// Largest sync message on the wire (what `SyncMessage::decode` accepts).
+pub const MAX_SYNC_BYTES: usize = MAX_FETCH_BYTES + 4096;
+/// Gossip frames carry an envelope plus the RPC framing (topic, signature,
+/// key, sequence number): this much room on top of the envelope limit.
+pub const GOSSIP_FRAMING: usize = 4096;
+
+/// The gossipsub topic of a universe.
+pub fn universe_topic(u: &Id32) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("mmls/u/{}", u.hex()))
+}
+
+pub fn lobby_topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(LOBBY_TOPIC)
+}
+
+/// Where an engine `Topic` goes.
+pub fn topic_of(t: &Topic) -> gossipsub::IdentTopic {
+    match t {
+        Topic::Lobby => lobby_topic(),
+        Topic::Universe(u) => universe_topic(u),
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// First, so denied peers never reach the others.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub limits: connection_limits::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+    pub sync: request_response::Behaviour<SyncCodec>,
+    pub identify: identify::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the swarm for `key` (the node's identity key).
+pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, NodeError> {
+    let net = |e: &dyn std::fmt::Display| NodeError::Network(e.to_string());
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(Envelope::id_of(&m.data).to_vec())
+        })
+        .validate_messages()
+        .max_transmit_size(MAX_ENVELOPE_BYTES + GOSSIP_FRAMING)
+        // Engine envelopes are deduplicated by the engine itself (stream
+        // position, KeyPackage equality); gossip only has to stop echoes.
+        // A short window lets a KeyPackage announcement (identical bytes
+        // every time) be published again for newcomers.
+        .duplicate_cache_time(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(700))
+        .flood_publish(true)
+        .build()
+        .map_err(|e| net(&e))?;
+    let gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+            .map_err(|e| net(&e))?;
+    let sync = request_response::Behaviour::with_codec(
+        SyncCodec,
+        [(
+            StreamProtocol::new(SYNC_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(cfg.timing.request_timeout)
+            .with_max_concurrent_streams(64),
+    );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            .with_agent_version(format!("mmls-node/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let peer_id = key.public().to_peer_id();
+    let mdns = if cfg.mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| net(&e))?)
+    } else {
+        None
+    };
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(cfg.limits.max_connections))
+            .with_max_established_per_peer(Some(cfg.limits.max_connections_per_peer))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64)),
+    );
+    let behaviour = Behaviour {
+        blocked: Default::default(),
+        limits,
+        gossipsub,
+        sync,
+        identify,
+        mdns: mdns.into(),
+    };
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| net(&e))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// The sync codec: one `SyncMessage` per stream, in the engine's own CBOR
+/// encoding (`SyncMessage::encode`/`decode`, strict and size-checked), read
+/// with a hard size limit so a peer cannot make us buffer more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncCodec;
+
+async fn read_msg<T>(io: &mut T) -> io::Result<SyncMessage>
+where
+    T: libp2p::futures::AsyncRead + Unpin + Send,
+{
+    let mut buf = Vec::new();
+    io.take(MAX_SYNC_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() > MAX_SYNC_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sync message larger than {MAX_SYNC_BYTES} bytes"),
+        ));
+    }
+    SyncMessage::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+async fn write_msg<T>(io: &mut T, msg: SyncMessage) -> io::Result<()>
+where
+    T: libp2p::futures::AsyncWrite + Unpin + Send,
+{
+    let bytes = msg.encode();
+    if bytes.len() > MAX_SYNC_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "sync message too large",
+        ));
+    }
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncMessage;
+    type Response = SyncMessage;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncMessage>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        read_msg(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncMessage>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        read_msg(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncMessage,
+    ) -> io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncMessage,
+    ) -> io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, res).await
+    }
+}
+
+/// The libp2p keypair of an identity secret.
+pub fn keypair(secret: &[u8; 32]) -> Result<identity::Keypair, NodeError> {
+    let mut s = *secret;
+    identity::Keypair::ed25519_from_bytes(&mut s)
+        .map_err(|e| NodeError::InvalidInput(format!("identity key: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmls_core::Identity;
+
+    #[test]
+    fn peer_id_is_the_member_id() {
+        for seed in [[1u8; 32], [7; 32], [200; 32]] {
+            let id = Identity::from_seed(seed);
+            let kp = keypair(&seed).unwrap();
+            assert_eq!(
+                kp.public().to_peer_id().to_string(),
+                id.member_id().to_string()
+            );
+            assert_eq!(
+                kp.public().to_peer_id().to_bytes(),
+                id.member_id().to_peer_id_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn topics_are_per_universe() {
+        let u = Id32([0xab; 32]);
+        assert_eq!(
+            universe_topic(&u).to_string(),
+            format!("mmls/u/{}", "ab".repeat(32))
+        );
+        assert_eq!(topic_of(&Topic::Lobby).to_string(), LOBBY_TOPIC);
+    }
+}

@@ -1,0 +1,354 @@
+//! The local API's JSON shapes, shared by the server (`api.rs`) and the
+//! client (`client.rs`). Ids are strings: universe and group ids as 64 hex
+//! characters, members as their PeerId (`12D3KooW...`).
+
+use mmls_core::{Delivered, Event, GroupStatus, UniverseStatus};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdInfo {
+    pub member: String,
+    pub peer_id: String,
+    pub name: String,
+    pub listen_addrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateUniverse {
+    pub name: String,
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Created {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddMember {
+    pub member: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SendText {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ok {
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    pub cursor: u64,
+    pub sender: String,
+    pub universe: String,
+    pub seq: u64,
+    /// The body as UTF-8 (invalid sequences replaced).
+    pub text: String,
+    /// Unix milliseconds.
+    pub received_at: u64,
+    pub group: String,
+    pub epoch: u64,
+}
+
+impl From<&Delivered> for Message {
+    fn from(d: &Delivered) -> Self {
+        Message {
+            cursor: d.cursor,
+            sender: d.sender.to_string(),
+            universe: d.universe.hex(),
+            seq: d.seq,
+            text: String::from_utf8_lossy(&d.body).into_owned(),
+            received_at: d.received_at,
+            group: d.group.hex(),
+            epoch: d.epoch,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Group {
+    pub group: String,
+    pub owner: String,
+    pub epoch: u64,
+    pub next_seq: u64,
+    pub buffered: usize,
+    pub blocked: bool,
+    pub stale: bool,
+    pub auth: String,
+    pub members: usize,
+}
+
+impl From<&GroupStatus> for Group {
+    fn from(g: &GroupStatus) -> Self {
+        Group {
+            group: g.group.hex(),
+            owner: g.owner.to_string(),
+            epoch: g.epoch,
+            next_seq: g.next_seq,
+            buffered: g.buffered,
+            blocked: g.blocked,
+            stale: g.stale,
+            auth: g.auth.clone(),
+            members: g.members,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Equivocation {
+    pub owner: String,
+    pub group: String,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Universe {
+    pub id: String,
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub creator: Option<String>,
+    pub admins: Vec<String>,
+    pub roster: Vec<String>,
+    pub own_group: Option<String>,
+    pub groups: Vec<Group>,
+    pub pending_imports: usize,
+    pub messages_sent: u64,
+    pub equivocations: Vec<Equivocation>,
+    pub removed: bool,
+}
+
+impl From<&UniverseStatus> for Universe {
+    fn from(u: &UniverseStatus) -> Self {
+        Universe {
+            id: u.id.hex(),
+            name: u.name.clone(),
+            profile: u.profile.clone(),
+            creator: u.creator.as_ref().map(|m| m.to_string()),
+            admins: u.admins.iter().map(|m| m.to_string()).collect(),
+            roster: u.roster.iter().map(|m| m.to_string()).collect(),
+            own_group: u.own_group.map(|g| g.hex()),
+            groups: u.groups.iter().map(Group::from).collect(),
+            pending_imports: u.pending_imports,
+            messages_sent: u.messages_sent,
+            equivocations: u
+                .equivocations
+                .iter()
+                .map(|(o, g, e)| Equivocation {
+                    owner: o.to_string(),
+                    group: g.hex(),
+                    epoch: *e,
+                })
+                .collect(),
+            removed: u.removed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peer {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub member: String,
+    pub peer_id: String,
+    pub name: String,
+    pub listen_addrs: Vec<String>,
+    pub peers: Vec<Peer>,
+    pub universes: Vec<Universe>,
+    pub store_bytes: u64,
+    /// Inputs rejected by the engine plus sync requests and gossip the node
+    /// refused (rate limits, malformed).
+    pub rejected_inputs: u64,
+    /// Gossip publishes waiting for a subscribed peer.
+    pub queued_publishes: usize,
+}
+
+/// One engine event, as streamed by `GET /v1/universes/{id}/stream`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    UniverseJoined {
+        universe: String,
+        name: String,
+    },
+    Message(Message),
+    MemberAdded {
+        universe: String,
+        member: String,
+    },
+    MemberRemoved {
+        universe: String,
+        member: String,
+    },
+    RemovedFromUniverse {
+        universe: String,
+    },
+    Stale {
+        universe: String,
+        group: String,
+        owner: String,
+    },
+    Rejoined {
+        universe: String,
+        group: String,
+        owner: String,
+    },
+    Equivocation {
+        universe: String,
+        owner: String,
+        group: String,
+        epoch: u64,
+    },
+    Rejected {
+        universe: String,
+        group: String,
+        seq: u64,
+        reason: String,
+    },
+    Committed {
+        universe: String,
+        epoch: u64,
+        imports: usize,
+        path: bool,
+    },
+    /// The subscriber fell behind and missed this many events (read them
+    /// with the messages endpoint).
+    Lagged {
+        missed: u64,
+    },
+}
+
+impl StreamEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::UniverseJoined { .. } => "universe_joined",
+            StreamEvent::Message(_) => "message",
+            StreamEvent::MemberAdded { .. } => "member_added",
+            StreamEvent::MemberRemoved { .. } => "member_removed",
+            StreamEvent::RemovedFromUniverse { .. } => "removed_from_universe",
+            StreamEvent::Stale { .. } => "stale",
+            StreamEvent::Rejoined { .. } => "rejoined",
+            StreamEvent::Equivocation { .. } => "equivocation",
+            StreamEvent::Rejected { .. } => "rejected",
+            StreamEvent::Committed { .. } => "committed",
+            StreamEvent::Lagged { .. } => "lagged",
+        }
+    }
+}
+
+impl From<&Event> for StreamEvent {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::UniverseJoined { universe, name } => StreamEvent::UniverseJoined {
+                universe: universe.hex(),
+                name: name.clone(),
+            },
+            Event::Message(d) => StreamEvent::Message(Message::from(d)),
+            Event::MemberAdded { universe, member } => StreamEvent::MemberAdded {
+                universe: universe.hex(),
+                member: member.to_string(),
+            },
+            Event::MemberRemoved { universe, member } => StreamEvent::MemberRemoved {
+                universe: universe.hex(),
+                member: member.to_string(),
+            },
+            Event::RemovedFromUniverse { universe } => StreamEvent::RemovedFromUniverse {
+                universe: universe.hex(),
+            },
+            Event::Stale {
+                universe,
+                group,
+                owner,
+            } => StreamEvent::Stale {
+                universe: universe.hex(),
+                group: group.hex(),
+                owner: owner.to_string(),
+            },
+            Event::Rejoined {
+                universe,
+                group,
+                owner,
+            } => StreamEvent::Rejoined {
+                universe: universe.hex(),
+                group: group.hex(),
+                owner: owner.to_string(),
+            },
+            Event::Equivocation {
+                universe,
+                owner,
+                group,
+                epoch,
+            } => StreamEvent::Equivocation {
+                universe: universe.hex(),
+                owner: owner.to_string(),
+                group: group.hex(),
+                epoch: *epoch,
+            },
+            Event::Rejected {
+                universe,
+                group,
+                seq,
+                reason,
+            } => StreamEvent::Rejected {
+                universe: universe.hex(),
+                group: group.hex(),
+                seq: *seq,
+                reason: reason.clone(),
+            },
+            Event::Committed {
+                universe,
+                epoch,
+                imports,
+                path,
+            } => StreamEvent::Committed {
+                universe: universe.hex(),
+                epoch: *epoch,
+                imports: *imports,
+                path: *path,
+            },
+        }
+    }
+}
+
+/// The universe an engine event is about.
+pub fn event_universe(e: &Event) -> mmls_core::Id32 {
+    match e {
+        Event::UniverseJoined { universe, .. }
+        | Event::MemberAdded { universe, .. }
+        | Event::MemberRemoved { universe, .. }
+        | Event::RemovedFromUniverse { universe }
+        | Event::Stale { universe, .. }
+        | Event::Rejoined { universe, .. }
+        | Event::Equivocation { universe, .. }
+        | Event::Rejected { universe, .. }
+        | Event::Committed { universe, .. } => *universe,
+        Event::Message(d) => d.universe,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

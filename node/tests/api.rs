@@ -1,0 +1,275 @@
+//! The local API end to end: auth, JSON errors, loopback-only binding, and
+//! the blocking client against two real nodes (create, send, read, stream).
+
+mod common;
+
+use common::*;
+use node::types::StreamEvent;
+use node::{Client, ClientError, Config, DataDir, Node, NodeError};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::timeout;
+
+fn raw(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut r = ureq::request(method, &format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => r.set("Content-Type", "application/json").send_string(b),
+        None => r.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+fn api_node(c: &mut Config) {
+    c.api_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_errors_and_bind_policy() {
+    init_tracing();
+    timeout(Duration::from_secs(60), async {
+        let root = root();
+        let n = start_with(root.path(), "a", api_node).await;
+        let addr = n.h.api_addr().expect("api addr");
+        let dd = DataDir::open(&n.dir).unwrap();
+        assert_eq!(dd.read_api_addr(), Some(addr), "api.addr written");
+        let token = dd.api_token().unwrap();
+
+        let t = token.clone();
+        blocking(move || {
+            // No token, wrong token.
+            let (s, b) = raw("GET", addr, "/v1/status", None, None);
+            assert_eq!(s, 401);
+            assert_eq!(b["error"]["code"], "unauthorized");
+            let (s, _) = raw("GET", addr, "/v1/status", Some(&"0".repeat(64)), None);
+            assert_eq!(s, 401);
+            let (s, _) = raw("GET", addr, "/v1/openapi.json", Some("short"), None);
+            assert_eq!(s, 401);
+            // With the token.
+            let (s, b) = raw("GET", addr, "/v1/status", Some(&t), None);
+            assert_eq!(s, 200, "{b}");
+            assert!(b["member"].as_str().unwrap().starts_with("12D3KooW"));
+            let (s, b) = raw("GET", addr, "/v1/openapi.json", Some(&t), None);
+            assert_eq!(s, 200);
+            assert!(b["openapi"].as_str().unwrap().starts_with("3."));
+            // Garbage bodies: 400 with a JSON error.
+            for body in ["{not json", "", "[1,2,3]", "{\"name\": 5}", "\u{0}\u{1}"] {
+                let (s, b) = raw("POST", addr, "/v1/universes", Some(&t), Some(body));
+                assert_eq!(s, 400, "body {body:?}: {b}");
+                assert_eq!(b["error"]["code"], "bad_json", "{b}");
+                assert!(!b["error"]["message"].as_str().unwrap().is_empty());
+            }
+            let (s, b) = raw(
+                "POST",
+                addr,
+                "/v1/universes",
+                Some(&t),
+                Some(r#"{"name":"x","members":["nope"]}"#),
+            );
+            assert_eq!(s, 400);
+            assert_eq!(b["error"]["code"], "invalid_member");
+            let (s, b) = raw(
+                "POST",
+                addr,
+                "/v1/universes",
+                Some(&t),
+                Some(r#"{"name":"x","members":[]}"#),
+            );
+            assert_eq!(s, 400, "{b}");
+            // Unknown and malformed universes.
+            let zero = "0".repeat(64);
+            for path in [
+                format!("/v1/universes/{zero}"),
+                format!("/v1/universes/{zero}/messages"),
+                format!("/v1/universes/{zero}/stream"),
+            ] {
+                let (s, b) = raw("GET", addr, &path, Some(&t), None);
+                assert_eq!(s, 404, "{path}: {b}");
+                assert_eq!(b["error"]["code"], "unknown_universe", "{path}");
+            }
+            let (s, b) = raw(
+                "POST",
+                addr,
+                &format!("/v1/universes/{zero}/messages"),
+                Some(&t),
+                Some(r#"{"text":"hi"}"#),
+            );
+            assert_eq!(s, 404, "{b}");
+            let (s, b) = raw("GET", addr, "/v1/universes/xyz", Some(&t), None);
+            assert_eq!(s, 400);
+            assert_eq!(b["error"]["code"], "bad_universe_id");
+            let (s, b) = raw(
+                "GET",
+                addr,
+                &format!("/v1/universes/{zero}/messages?after=abc"),
+                Some(&t),
+                None,
+            );
+            assert_eq!(s, 400, "{b}");
+            let (s, b) = raw("GET", addr, "/v1/nothing", Some(&t), None);
+            assert_eq!(s, 404);
+            assert_eq!(b["error"]["code"], "not_found");
+            let (s, _) = raw("DELETE", addr, "/v1/status", Some(&t), None);
+            assert_eq!(s, 405);
+            // Oversized body.
+            let big = format!("{{\"text\":\"{}\"}}", "x".repeat(3 << 20));
+            let (s, b) = raw(
+                "POST",
+                addr,
+                &format!("/v1/universes/{zero}/messages"),
+                Some(&t),
+                Some(&big),
+            );
+            assert_eq!(s, 413, "{b}");
+            // The client reports the server's code.
+            let c = Client::new(&addr.to_string(), &t);
+            match c.universe(&zero) {
+                Err(ClientError::Api {
+                    status: 404, code, ..
+                }) => assert_eq!(code, "unknown_universe"),
+                other => panic!("expected a 404, got {other:?}"),
+            }
+            let bad = Client::new(&addr.to_string(), "wrong");
+            assert_eq!(bad.status().unwrap_err().code(), Some("unauthorized"));
+        })
+        .await;
+
+        // Non-loopback API refused unless explicitly allowed.
+        let dir2 = root.path().join("b");
+        DataDir::init(&dir2, "b").unwrap();
+        let mut cfg = test_config(&dir2);
+        cfg.api_addr = Some("0.0.0.0:0".parse().unwrap());
+        match Node::start(cfg).await {
+            Err(NodeError::RemoteApiRefused(a)) => assert_eq!(a.port(), 0),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a non-loopback API bind was accepted"),
+        }
+        // A missing data dir is a typed error.
+        let e = Node::start(test_config(&root.path().join("none")))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, NodeError::NoIdentity(_)), "{e}");
+
+        n.h.shutdown().await;
+        assert_eq!(dd.read_api_addr(), None, "api.addr removed at shutdown");
+        let e = Client::from_data_dir(&n.dir).unwrap_err();
+        assert!(matches!(e, ClientError::NotRunning(_)), "{e}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_drives_two_nodes() {
+    init_tracing();
+    timeout(Duration::from_secs(90), async {
+        let root = root();
+        let a = start_with(root.path(), "a", api_node).await;
+        let b = start_with(root.path(), "b", api_node).await;
+        link(&a, &b).await;
+        let (da, db) = (a.dir.clone(), b.dir.clone());
+        let (ma, mb) = (a.member().to_string(), b.member().to_string());
+        let addr_b = b.addr.to_string();
+        blocking(move || {
+            let ca = Client::from_data_dir(&da).unwrap();
+            let cb = Client::from_data_dir(&db).unwrap();
+            let id = ca.id().unwrap();
+            assert_eq!(id.member, ma);
+            assert_eq!(id.peer_id, ma);
+            assert_eq!(id.name, "a");
+            assert!(!id.listen_addrs.is_empty());
+            let peers = ca.peers().unwrap();
+            assert!(peers.iter().any(|p| p.peer_id == mb), "{peers:?}");
+            assert!(peers.iter().any(|p| p
+                .addrs
+                .iter()
+                .any(|x| addr_b.starts_with(x.as_str()) || x.contains("127.0.0.1"))));
+
+            let u = ca
+                .create_universe("chat", std::slice::from_ref(&mb), Some("dmls"), None)
+                .unwrap();
+            assert_eq!(u.len(), 64);
+            // B joins through the Welcome.
+            let start = std::time::Instant::now();
+            let ub = loop {
+                match cb.universe(&u) {
+                    Ok(s) if s.own_group.is_some() && s.groups.len() == 2 => break s,
+                    _ if start.elapsed() > Duration::from_secs(30) => panic!("B never joined"),
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
+            assert_eq!(ub.profile.as_deref(), Some("dmls"));
+            assert_eq!(ub.name.as_deref(), Some("chat"));
+            let stream = cb.stream(&u).unwrap();
+            let reader = std::thread::spawn(move || {
+                for ev in stream {
+                    if let Ok(StreamEvent::Message(m)) = ev {
+                        return Some(m);
+                    }
+                }
+                None
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(ca.send(&u, "hello, b").unwrap(), 1);
+            assert_eq!(ca.send(&u, "second").unwrap(), 2);
+            let got = reader.join().unwrap().expect("a streamed message");
+            assert_eq!(got.text, "hello, b");
+            assert_eq!(got.sender, ma);
+            assert_eq!(got.seq, 1);
+            let start = std::time::Instant::now();
+            let msgs = loop {
+                let m = cb.messages(&u, None, Some(10)).unwrap();
+                if m.len() == 2 || start.elapsed() > Duration::from_secs(20) {
+                    break m;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(
+                msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+                ["hello, b", "second"]
+            );
+            let after = cb.messages(&u, Some(msgs[0].cursor), None).unwrap();
+            assert_eq!(after.len(), 1);
+            assert_eq!(after[0].text, "second");
+            ca.update(&u).unwrap();
+            let st = ca.status().unwrap();
+            assert_eq!(st.universes.len(), 1);
+            assert_eq!(st.peers.len(), 1);
+            // Only admins add; B is not one.
+            let e = cb.add_member(&u, &ma).unwrap_err();
+            assert_eq!(e.code(), Some("not_admin"), "{e}");
+            // Shut B down through the API.
+            cb.shutdown().unwrap();
+        })
+        .await;
+        timeout(Duration::from_secs(10), b.h.wait())
+            .await
+            .expect("B stops after /v1/shutdown");
+        assert!(!b.dir.join("api.addr").exists());
+        a.h.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}

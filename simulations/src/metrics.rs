@@ -1,0 +1,211 @@
+//! What a run measures: the metrics object (JSON) and the time series
+//! (CSV). Everything here is computed from virtual time and the event
+//! trace, except `wall_seconds` and `peak_rss_mb` (informational, left out
+//! of determinism checks by [`Metrics::deterministic_json`]).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles (nearest rank) of virtual latencies in ms.
+    pub fn of(sorted: &[u32]) -> Latency {
+        if sorted.is_empty() {
+            return Latency::default();
+        }
+        let pick = |q: f64| -> f64 {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            sorted[rank - 1] as f64
+        };
+        let sum: u64 = sorted.iter().map(|v| *v as u64).sum();
+        Latency {
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: *sorted.last().unwrap_or(&0) as f64,
+            mean: (sum as f64 / sorted.len() as f64 * 10.0).round() / 10.0,
+        }
+    }
+}
+
+/// PCS healing in one send group after one compromise.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PcsGroup {
+    /// Owner (member index) of the send group.
+    pub owner: usize,
+    /// Short id of the group (an owner that lost its state has a new one).
+    pub group: String,
+    /// Application messages the owner sent in this group after the
+    /// compromise, and how many of them the attacker's copy decrypted.
+    pub sent_after: usize,
+    pub read: usize,
+    /// Send time (s after the compromise) of the last message it read.
+    pub last_read_s: Option<f64>,
+    /// Healed: some message sent after the last one it read was not
+    /// readable. `heal_seconds` = send time of the first such message minus
+    /// the compromise time.
+    pub healed: bool,
+    pub heal_seconds: Option<f64>,
+    /// False if the attacker read a message sent after one it could not
+    /// read (healing was not monotone: worth a look).
+    pub monotone: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Pcs {
+    pub member: usize,
+    pub at_s: f64,
+    /// Every measured group healed within the run.
+    pub healed: bool,
+    /// Time until the last measured group healed (None if one never did).
+    pub heal_seconds: Option<f64>,
+    /// Median over groups of their healing time (healed groups only).
+    pub median_group_heal_seconds: Option<f64>,
+    /// The victim's first MMLS update (commit with path) after the
+    /// compromise, seconds after it.
+    pub victim_first_update_s: Option<f64>,
+    /// Messages sent after the compromise in the groups of other members,
+    /// and how many the attacker read.
+    pub sent_after: usize,
+    pub read: usize,
+    /// The victim's own send group is not measured: openmls never decrypts
+    /// messages from the member's own leaf, so a copy of the victim cannot
+    /// stand in for an attacker reading the victim's own traffic.
+    pub own_group_measured: bool,
+    pub groups: Vec<PcsGroup>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Convergence {
+    /// Expected deliveries that never happened.
+    pub missing_deliveries: u64,
+    /// (member, owner) pairs whose view of owner's send group differs from
+    /// the others' (epoch and exported fingerprint), or is missing.
+    pub epoch_mismatches: u64,
+    /// Members checked (online, in the universe, at the end).
+    pub members_checked: usize,
+    /// A few human-readable problems, if any.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Metrics {
+    pub scenario: String,
+    pub seed: u64,
+    pub members: usize,
+    pub nodes: usize,
+    pub topology: String,
+    pub links: usize,
+    pub virtual_seconds: f64,
+    pub messages_sent: u64,
+    pub deliveries_expected: u64,
+    pub deliveries: u64,
+    /// A member got the same message twice (must be 0).
+    pub duplicates: u64,
+    /// Deliveries to members outside a message's audience: removed members
+    /// after their removal was committed, or members not yet welcomed
+    /// (must be 0).
+    pub unexpected_deliveries: u64,
+    /// Deliveries that were allowed but not required (state-loss windows,
+    /// removed members before the removal committed, members offline at
+    /// the end).
+    pub optional_deliveries: u64,
+    /// Messages lost with their sender's state before anyone got them.
+    pub lost_with_sender_state: u64,
+    pub latency_ms: Latency,
+    pub converged: bool,
+    pub convergence: Convergence,
+    pub bytes_on_wire: u64,
+    pub bytes_gossip: u64,
+    pub bytes_sync: u64,
+    /// Gossip frames that arrived at a node that had already seen them.
+    pub gossip_redundant: u64,
+    pub frames_lost: u64,
+    pub commits: u64,
+    pub commits_with_path: u64,
+    pub updates: u64,
+    /// commits / updates (every update should cost about one commit per
+    /// other member, bounded by two).
+    pub commits_per_update: Option<f64>,
+    pub sync_exchanges: u64,
+    pub fetch_requests: u64,
+    pub fetched_envelopes: u64,
+    /// Inputs the engines rejected, by error kind (duplicates excluded).
+    pub input_errors: BTreeMap<String, u64>,
+    /// `Event::Rejected`: stream entries accepted then dropped.
+    pub rejected_entries: u64,
+    pub stale_events: u64,
+    pub rejoins: u64,
+    pub equivocations: u64,
+    /// Workload actions the engine refused (e.g. universe not joined yet).
+    pub sends_refused: u64,
+    pub updates_refused: u64,
+    /// Events of the engine API the driver could not carry out.
+    pub driver_errors: Vec<String>,
+    pub pcs: Vec<Pcs>,
+    pub wall_seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+impl Metrics {
+    /// The metrics as JSON without the informational wall-clock fields:
+    /// equal for equal scenario and seed.
+    pub fn deterministic_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("wall_seconds");
+            o.remove("peak_rss_mb");
+        }
+        v
+    }
+}
+
+/// Samples taken every `sample_s` of virtual time.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// (t_s, deliveries in the interval, cumulative deliveries, messages
+    /// sent so far, commits so far)
+    pub deliveries: Vec<(f64, u64, u64, u64, u64)>,
+    /// (t_s, owner, owner's epoch, min epoch over online members, max)
+    pub epochs: Vec<(f64, usize, u64, u64, u64)>,
+    /// (t_s, node, bytes sent so far, bytes received so far)
+    pub bytes: Vec<(f64, usize, u64, u64)>,
+}
+
+/// The peak resident set of this process (VmHWM), in MiB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        let l = Latency::of(&v);
+        assert_eq!(l.p50, 50.0);
+        assert_eq!(l.p99, 99.0);
+        assert_eq!(l.max, 100.0);
+        assert_eq!(Latency::of(&[]), Latency::default());
+    }
+}

@@ -1,0 +1,1477 @@
+//! The simulator: an event queue in virtual time (µs) driving one real
+//! `mmls_core::Participant` per node over the [`Network`] model.
+//!
+//! Determinism: one ChaCha8 RNG, seeded from the scenario, takes every
+//! network and workload decision in event order; events at the same time
+//! run in the order they were scheduled; maps are BTreeMaps; outputs whose
+//! order inside one engine call follows the engine's random group ids
+//! (fetch requests) are put in a canonical order before they touch the RNG.
+//! What remains random is the crypto's own randomness (keys, nonces, group
+//! ids), which changes bytes but not sizes or decisions.
+
+use crate::attacker::{self, Attacker, BitSet, SentMessage};
+use crate::metrics::{peak_rss_mb, Convergence, Latency, Metrics, Series};
+use crate::network::{Network, Transmission};
+use crate::scenario::Scenario;
+use anyhow::{anyhow, Context, Result};
+use mmls_core::sync::SyncMessage;
+use mmls_core::{
+    Config, Envelope, Event, FetchRequest, FetchResponse, Id32, Identity, Kind, MemberId, Output,
+    Participant, Profile, Store, SyncSummary,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The simulator's message id, carried in the first 8 bytes of every body.
+pub fn message_id(body: &[u8]) -> Option<u64> {
+    body.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+/// The identity of node `i` (the same in every run).
+pub fn identity_of(i: usize) -> Identity {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    seed[8..16].copy_from_slice(b"mmls-sim");
+    Identity::from_seed(seed)
+}
+
+const NONE: u32 = u32::MAX;
+const SEC: u64 = 1_000_000;
+
+fn secs(us: u64) -> f64 {
+    us as f64 / SEC as f64
+}
+
+fn s_to_us(s: f64) -> u64 {
+    (s * SEC as f64).round().max(0.0) as u64
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Tick(usize),
+    Gossip {
+        to: usize,
+        from: usize,
+        id: u32,
+        bytes: Arc<Vec<u8>>,
+    },
+    SyncStart(usize),
+    SyncNow(usize),
+    Summary {
+        to: usize,
+        from: usize,
+        sums: Arc<Vec<SyncSummary>>,
+        reply: bool,
+    },
+    FetchReq {
+        to: usize,
+        from: usize,
+        req: FetchRequest,
+    },
+    FetchResp {
+        to: usize,
+        from: usize,
+        req: FetchRequest,
+        resp: FetchResponse,
+    },
+    Send(usize),
+    Update(usize),
+    Create,
+    PartitionStart(usize),
+    PartitionHeal(usize),
+    OfflineStart(usize),
+    OfflineEnd(usize),
+    Compromise(usize),
+    Join(usize),
+    Remove(usize),
+    Quiet,
+    Sample,
+}
+
+struct Item {
+    t: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    // Reversed: BinaryHeap pops the earliest.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+struct Node {
+    p: Participant,
+    store: Store,
+    member: MemberId,
+    online: bool,
+    /// In the universe as far as the scenario goes (initial member, or
+    /// added and not removed).
+    in_universe: bool,
+    seen: BitSet,
+    bytes_sent: u64,
+    bytes_recv: u64,
+    /// Last sync summary heard from each neighbour: group -> next seq.
+    peer_heads: BTreeMap<usize, BTreeMap<Id32, u64>>,
+    /// When the node lost its state (went offline with `lose_state`).
+    lost_at: Vec<u64>,
+    /// Path commits (own MMLS updates), µs.
+    path_commits: Vec<u64>,
+}
+
+struct MsgRec {
+    sender: usize,
+    sent: u64,
+    group: Id32,
+    seq: u64,
+    /// Per node: virtual ms of the (first) delivery, NONE if never.
+    recv: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_sent: u64,
+    duplicates: u64,
+    deliveries_total: u64,
+    bytes_gossip: u64,
+    bytes_sync: u64,
+    gossip_redundant: u64,
+    frames_lost: u64,
+    commits: u64,
+    commits_with_path: u64,
+    updates: u64,
+    sync_exchanges: u64,
+    fetch_requests: u64,
+    fetched_envelopes: u64,
+    input_errors: BTreeMap<String, u64>,
+    rejected_entries: u64,
+    stale_events: u64,
+    rejoins: u64,
+    equivocations: u64,
+    sends_refused: u64,
+    updates_refused: u64,
+    driver_errors: Vec<String>,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// A member's view of one send group: epoch and an epoch-secret fingerprint.
+type Fingerprint = (u64, Vec<u8>);
+
+/// One message sent after a compromise, as the attacker saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PcsPoint {
+    /// The member whose send group carried it.
+    pub owner: usize,
+    /// Seconds after the compromise it was sent.
+    pub sent_s: f64,
+    /// Whether the attacker's copy could decrypt it.
+    pub read: bool,
+}
+
+/// The attacker's view of one compromise, for the PCS timeline plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PcsPanel {
+    pub victim: usize,
+    pub at_s: f64,
+    pub points: Vec<PcsPoint>,
+}
+
+/// Everything a run produces.
+pub struct SimOutput {
+    pub metrics: Metrics,
+    pub series: Series,
+    /// Sorted delivery latencies (virtual ms) of expected deliveries.
+    pub latencies: Vec<u32>,
+    /// Per compromise, every message the attacker tried to read.
+    pub pcs_points: Vec<PcsPanel>,
+    /// Total bytes sent per node.
+    pub bytes_per_node: Vec<u64>,
+    pub scenario: Scenario,
+}
+
+pub struct Sim {
+    sc: Scenario,
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    end: u64,
+    queue: BinaryHeap<Item>,
+    seq: u64,
+    nodes: Vec<Node>,
+    net: Network,
+    cfg: Config,
+    profile: Profile,
+    uid: Option<Id32>,
+    member_index: BTreeMap<MemberId, usize>,
+    interned: HashMap<[u8; 32], u32>,
+    msgs: Vec<MsgRec>,
+    /// (group, member) -> [(stream seq of a Welcome adding the member, µs)]
+    welcomes: BTreeMap<(Id32, usize), Vec<(u64, u64)>>,
+    group_owner: BTreeMap<Id32, usize>,
+    removed_at: Vec<Option<u64>>,
+    /// (owner, removed member) -> (owner's group, first seq after the
+    /// owner learned of the removal).
+    removal_cut: BTreeMap<(usize, usize), (Id32, u64)>,
+    attackers: Vec<Attacker>,
+    quiet: bool,
+    c: Counters,
+    series: Series,
+    sample_us: u64,
+    last_sample_deliveries: u64,
+    events: u64,
+    started: Instant,
+    progress: Option<indicatif::ProgressBar>,
+    /// Wall time per engine call kind (MMLS_SIM_PROFILE=1 prints it).
+    prof: BTreeMap<&'static str, (u64, f64)>,
+}
+
+impl Sim {
+    pub fn new(sc: Scenario, opts: &RunOptions) -> Result<Sim> {
+        let seed = opts.seed.unwrap_or(sc.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = sc.nodes();
+        let net = Network::build(&sc.network, n, &mut rng);
+        let cfg = Config {
+            commit_delay_ms: sc.engine.commit_delay_ms,
+            update_interval_ms: None,
+            psk_window: sc.engine.psk_window,
+            log_retention: sc.engine.log_retention,
+            fetch_retry_ms: sc.engine.fetch_retry_ms,
+            rejoin_after_ms: sc.engine.rejoin_after_ms,
+            kp_retry_ms: sc.engine.kp_retry_ms,
+            ..Config::default()
+        };
+        let profile = if sc.profile == "dmls" {
+            Profile::Dmls
+        } else {
+            Profile::Mmls00
+        };
+        let end = s_to_us(sc.end_s());
+        let sample_us = if sc.sim.sample_s > 0.0 {
+            s_to_us(sc.sim.sample_s)
+        } else {
+            (end / 300).max(SEC)
+        };
+        let progress = if opts.progress {
+            let pb = indicatif::ProgressBar::new(sc.end_s().ceil() as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} virtual s  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(pb)
+        } else {
+            None
+        };
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            end,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            nodes: Vec::with_capacity(n),
+            net,
+            cfg,
+            profile,
+            uid: None,
+            member_index: BTreeMap::new(),
+            interned: HashMap::new(),
+            msgs: vec![],
+            welcomes: BTreeMap::new(),
+            group_owner: BTreeMap::new(),
+            removed_at: vec![None; n],
+            removal_cut: BTreeMap::new(),
+            attackers: vec![],
+            quiet: false,
+            c: Counters::default(),
+            series: Series::default(),
+            sample_us,
+            last_sample_deliveries: 0,
+            events: 0,
+            started: Instant::now(),
+            progress,
+            prof: BTreeMap::new(),
+            sc,
+        };
+        sim.setup()?;
+        Ok(sim)
+    }
+
+    fn prof(&mut self, what: &'static str, since: Instant) {
+        let e = self.prof.entry(what).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += since.elapsed().as_secs_f64();
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item {
+            t,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now / 1000
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        let n = self.sc.nodes();
+        let mut opened = vec![];
+        for i in 0..n {
+            let id = identity_of(i);
+            let store = Store::in_memory().map_err(|e| anyhow!("in-memory store: {e}"))?;
+            let (p, outs) = Participant::open(id.clone(), store.clone(), self.cfg.clone(), 0)
+                .map_err(|e| anyhow!("opening participant {i}: {e}"))?;
+            self.member_index.insert(id.member_id(), i);
+            self.nodes.push(Node {
+                p,
+                store,
+                member: id.member_id(),
+                online: true,
+                in_universe: false,
+                seen: BitSet::default(),
+                bytes_sent: 0,
+                bytes_recv: 0,
+                peer_heads: BTreeMap::new(),
+                lost_at: vec![],
+                path_commits: vec![],
+            });
+            opened.push(outs);
+        }
+        // Periodic per-node activities, each at its own random phase.
+        let tick = self.sc.sim.tick_ms * 1000;
+        let sync = s_to_us(self.sc.sim.sync_interval_s);
+        for i in 0..n {
+            let t = self.rng.gen_range(0..tick);
+            self.push(t, Ev::Tick(i));
+            let t = self.rng.gen_range(0..sync);
+            self.push(t, Ev::SyncStart(i));
+        }
+        let start = s_to_us(self.sc.workload.start_s);
+        if self.sc.workload.message_interval_s > 0.0 {
+            let iv = s_to_us(self.sc.workload.message_interval_s);
+            for i in 0..n {
+                let t = start + self.rng.gen_range(0..iv);
+                self.push(t, Ev::Send(i));
+            }
+        }
+        if self.sc.workload.update_interval_s > 0.0 {
+            let iv = s_to_us(self.sc.workload.update_interval_s);
+            for i in 0..n {
+                let t = start + self.rng.gen_range(0..iv);
+                self.push(t, Ev::Update(i));
+            }
+        }
+        self.push(s_to_us(self.sc.sim.create_s), Ev::Create);
+        let dur = s_to_us(self.sc.duration_s);
+        for (i, p) in self.sc.partitions.clone().iter().enumerate() {
+            self.push(s_to_us(p.at_s), Ev::PartitionStart(i));
+            if let Some(h) = p.heal_s {
+                self.push(s_to_us(h), Ev::PartitionHeal(i));
+            }
+        }
+        for (i, o) in self.sc.offline.clone().iter().enumerate() {
+            self.push(s_to_us(o.at_s), Ev::OfflineStart(i));
+            if let Some(b) = o.back_s {
+                self.push(s_to_us(b), Ev::OfflineEnd(i));
+            }
+        }
+        for (i, c) in self.sc.compromises.clone().iter().enumerate() {
+            self.push(s_to_us(c.at_s), Ev::Compromise(i));
+        }
+        for (i, j) in self.sc.joins.clone().iter().enumerate() {
+            self.push(s_to_us(j.at_s), Ev::Join(i));
+        }
+        for (i, r) in self.sc.removes.clone().iter().enumerate() {
+            self.push(s_to_us(r.at_s), Ev::Remove(i));
+        }
+        self.push(dur, Ev::Quiet);
+        self.push(0, Ev::Sample);
+        for (i, outs) in opened.into_iter().enumerate() {
+            self.absorb(i, outs);
+        }
+        Ok(())
+    }
+
+    /// Runs to the end and computes the metrics.
+    pub fn run(mut self) -> Result<SimOutput> {
+        while let Some(item) = self.queue.pop() {
+            if item.t > self.end {
+                break;
+            }
+            self.now = item.t;
+            self.events += 1;
+            self.handle(item.ev)?;
+            if self.events.is_multiple_of(2048) {
+                if let Some(pb) = &self.progress {
+                    pb.set_position(self.now / SEC);
+                    pb.set_message(format!(
+                        "{} msgs, {} commits",
+                        self.c.messages_sent, self.c.commits
+                    ));
+                }
+            }
+        }
+        self.now = self.end;
+        if let Some(pb) = self.progress.take() {
+            pb.finish_and_clear();
+        }
+        self.finish()
+    }
+
+    fn handle(&mut self, ev: Ev) -> Result<()> {
+        match ev {
+            Ev::Tick(x) => {
+                let next = self.now + self.sc.sim.tick_ms * 1000;
+                self.push(next, Ev::Tick(x));
+                if self.nodes[x].online {
+                    let now = self.now_ms();
+                    let t0 = Instant::now();
+                    let outs = self.nodes[x].p.tick(now);
+                    self.prof("tick", t0);
+                    self.absorb(x, outs);
+                }
+            }
+            Ev::Gossip {
+                to,
+                from,
+                id,
+                bytes,
+            } => self.on_gossip(to, from, id, bytes),
+            Ev::SyncStart(x) => {
+                let next = self.now + s_to_us(self.sc.sim.sync_interval_s);
+                self.push(next, Ev::SyncStart(x));
+                self.start_sync(x);
+            }
+            Ev::SyncNow(x) => self.start_sync(x),
+            Ev::Summary {
+                to,
+                from,
+                sums,
+                reply,
+            } => self.on_summary(to, from, &sums, reply),
+            Ev::FetchReq { to, from, req } => self.on_fetch_request(to, from, req),
+            Ev::FetchResp {
+                to,
+                from,
+                req,
+                resp,
+            } => {
+                if self.net.reachable(from, to) {
+                    self.c.fetched_envelopes += resp.envelopes.len() as u64;
+                    let t0 = Instant::now();
+                    let outs = self.nodes[to].p.handle_fetch_response(&req, resp);
+                    self.prof("handle_fetch_response", t0);
+                    self.absorb(to, outs);
+                }
+            }
+            Ev::Send(x) => self.on_send(x),
+            Ev::Update(x) => self.on_update(x),
+            Ev::Create => self.on_create()?,
+            Ev::PartitionStart(i) => {
+                let groups = self.sc.partitions[i].groups.clone();
+                self.net.partition(i, &groups);
+            }
+            Ev::PartitionHeal(i) => {
+                self.net.heal(i);
+                self.sync_everyone();
+            }
+            Ev::OfflineStart(i) => {
+                let o = self.sc.offline[i].clone();
+                self.net.set_online(o.member, false);
+                self.nodes[o.member].online = false;
+                if o.lose_state {
+                    self.nodes[o.member].lost_at.push(self.now);
+                }
+            }
+            Ev::OfflineEnd(i) => self.on_back_online(i)?,
+            Ev::Compromise(i) => {
+                let x = self.sc.compromises[i].member;
+                let snap = self.nodes[x]
+                    .store
+                    .snapshot()
+                    .map_err(|e| anyhow!("snapshot of member {x}'s store: {e}"))?;
+                let (copy, _) =
+                    Participant::open(identity_of(x), snap, self.cfg.clone(), self.now_ms())
+                        .map_err(|e| anyhow!("opening the attacker's copy of member {x}: {e}"))?;
+                self.attackers.push(Attacker::new(x, self.now, copy));
+            }
+            Ev::Join(i) => self.on_join(i),
+            Ev::Remove(i) => self.on_remove(i),
+            Ev::Quiet => {
+                self.quiet = true;
+                self.net.heal_all();
+                self.net.loss = 0.0;
+                self.sync_everyone();
+            }
+            Ev::Sample => {
+                self.sample();
+                let next = self.now + self.sample_us;
+                if next <= self.end {
+                    self.push(next, Ev::Sample);
+                } else if self.now < self.end {
+                    self.push(self.end, Ev::Sample);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- gossip --
+
+    fn intern(&mut self, bytes: &[u8]) -> u32 {
+        let h = Envelope::id_of(bytes);
+        let next = self.interned.len() as u32;
+        *self.interned.entry(h).or_insert(next)
+    }
+
+    fn tap(&mut self, id: u32, bytes: &[u8]) {
+        let now = self.now;
+        let t0 = Instant::now();
+        for a in &mut self.attackers {
+            a.observe(id, bytes, now);
+        }
+        if !self.attackers.is_empty() {
+            self.prof("attacker", t0);
+        }
+    }
+
+    /// A node publishes: flood to every reachable neighbour.
+    fn publish(&mut self, x: usize, bytes: Vec<u8>) {
+        let id = self.intern(&bytes);
+        self.nodes[x].seen.insert(id);
+        self.forward(x, id, Arc::new(bytes), None);
+    }
+
+    fn forward(&mut self, x: usize, id: u32, bytes: Arc<Vec<u8>>, except: Option<usize>) {
+        let targets: Vec<(usize, usize)> = self
+            .net
+            .up_neighbours(x)
+            .into_iter()
+            .filter(|(b, _)| Some(*b) != except)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.tap(id, &bytes);
+        let len = bytes.len() as u64;
+        for (b, link) in targets {
+            self.nodes[x].bytes_sent += len;
+            self.c.bytes_gossip += len;
+            match self
+                .net
+                .transmit(link, x, len as usize, self.now, &mut self.rng)
+            {
+                Transmission::Lost => self.c.frames_lost += 1,
+                Transmission::Arrives(t) => {
+                    if self.nodes[b].seen.contains(id) {
+                        // Its arrival could only be dropped as already seen.
+                        self.c.gossip_redundant += 1;
+                        self.nodes[b].bytes_recv += len;
+                    } else {
+                        self.push(
+                            t,
+                            Ev::Gossip {
+                                to: b,
+                                from: x,
+                                id,
+                                bytes: bytes.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, to: usize, from: usize, id: u32, bytes: Arc<Vec<u8>>) {
+        if !self.net.reachable(from, to) {
+            self.c.frames_lost += 1;
+            return;
+        }
+        self.nodes[to].bytes_recv += bytes.len() as u64;
+        if !self.nodes[to].seen.insert(id) {
+            self.c.gossip_redundant += 1;
+            return;
+        }
+        let t0 = Instant::now();
+        let r = self.nodes[to].p.handle_incoming(&bytes);
+        self.prof("handle_incoming", t0);
+        self.forward(to, id, bytes, Some(from));
+        match r {
+            Ok(outs) => self.absorb(to, outs),
+            Err(e) if e.is_duplicate() => {}
+            Err(e) => self.input_error(&e),
+        }
+    }
+
+    fn input_error(&mut self, e: &mmls_core::MmlsError) {
+        let d = format!("{e:?}");
+        let kind = d
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("Other")
+            .to_string();
+        *self.c.input_errors.entry(kind).or_insert(0) += 1;
+    }
+
+    // ------------------------------------------------------------ sync --
+
+    fn link_between(&self, a: usize, b: usize) -> Option<usize> {
+        self.net.adj[a]
+            .binary_search_by_key(&b, |(n, _)| *n)
+            .ok()
+            .map(|i| self.net.adj[a][i].1)
+    }
+
+    fn send_sync(&mut self, from: usize, to: usize, len: usize, ev: Ev) {
+        let Some(link) = self.link_between(from, to) else {
+            return;
+        };
+        if !self.net.reachable(from, to) {
+            return;
+        }
+        self.nodes[from].bytes_sent += len as u64;
+        self.c.bytes_sync += len as u64;
+        match self.net.transmit(link, from, len, self.now, &mut self.rng) {
+            Transmission::Lost => self.c.frames_lost += 1,
+            Transmission::Arrives(t) => self.push(t, ev),
+        }
+    }
+
+    fn sync_everyone(&mut self) {
+        for x in 0..self.nodes.len() {
+            if self.nodes[x].online {
+                self.push(self.now, Ev::SyncNow(x));
+            }
+        }
+    }
+
+    /// Sends our summaries to every reachable neighbour.
+    fn start_sync(&mut self, x: usize) {
+        if !self.nodes[x].online {
+            return;
+        }
+        let sums = Arc::new(self.nodes[x].p.summaries());
+        let len = SyncMessage::Summary((*sums).clone()).encode().len();
+        for (y, _) in self.net.up_neighbours(x) {
+            self.c.sync_exchanges += 1;
+            self.send_sync(
+                x,
+                y,
+                len,
+                Ev::Summary {
+                    to: y,
+                    from: x,
+                    sums: sums.clone(),
+                    reply: false,
+                },
+            );
+        }
+    }
+
+    fn on_summary(&mut self, to: usize, from: usize, sums: &[SyncSummary], reply: bool) {
+        if !self.net.reachable(from, to) {
+            return;
+        }
+        if let Some(uid) = self.uid {
+            if let Some(s) = sums.iter().find(|s| s.universe == uid) {
+                self.nodes[to]
+                    .peer_heads
+                    .insert(from, s.heads.iter().copied().collect());
+            }
+        }
+        let t0 = Instant::now();
+        let mut reqs = vec![];
+        for s in sums {
+            reqs.extend(self.nodes[to].p.plan_fetches(s));
+        }
+        self.prof("plan_fetches", t0);
+        self.canonical(&mut reqs);
+        for r in reqs {
+            self.send_fetch(to, from, r);
+        }
+        if !reply {
+            let mine = Arc::new(self.nodes[to].p.summaries());
+            let len = SyncMessage::Summaries((*mine).clone()).encode().len();
+            self.send_sync(
+                to,
+                from,
+                len,
+                Ev::Summary {
+                    to: from,
+                    from: to,
+                    sums: mine,
+                    reply: true,
+                },
+            );
+        }
+    }
+
+    /// Fetch requests in an order that does not depend on random group ids.
+    fn canonical(&self, reqs: &mut [FetchRequest]) {
+        let key = |r: &FetchRequest| match r {
+            FetchRequest::Range { group, from, .. } => (
+                0,
+                self.group_owner.get(group).copied().unwrap_or(usize::MAX),
+                *from,
+            ),
+            FetchRequest::Welcomes { member, .. } => (
+                1,
+                self.member_index.get(member).copied().unwrap_or(usize::MAX),
+                0,
+            ),
+        };
+        reqs.sort_by_key(key);
+    }
+
+    fn send_fetch(&mut self, client: usize, server: usize, req: FetchRequest) {
+        self.c.fetch_requests += 1;
+        let len = SyncMessage::Fetch(req.clone()).encode().len();
+        self.send_sync(
+            client,
+            server,
+            len,
+            Ev::FetchReq {
+                to: server,
+                from: client,
+                req,
+            },
+        );
+    }
+
+    /// An engine asked to fetch: one reachable neighbour, preferably one
+    /// whose last summary shows it has what is missing.
+    fn route_fetch(&mut self, x: usize, req: FetchRequest) {
+        let up = self.net.up_neighbours(x);
+        if up.is_empty() {
+            return;
+        }
+        let has = |y: &usize| match &req {
+            FetchRequest::Range { group, from, .. } => self.nodes[x]
+                .peer_heads
+                .get(y)
+                .and_then(|h| h.get(group))
+                .is_some_and(|n| n > from),
+            FetchRequest::Welcomes { .. } => false,
+        };
+        let preferred: Vec<usize> = up.iter().map(|(y, _)| *y).filter(|y| has(y)).collect();
+        let pool: Vec<usize> = if preferred.is_empty() {
+            up.iter().map(|(y, _)| *y).collect()
+        } else {
+            preferred
+        };
+        let y = pool[self.rng.gen_range(0..pool.len())];
+        self.send_fetch(x, y, req);
+    }
+
+    fn on_fetch_request(&mut self, server: usize, client: usize, req: FetchRequest) {
+        if !self.net.reachable(client, server) {
+            return;
+        }
+        let t0 = Instant::now();
+        let resp = self.nodes[server].p.serve_fetch(&req).unwrap_or_default();
+        self.prof("serve_fetch", t0);
+        let msg = SyncMessage::Fetched(resp);
+        let len = msg.encode().len();
+        let SyncMessage::Fetched(resp) = msg else {
+            return;
+        };
+        if !resp.envelopes.is_empty() && self.net.reachable(client, server) {
+            for e in &resp.envelopes {
+                let id = self.intern(e);
+                self.tap(id, e);
+            }
+        }
+        self.send_sync(
+            server,
+            client,
+            len,
+            Ev::FetchResp {
+                to: client,
+                from: server,
+                req,
+                resp,
+            },
+        );
+    }
+
+    // -------------------------------------------------- engine outputs --
+
+    /// Feeds a node's outputs into the network and the bookkeeping.
+    fn absorb(&mut self, x: usize, outs: Vec<Output>) {
+        let mut acks = vec![];
+        let mut fetches = vec![];
+        for o in outs {
+            match o {
+                Output::Publish(p) => {
+                    if let Some(id) = p.outbox_id {
+                        acks.push(id);
+                    }
+                    self.on_own_publish(x, &p.bytes);
+                    self.publish(x, p.bytes);
+                }
+                Output::Event(e) => self.on_event(x, e),
+                Output::Fetch(r) => fetches.push(r),
+            }
+        }
+        if !acks.is_empty() {
+            self.nodes[x].p.ack_published(&acks);
+        }
+        self.canonical(&mut fetches);
+        for r in fetches {
+            self.route_fetch(x, r);
+        }
+    }
+
+    fn on_own_publish(&mut self, x: usize, bytes: &[u8]) {
+        let Ok(env) = Envelope::decode(bytes) else {
+            return;
+        };
+        if !matches!(env.kind, Kind::Welcome | Kind::Commit | Kind::Application) {
+            return;
+        }
+        let Some(g) = env.group else { return };
+        self.group_owner.insert(g, x);
+        if env.kind != Kind::Welcome {
+            return;
+        }
+        // Whom the Welcome adds: the owner serves it to exactly those.
+        let Some(uid) = env.universe else { return };
+        for r in 0..self.nodes.len() {
+            if r == x {
+                continue;
+            }
+            let req = FetchRequest::Welcomes {
+                universe: uid,
+                member: self.nodes[r].member.clone(),
+            };
+            let Ok(resp) = self.nodes[x].p.serve_fetch(&req) else {
+                continue;
+            };
+            if resp.envelopes.iter().any(|e| e.as_slice() == bytes) {
+                self.welcomes
+                    .entry((g, r))
+                    .or_default()
+                    .push((env.seq, self.now));
+            }
+        }
+    }
+
+    fn on_event(&mut self, x: usize, e: Event) {
+        match e {
+            Event::Message(d) => {
+                let Some(mid) = message_id(&d.body) else {
+                    return;
+                };
+                let ms = self.now_ms().min(NONE as u64 - 1) as u32;
+                if let Some(m) = self.msgs.get_mut(mid as usize) {
+                    if m.recv[x] == NONE {
+                        m.recv[x] = ms;
+                        self.c.deliveries_total += 1;
+                    } else {
+                        self.c.duplicates += 1;
+                    }
+                }
+            }
+            Event::Committed { path, .. } => {
+                self.c.commits += 1;
+                if path {
+                    self.c.commits_with_path += 1;
+                    self.nodes[x].path_commits.push(self.now);
+                }
+            }
+            Event::MemberRemoved { member, .. } => {
+                let Some(&r) = self.member_index.get(&member) else {
+                    return;
+                };
+                if r == x || self.removal_cut.contains_key(&(x, r)) {
+                    return;
+                }
+                if let Some(uid) = self.uid {
+                    if let Ok(st) = self.nodes[x].p.status(&uid) {
+                        if let Some(own) = st.own_group {
+                            if let Some(gs) = st.groups.iter().find(|g| g.group == own) {
+                                self.removal_cut.insert((x, r), (own, gs.next_seq));
+                            }
+                        }
+                    }
+                }
+            }
+            Event::Stale { .. } => self.c.stale_events += 1,
+            Event::Rejoined { .. } => self.c.rejoins += 1,
+            Event::Rejected { .. } => self.c.rejected_entries += 1,
+            Event::Equivocation { .. } => self.c.equivocations += 1,
+            _ => {}
+        }
+    }
+
+    // -------------------------------------------------------- workload --
+
+    fn can_act(&self, x: usize) -> Option<Id32> {
+        let n = &self.nodes[x];
+        if n.online && n.in_universe {
+            self.uid
+        } else {
+            None
+        }
+    }
+
+    fn on_send(&mut self, x: usize) {
+        if self.quiet {
+            return;
+        }
+        let next = self.now + s_to_us(self.sc.workload.message_interval_s);
+        self.push(next, Ev::Send(x));
+        let Some(uid) = self.can_act(x) else { return };
+        let mid = self.msgs.len() as u64;
+        let mut body = vec![0u8; self.sc.workload.message_bytes];
+        body[..8].copy_from_slice(&mid.to_be_bytes());
+        let t0 = Instant::now();
+        let r = self.nodes[x].p.send(&uid, &body);
+        self.prof("send", t0);
+        match r {
+            Ok((_, outs)) => {
+                let app = outs.iter().rev().find_map(|o| match o {
+                    Output::Publish(p) => Envelope::decode(&p.bytes)
+                        .ok()
+                        .filter(|e| e.kind == Kind::Application)
+                        .and_then(|e| e.group.map(|g| (g, e.seq))),
+                    _ => None,
+                });
+                let Some((group, seq)) = app else {
+                    self.c
+                        .driver_errors
+                        .push(format!("member {x}: send produced no application envelope"));
+                    return;
+                };
+                self.msgs.push(MsgRec {
+                    sender: x,
+                    sent: self.now,
+                    group,
+                    seq,
+                    recv: vec![NONE; self.nodes.len()],
+                });
+                self.c.messages_sent += 1;
+                self.absorb(x, outs);
+            }
+            Err(_) => self.c.sends_refused += 1,
+        }
+    }
+
+    fn on_update(&mut self, x: usize) {
+        if self.quiet {
+            return;
+        }
+        let next = self.now + s_to_us(self.sc.workload.update_interval_s);
+        self.push(next, Ev::Update(x));
+        let Some(uid) = self.can_act(x) else { return };
+        let t0 = Instant::now();
+        let r = self.nodes[x].p.update(&uid);
+        self.prof("update", t0);
+        match r {
+            Ok(outs) => {
+                self.c.updates += 1;
+                self.absorb(x, outs);
+            }
+            Err(_) => self.c.updates_refused += 1,
+        }
+    }
+
+    fn on_create(&mut self) -> Result<()> {
+        if self.uid.is_some() {
+            return Ok(());
+        }
+        if !self.nodes[0].online {
+            self.push(self.now + SEC / 2, Ev::Create);
+            return Ok(());
+        }
+        let members: Vec<MemberId> = (0..self.sc.members)
+            .map(|i| self.nodes[i].member.clone())
+            .collect();
+        match self.nodes[0]
+            .p
+            .create_universe("mmls-sim", &members, &[], self.profile)
+        {
+            Ok((uid, outs)) => {
+                self.uid = Some(uid);
+                for i in 0..self.sc.members {
+                    self.nodes[i].in_universe = true;
+                }
+                self.absorb(0, outs);
+            }
+            Err(mmls_core::MmlsError::MissingKeyPackage(_)) => {
+                // The engine broadcast KeyPackage requests; try again.
+                self.push(self.now + SEC / 2, Ev::Create);
+            }
+            Err(e) => return Err(anyhow!("member 0 cannot create the universe: {e}")),
+        }
+        Ok(())
+    }
+
+    fn on_back_online(&mut self, i: usize) -> Result<()> {
+        let o = self.sc.offline[i].clone();
+        let x = o.member;
+        self.net.set_online(x, true);
+        self.nodes[x].online = true;
+        if o.lose_state {
+            let store = Store::in_memory().map_err(|e| anyhow!("in-memory store: {e}"))?;
+            let (p, outs) = Participant::open(
+                identity_of(x),
+                store.clone(),
+                self.cfg.clone(),
+                self.now_ms(),
+            )
+            .map_err(|e| anyhow!("reopening member {x}: {e}"))?;
+            let n = &mut self.nodes[x];
+            n.p = p;
+            n.store = store;
+            n.seen = BitSet::default();
+            n.peer_heads.clear();
+            self.absorb(x, outs);
+            if let Some(uid) = self.uid {
+                if self.nodes[x].in_universe {
+                    match self.nodes[x].p.recover_universe(&uid) {
+                        Ok(outs) => self.absorb(x, outs),
+                        Err(e) => self
+                            .c
+                            .driver_errors
+                            .push(format!("member {x}: recover_universe: {e}")),
+                    }
+                }
+            }
+        }
+        self.push(self.now, Ev::SyncNow(x));
+        Ok(())
+    }
+
+    fn on_join(&mut self, i: usize) {
+        let r = self.sc.joins[i].member;
+        let retry = self.now + SEC;
+        let Some(uid) = self.uid.filter(|_| self.nodes[0].online) else {
+            if retry < self.end {
+                self.push(retry, Ev::Join(i));
+            }
+            return;
+        };
+        let m = self.nodes[r].member.clone();
+        match self.nodes[0].p.add_member(&uid, &m) {
+            Ok(outs) => {
+                self.nodes[r].in_universe = true;
+                self.absorb(0, outs);
+            }
+            Err(mmls_core::MmlsError::AlreadyMember(_)) => self.nodes[r].in_universe = true,
+            Err(mmls_core::MmlsError::MissingKeyPackage(_))
+            | Err(mmls_core::MmlsError::UniverseNotReady(_)) => {
+                if retry < self.end {
+                    self.push(retry, Ev::Join(i));
+                }
+            }
+            Err(e) => self
+                .c
+                .driver_errors
+                .push(format!("admin add_member({r}): {e}")),
+        }
+    }
+
+    fn on_remove(&mut self, i: usize) {
+        let r = self.sc.removes[i].member;
+        let retry = self.now + SEC;
+        let Some(uid) = self.uid.filter(|_| self.nodes[0].online) else {
+            if retry < self.end {
+                self.push(retry, Ev::Remove(i));
+            }
+            return;
+        };
+        let m = self.nodes[r].member.clone();
+        match self.nodes[0].p.remove_member(&uid, &m) {
+            Ok(outs) => {
+                self.nodes[r].in_universe = false;
+                self.removed_at[r] = Some(self.now);
+                self.absorb(0, outs);
+            }
+            Err(mmls_core::MmlsError::UniverseNotReady(_)) => {
+                if retry < self.end {
+                    self.push(retry, Ev::Remove(i));
+                }
+            }
+            Err(e) => self
+                .c
+                .driver_errors
+                .push(format!("admin remove_member({r}): {e}")),
+        }
+    }
+
+    // --------------------------------------------------------- samples --
+
+    fn sample(&mut self) {
+        let t0 = Instant::now();
+        self.sample_inner();
+        self.prof("sample", t0);
+    }
+
+    fn sample_inner(&mut self) {
+        let t = (secs(self.now) * 1000.0).round() / 1000.0;
+        let d = self.c.deliveries_total;
+        self.series.deliveries.push((
+            t,
+            d - self.last_sample_deliveries,
+            d,
+            self.c.messages_sent,
+            self.c.commits,
+        ));
+        self.last_sample_deliveries = d;
+        for (i, n) in self.nodes.iter().enumerate() {
+            self.series.bytes.push((t, i, n.bytes_sent, n.bytes_recv));
+        }
+        let Some(uid) = self.uid else { return };
+        let owners: Vec<usize> = (0..self.nodes.len())
+            .filter(|o| self.nodes[*o].in_universe)
+            .collect();
+        let online: Vec<usize> = owners
+            .iter()
+            .copied()
+            .filter(|r| self.nodes[*r].online)
+            .collect();
+        let mut rows = vec![];
+        for &o in &owners {
+            let mo = self.nodes[o].member.clone();
+            let own = self.nodes[o]
+                .p
+                .group_of(&uid, &mo)
+                .and_then(|g| self.nodes[o].p.epoch_fingerprint(&g).ok())
+                .map(|f| f.0);
+            let Some(own) = own else { continue };
+            let (mut lo, mut hi) = (u64::MAX, 0);
+            for &r in &online {
+                let p = &mut self.nodes[r].p;
+                if let Some(e) = p
+                    .group_of(&uid, &mo)
+                    .and_then(|g| p.epoch_fingerprint(&g).ok())
+                    .map(|f| f.0)
+                {
+                    lo = lo.min(e);
+                    hi = hi.max(e);
+                }
+            }
+            rows.push((t, o, own, if lo == u64::MAX { 0 } else { lo }, hi));
+        }
+        self.series.epochs.extend(rows);
+    }
+
+    // ---------------------------------------------------------- finish --
+
+    fn finish(mut self) -> Result<SimOutput> {
+        let n = self.nodes.len();
+        if std::env::var_os("MMLS_SIM_PROFILE").is_some() {
+            let total = self.started.elapsed().as_secs_f64();
+            eprintln!("profile: {} events, {total:.2} s wall", self.events);
+            for (k, (c, t)) in &self.prof {
+                eprintln!(
+                    "  {k:<24} {c:>10} calls {t:>9.2} s {:>8.1} us/call",
+                    t / *c as f64 * 1e6
+                );
+            }
+            let state = self.nodes[0]
+                .store
+                .get(mmls_core::store::Table::Meta, b"engine")
+                .ok()
+                .flatten();
+            eprintln!(
+                "  engine state of member 0: {} bytes",
+                state.map(|s| s.len()).unwrap_or(0)
+            );
+        }
+        let mut conv = Convergence::default();
+        // Epochs: every checked member's view of every owner's group agrees.
+        let checked: Vec<usize> = (0..n)
+            .filter(|r| self.nodes[*r].in_universe && self.nodes[*r].online)
+            .collect();
+        conv.members_checked = checked.len();
+        if let Some(uid) = self.uid {
+            let owners: Vec<usize> = (0..n).filter(|o| self.nodes[*o].in_universe).collect();
+            for &o in &owners {
+                let mo = self.nodes[o].member.clone();
+                let mut views: Vec<(usize, Option<Fingerprint>)> = vec![];
+                for &r in &checked {
+                    let p = &mut self.nodes[r].p;
+                    let fp = p
+                        .group_of(&uid, &mo)
+                        .and_then(|g| p.epoch_fingerprint(&g).ok());
+                    views.push((r, fp));
+                }
+                // The reference view: the owner's own if it is checked,
+                // else the most common one.
+                let reference = views
+                    .iter()
+                    .find(|(r, _)| *r == o)
+                    .and_then(|(_, f)| f.clone())
+                    .or_else(|| {
+                        let mut counts: BTreeMap<&(u64, Vec<u8>), usize> = BTreeMap::new();
+                        for f in views.iter().filter_map(|(_, f)| f.as_ref()) {
+                            *counts.entry(f).or_insert(0) += 1;
+                        }
+                        counts
+                            .into_iter()
+                            .max_by_key(|(_, c)| *c)
+                            .map(|(f, _)| f.clone())
+                    });
+                for (r, f) in &views {
+                    let ok = matches!((f, &reference), (Some(a), Some(b)) if a == b);
+                    if !ok {
+                        conv.epoch_mismatches += 1;
+                        if conv.problems.len() < 12 {
+                            conv.problems.push(match f {
+                                None => format!("member {r} has no usable view of member {o}'s send group"),
+                                Some((e, _)) => format!(
+                                    "member {r} is at epoch {e} of member {o}'s send group (reference epoch {})",
+                                    reference.as_ref().map(|x| x.0.to_string()).unwrap_or("?".into())
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        } else {
+            conv.problems.push("the universe was never created".into());
+        }
+
+        // Deliveries.
+        let mut expected = 0u64;
+        let mut delivered = 0u64;
+        let mut optional = 0u64;
+        let mut unexpected = 0u64;
+        let mut lost_with_sender = 0u64;
+        let mut latencies: Vec<u32> = vec![];
+        let mut missing_examples = vec![];
+        for (mid, m) in self.msgs.iter().enumerate() {
+            let s = m.sender;
+            let anyone = m.recv.iter().any(|v| *v != NONE);
+            let sender_lost = self.nodes[s].lost_at.iter().any(|t| *t > m.sent);
+            if sender_lost && !anyone {
+                lost_with_sender += 1;
+                continue;
+            }
+            for r in 0..n {
+                if r == s {
+                    continue;
+                }
+                let got = m.recv[r] != NONE;
+                match self.classify(m, r) {
+                    Class::Expected => {
+                        expected += 1;
+                        if got {
+                            delivered += 1;
+                            latencies.push(m.recv[r].saturating_sub((m.sent / 1000) as u32));
+                        } else {
+                            conv.missing_deliveries += 1;
+                            if missing_examples.len() < 5 {
+                                missing_examples.push(format!(
+                                    "member {r} never got message {mid} from member {s} (sent at {:.3} s)",
+                                    secs(m.sent)
+                                ));
+                            }
+                        }
+                    }
+                    Class::Optional => {
+                        if got {
+                            optional += 1;
+                        }
+                    }
+                    Class::Forbidden => {
+                        if got {
+                            unexpected += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for p in missing_examples {
+            if conv.problems.len() < 16 {
+                conv.problems.push(p);
+            }
+        }
+        latencies.sort_unstable();
+
+        // PCS.
+        let sent: Vec<SentMessage> = self
+            .msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| SentMessage {
+                id: i as u64,
+                sender: m.sender,
+                group: m.group,
+                sent_us: m.sent,
+            })
+            .collect();
+        let mut pcs = vec![];
+        let mut pcs_points = vec![];
+        for a in &self.attackers {
+            pcs.push(attacker::analyse(
+                a,
+                &sent,
+                &self.nodes[a.victim].path_commits,
+            ));
+            let points = sent
+                .iter()
+                .filter(|m| m.sender != a.victim && m.sent_us >= a.at_us)
+                .map(|m| PcsPoint {
+                    owner: m.sender,
+                    sent_s: secs(m.sent_us - a.at_us),
+                    read: a.read.contains_key(&m.id),
+                })
+                .collect();
+            pcs_points.push(PcsPanel {
+                victim: a.victim,
+                at_s: secs(a.at_us),
+                points,
+            });
+        }
+
+        let converged =
+            conv.missing_deliveries == 0 && conv.epoch_mismatches == 0 && self.uid.is_some();
+        let c = &self.c;
+        let metrics = Metrics {
+            scenario: self.sc.name.clone(),
+            seed: self.seed,
+            members: self.sc.members,
+            nodes: n,
+            topology: self.sc.network.topology.to_string(),
+            links: self.net.links.len(),
+            virtual_seconds: self.sc.end_s(),
+            messages_sent: c.messages_sent,
+            deliveries_expected: expected,
+            deliveries: delivered,
+            duplicates: c.duplicates,
+            unexpected_deliveries: unexpected,
+            optional_deliveries: optional,
+            lost_with_sender_state: lost_with_sender,
+            latency_ms: Latency::of(&latencies),
+            converged,
+            convergence: conv,
+            bytes_on_wire: c.bytes_gossip + c.bytes_sync,
+            bytes_gossip: c.bytes_gossip,
+            bytes_sync: c.bytes_sync,
+            gossip_redundant: c.gossip_redundant,
+            frames_lost: c.frames_lost,
+            commits: c.commits,
+            commits_with_path: c.commits_with_path,
+            updates: c.updates,
+            commits_per_update: if c.updates > 0 {
+                Some((c.commits as f64 / c.updates as f64 * 100.0).round() / 100.0)
+            } else {
+                None
+            },
+            sync_exchanges: c.sync_exchanges,
+            fetch_requests: c.fetch_requests,
+            fetched_envelopes: c.fetched_envelopes,
+            input_errors: c.input_errors.clone(),
+            rejected_entries: c.rejected_entries,
+            stale_events: c.stale_events,
+            rejoins: c.rejoins,
+            equivocations: c.equivocations,
+            sends_refused: c.sends_refused,
+            updates_refused: c.updates_refused,
+            driver_errors: c.driver_errors.clone(),
+            pcs,
+            wall_seconds: (self.started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        let bytes_per_node = self.nodes.iter().map(|n| n.bytes_sent).collect();
+        Ok(SimOutput {
+            metrics,
+            series: self.series,
+            latencies,
+            pcs_points,
+            bytes_per_node,
+            scenario: self.sc,
+        })
+    }
+
+    /// Whether member `r` must, may, or must not get message `m`.
+    fn classify(&self, m: &MsgRec, r: usize) -> Class {
+        let s = m.sender;
+        // The Welcome that put r into the group before m (stream order).
+        let entry = self.welcomes.get(&(m.group, r)).and_then(|v| {
+            v.iter()
+                .filter(|(seq, _)| *seq < m.seq)
+                .max_by_key(|(seq, _)| *seq)
+                .copied()
+        });
+        let Some((_, welcomed_at)) = entry else {
+            return Class::Forbidden;
+        };
+        if let Some(t_rm) = self.removed_at[r] {
+            if let Some((g, cut)) = self.removal_cut.get(&(s, r)) {
+                if *g == m.group && m.seq >= *cut {
+                    return Class::Forbidden;
+                }
+            }
+            let _ = t_rm;
+            return Class::Optional;
+        }
+        if !self.nodes[r].online || !self.nodes[r].in_universe {
+            return Class::Optional;
+        }
+        // Welcomed into an incarnation that later lost its state: only what
+        // it got before the loss counts.
+        if let Some(loss) = self.nodes[r]
+            .lost_at
+            .iter()
+            .copied()
+            .find(|t| *t > welcomed_at)
+        {
+            return if m.recv[r] != NONE && (m.recv[r] as u64) * 1000 < loss + 1000 {
+                Class::Expected
+            } else {
+                Class::Optional
+            };
+        }
+        Class::Expected
+    }
+}
+
+enum Class {
+    Expected,
+    Optional,
+    Forbidden,
+}
+
+/// Runs a scenario.
+pub fn run(sc: Scenario, opts: &RunOptions) -> Result<SimOutput> {
+    let name = sc.name.clone();
+    Sim::new(sc, opts)
+        .and_then(Sim::run)
+        .with_context(|| format!("scenario {name}"))
+}
