@@ -228,14 +228,15 @@ impl Demo {
         Ok(out)
     }
 
-    /// The (sender, seq) pairs node `i` should have delivered.
+    /// The (sender, seq) pairs node `i` should have delivered: while the
+    /// network is split, only its own side's; once healed, everything.
     fn expected(&self, i: usize) -> BTreeSet<(MemberId, u64)> {
         self.sent
             .iter()
             .filter(|s| s.from != i)
             .filter(|s| match s.reach {
                 Reach::Everyone => true,
-                Reach::Side(x) => self.side[i] == x,
+                Reach::Side(x) => !self.partitioned || self.side[i] == x,
             })
             .map(|s| (self.nodes[s.from].member.clone(), s.seq))
             .collect()
