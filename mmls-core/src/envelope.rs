@@ -62,6 +62,12 @@ pub struct Envelope {
     /// readers always have them when they have the commit.
     #[serde(default)]
     pub proposals: Vec<ByteBuf>,
+    /// The owner's identity signature over a Welcome stream entry
+    /// ([`Envelope::welcome_signed_bytes`]). A Welcome is encrypted to its
+    /// joiners only, so the other members could not otherwise tell a real
+    /// one from a forgery that would make them skip a stream position.
+    #[serde(default)]
+    pub sig: Option<ByteBuf>,
     pub body: ByteBuf,
 }
 
@@ -94,8 +100,23 @@ impl Envelope {
             to: None,
             deps: vec![],
             proposals: vec![],
+            sig: None,
             body: ByteBuf::from(body),
         }
+    }
+
+    /// What an owner signs for a Welcome stream entry: its position and a
+    /// hash of its body, under a label of its own (the identity key also
+    /// signs libp2p and rejoin messages).
+    pub fn welcome_signed_bytes(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"mmls welcome entry v1");
+        h.update(self.universe.map(|u| u.0).unwrap_or_default());
+        h.update(self.group.map(|g| g.0).unwrap_or_default());
+        h.update(self.seq.to_be_bytes());
+        h.update(self.epoch.to_be_bytes());
+        h.update(Sha256::digest(&self.body));
+        h.finalize().to_vec()
     }
 
     pub fn encode(&self) -> Vec<u8> {

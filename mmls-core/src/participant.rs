@@ -229,6 +229,11 @@ struct GroupState {
     stale_since: Option<u64>,
     /// When the owner last committed (silence detection).
     last_commit_at: u64,
+    /// Log entries below this seq were deleted by retention (as opposed to
+    /// never held, because we joined later): peers asking for them are told
+    /// the history is gone.
+    #[serde(default)]
+    pruned_below: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1116,8 +1121,21 @@ impl Participant {
                 Some(&log_key(&g, cut)),
                 256,
             )?;
+            // Bounded work per tick: what is left goes at the next one.
+            let done_to = if old.len() == 256 {
+                old.last()
+                    .and_then(|(k, _)| k.get(32..40))
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+            } else {
+                cut
+            };
             for (k, _) in old {
                 self.provider.store().delete(Table::Log, &k);
+            }
+            if let Some(gs) = self.uni_mut(&uid)?.groups.get_mut(&g) {
+                gs.pruned_below = gs.pruned_below.max(done_to);
             }
         }
         Ok(())
@@ -1250,6 +1268,7 @@ impl Participant {
             stale: false,
             stale_since: None,
             last_commit_at: self.now,
+            pruned_below: 0,
         };
         let now = self.now;
         let me = self.me.clone();
@@ -1313,6 +1332,9 @@ impl Participant {
     ) -> Result<(), MmlsError> {
         let mut env = self.own_envelope(uid, g, Kind::Welcome, epoch, tls(&welcome)?, vec![])?;
         env.to = None;
+        env.sig = Some(ByteBuf::from(
+            self.identity.sign_detached(&env.welcome_signed_bytes()),
+        ));
         let seq = env.seq;
         // Welcomes go to the lobby: joiners are not on the universe topic yet.
         self.emit_stream(Topic::Lobby, &env);
@@ -1990,7 +2012,7 @@ impl Participant {
             };
             // Otherwise it waits with the group's stream for its PSKs.
             if can_join && self.deps_ready(&uid, &env.deps)? {
-                self.step(|p| p.join(uid, g, &env))?;
+                self.step(|p| p.join(uid, g, &env, bytes))?;
                 self.drain(uid, g);
                 return Ok(());
             }
@@ -2027,9 +2049,9 @@ impl Participant {
         if buffered.is_some_and(|b| b.len() >= self.config.max_buffer_per_group) {
             return Err(MmlsError::BufferFull(g));
         }
-        let bytes = bytes.to_vec();
+        let owned = bytes.to_vec();
         self.step(|p| {
-            p.buffer_put(g, env.seq, bytes);
+            p.buffer_put(g, env.seq, owned);
             Ok(())
         })?;
         // Process the new entry directly when it is next, so that its own
@@ -2042,7 +2064,7 @@ impl Participant {
             .map(|s| (s.next_seq, s.stale));
         if let Some((n, false)) = next {
             if n == env.seq && self.deps_ready(&uid, &env.deps)? {
-                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env)) {
+                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, &bytes)) {
                     self.drop_entry(uid, g, env.seq, &e);
                     return Err(e);
                 }
@@ -2165,7 +2187,7 @@ impl Participant {
                     self.set_blocked(uid, g, true);
                     break;
                 }
-                match self.step(|p| p.process_entry(uid, g, &env)) {
+                match self.step(|p| p.process_entry(uid, g, &env, &bytes)) {
                     Ok(()) => {
                         progressed = true;
                     }
@@ -2229,7 +2251,7 @@ impl Participant {
                 && self.welcome_is_for_me(&env).unwrap_or(false)
                 && self.deps_ready(&uid, &env.deps).unwrap_or(false)
             {
-                if self.step(|p| p.join(uid, g, &env)).is_ok() {
+                if self.step(|p| p.join(uid, g, &env, &bytes)).is_ok() {
                     self.drain(uid, g);
                 }
                 return;
@@ -2262,7 +2284,7 @@ impl Participant {
 
     /// Joins send group `g` through a Welcome addressed to one of our
     /// KeyPackages.
-    fn join(&mut self, uid: Id32, g: Id32, env: &Envelope) -> Result<(), MmlsError> {
+    fn join(&mut self, uid: Id32, g: Id32, env: &Envelope, raw: &[u8]) -> Result<(), MmlsError> {
         let msg = MlsMessageIn::tls_deserialize_exact(env.body.as_slice())
             .map_err(|e| MmlsError::MalformedMls(format!("{e:?}")))?;
         let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
@@ -2339,6 +2361,7 @@ impl Participant {
                 stale: false,
                 stale_since: None,
                 last_commit_at: now,
+                pruned_below: 0,
             },
         );
         u.pending_imports.insert(g);
@@ -2347,6 +2370,8 @@ impl Participant {
             u.rejoin_requested_at = None;
         }
         let _ = me;
+        // Our Welcome is part of the stream peers behind us need to pass.
+        self.log_entry(g, env.seq, raw);
         self.export_psk(uid, g)?;
         let stale_below: Vec<u64> = self
             .buffers
@@ -2382,11 +2407,44 @@ impl Participant {
     }
 
     /// Processes the next entry of send group `g`'s stream.
-    fn process_entry(&mut self, uid: Id32, g: Id32, env: &Envelope) -> Result<(), MmlsError> {
+    fn process_entry(
+        &mut self,
+        uid: Id32,
+        g: Id32,
+        env: &Envelope,
+        raw: &[u8],
+    ) -> Result<(), MmlsError> {
         self.buffer_remove(g, env.seq);
+        self.process_entry_kind(uid, g, env)?;
+        self.log_entry(g, env.seq, raw);
+        Ok(())
+    }
+
+    /// Store-and-forward: every member keeps the entries it has processed
+    /// (bounded by `log_retention`) and serves them to peers that missed
+    /// them, so a partition heals through whoever carried the history, not
+    /// only through the owner. Only processed entries are kept: we never
+    /// hand on what we could not authenticate.
+    fn log_entry(&mut self, g: Id32, seq: u64, raw: &[u8]) {
+        self.provider
+            .store()
+            .put(Table::Log, &log_key(&g, seq), raw);
+    }
+
+    fn process_entry_kind(&mut self, uid: Id32, g: Id32, env: &Envelope) -> Result<(), MmlsError> {
         match env.kind {
             Kind::Welcome => {
-                // For other members (ours came through `join`).
+                // For other members (ours came through `join`): we cannot
+                // decrypt it, so the owner's signature is what proves it is
+                // the real entry at this position.
+                let owner = self
+                    .uni(&uid)?
+                    .groups
+                    .get(&g)
+                    .map(|s| s.owner.clone())
+                    .ok_or(MmlsError::UnknownGroup(g))?;
+                let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
+                owner.verify(&env.welcome_signed_bytes(), sig)?;
                 self.advance(uid, g)?;
                 Ok(())
             }
@@ -2841,10 +2899,13 @@ impl Participant {
                 let u = self
                     .uni(universe)
                     .map_err(|_| MmlsError::NotInUniverse(*universe))?;
-                if !u.groups.contains_key(group) {
-                    return Err(MmlsError::NotInGroup(*group));
-                }
+                let gs = u.groups.get(group).ok_or(MmlsError::NotInGroup(*group))?;
                 let store = self.provider.store();
+                let seq_of = |k: &[u8]| {
+                    k.get(32..40)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                };
                 let oldest = store
                     .range(
                         Table::Log,
@@ -2853,11 +2914,7 @@ impl Participant {
                         1,
                     )?
                     .first()
-                    .and_then(|(k, _)| {
-                        k.get(32..40)
-                            .and_then(|s| s.try_into().ok())
-                            .map(u64::from_be_bytes)
-                    });
+                    .and_then(|(k, _)| seq_of(k));
                 let rows = store.range(
                     Table::Log,
                     &log_key(group, *from),
@@ -2868,15 +2925,25 @@ impl Participant {
                     envelopes: vec![],
                     oldest,
                     more: false,
+                    pruned: *from < gs.pruned_below,
                 };
+                // Only a contiguous run starting at `from` is useful: the
+                // requester processes its stream strictly in order.
                 let mut size = 0;
-                for (i, (_, v)) in rows.into_iter().enumerate() {
-                    if i == MAX_FETCH_ENVELOPES || size + v.len() > MAX_FETCH_BYTES {
+                let mut expect = *from;
+                for (k, v) in rows {
+                    if seq_of(&k) != Some(expect) {
+                        break;
+                    }
+                    if resp.envelopes.len() == MAX_FETCH_ENVELOPES
+                        || size + v.len() > MAX_FETCH_BYTES
+                    {
                         resp.more = true;
                         break;
                     }
                     size += v.len();
                     resp.envelopes.push(ByteBuf::from(v));
+                    expect += 1;
                 }
                 Ok(resp)
             }
@@ -2918,13 +2985,13 @@ impl Participant {
             from,
         } = req
         {
-            let pruned = resp.oldest.is_some_and(|o| o > *from);
+            let pruned = resp.pruned && resp.oldest.is_none_or(|o| o > *from);
             let still_behind = self
                 .state
                 .universes
                 .get(universe)
                 .and_then(|u| u.groups.get(group))
-                .is_some_and(|s| s.next_seq < resp.oldest.unwrap_or(0) && !s.stale);
+                .is_some_and(|s| s.next_seq < resp.oldest.unwrap_or(u64::MAX) && !s.stale);
             if pruned && still_behind {
                 let now = self.now;
                 if let Some(gs) = self

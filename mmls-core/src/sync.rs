@@ -44,6 +44,12 @@ pub struct FetchResponse {
     pub oldest: Option<u64>,
     /// True if more entries follow (ask again from the last seq + 1).
     pub more: bool,
+    /// True if the server *deleted* the entries the request starts at (log
+    /// retention). False when it never had them (it joined the group
+    /// later): another peer may still have them, so the requester must not
+    /// give up on the group because of this answer.
+    #[serde(default)]
+    pub pruned: bool,
 }
 
 /// The wire form of a sync request/answer (request-response protocol).

@@ -154,7 +154,7 @@ impl Net {
                     let Ok(resp) = self.nodes[peer].as_ref().expect("up").serve_fetch(&req) else {
                         continue;
                     };
-                    if resp.envelopes.is_empty() && resp.oldest.is_none() {
+                    if resp.envelopes.is_empty() && !resp.pruned && !resp.more {
                         continue;
                     }
                     let outs = self.node(who).handle_fetch_response(&req, resp);

@@ -666,3 +666,112 @@ fn an_equivocating_owner_is_detected_and_named() {
         .chain(&st2.equivocations)
         .any(|(o, _, _)| *o == owner));
 }
+
+/// A Welcome entry is encrypted to its joiners only, so the other members
+/// check the owner's signature before they step over it; a forged one must
+/// not make them skip the owner's real entry at that position.
+#[test]
+fn forged_welcome_entry_cannot_skip_a_stream_position() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    let owner = net.member(0);
+    let g = net.node(1).group_of(&uid, &owner).unwrap();
+    let next = |net: &mut Net| {
+        let st = net.node(1).status(&uid).unwrap();
+        st.groups.iter().find(|s| s.group == g).unwrap().next_seq
+    };
+    let before = next(&mut net);
+    // A real Welcome body (of some group), re-addressed to node 0's stream.
+    let real = net
+        .all_bytes
+        .iter()
+        .filter_map(|b| Envelope::decode(b).ok())
+        .find(|e| e.kind == Kind::Welcome && e.sig.is_some())
+        .expect("a Welcome was published");
+    let mut forged = real.clone();
+    forged.group = Some(g);
+    forged.seq = before;
+    forged.sig = None;
+    let unsigned = net.node(1).handle_incoming(&forged.encode());
+    assert!(
+        matches!(unsigned, Err(MmlsError::BadSignature)),
+        "{unsigned:?}"
+    );
+    // Signed, but by a member who is not the owner.
+    let by_other = net.ids[2].sign_detached(&forged.welcome_signed_bytes());
+    forged.sig = Some(serde_bytes::ByteBuf::from(by_other));
+    let wrong_key = net.node(1).handle_incoming(&forged.encode());
+    assert!(
+        matches!(wrong_key, Err(MmlsError::BadSignature)),
+        "{wrong_key:?}"
+    );
+    assert_eq!(next(&mut net), before, "the stream did not move");
+    // The owner's real next entry still goes through.
+    net.send(0, &uid, "real entry");
+    net.run();
+    assert!(net.texts(1).contains(&"real entry".to_string()));
+    net.assert_consistent(&uid);
+}
+
+/// Store-and-forward: a member that missed an owner's entries catches up
+/// from another member (the owner unreachable), even after that member
+/// restarted from its store; a member that joined later says it never had
+/// old entries rather than that they were pruned.
+#[test]
+fn catch_up_through_a_peer_that_is_not_the_owner() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    net.offline[2] = true;
+    for k in 0..4 {
+        net.send(0, &uid, &format!("via the middle {k}"));
+    }
+    net.update(0, &uid);
+    net.run();
+    net.settle();
+    // The owner disappears; node 1 restarts from its store.
+    net.offline[0] = true;
+    net.nodes[1] = None;
+    let (p, outs) = crate::participant::Participant::open(
+        net.ids[1].clone(),
+        net.stores[1].clone(),
+        config(),
+        net.now,
+    )
+    .unwrap();
+    net.nodes[1] = Some(p);
+    net.absorb(1, outs);
+    net.offline[2] = false;
+    let m0 = net.member(0);
+    let g0 = net.node(2).group_of(&uid, &m0).unwrap();
+    let sums = net.node(1).summaries();
+    let mut fetched = 0;
+    for s in sums {
+        for r in net.node(2).plan_fetches(&s) {
+            let resp = net.node(1).serve_fetch(&r).unwrap();
+            assert!(!resp.pruned);
+            fetched += resp.envelopes.len();
+            let outs = net.node(2).handle_fetch_response(&r, resp);
+            net.absorb(2, outs);
+        }
+    }
+    net.run();
+    assert!(fetched >= 5, "served {fetched} entries");
+    let got = net.texts(2);
+    for k in 0..4 {
+        assert!(got.contains(&format!("via the middle {k}")), "{got:?}");
+    }
+    let st = net.node(2).status(&uid).unwrap();
+    let view = st.groups.iter().find(|s| s.group == g0).unwrap();
+    assert!(!view.stale && !view.blocked, "{view:?}");
+    // Node 1 joined node 0's group at its Welcome: asking it for seq 0 of
+    // that group gets "never had it", not "pruned".
+    let r = crate::sync::FetchRequest::Range {
+        universe: uid,
+        group: g0,
+        from: 0,
+    };
+    let resp = net.node(1).serve_fetch(&r).unwrap();
+    assert!(resp.envelopes.is_empty());
+    assert!(!resp.pruned);
+    assert!(resp.oldest.is_some_and(|o| o > 0));
+}

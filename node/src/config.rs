@@ -82,9 +82,6 @@ pub struct Limits {
     pub max_connections_per_peer: u32,
     /// Largest HTTP request body the API accepts.
     pub max_api_body: usize,
-    /// Others' stream entries kept in memory to serve peers' fetches.
-    pub relay_cache_bytes: usize,
-    pub relay_cache_entries: usize,
 }
 
 impl Default for Limits {
@@ -101,8 +98,6 @@ impl Default for Limits {
             max_connections: 256,
             max_connections_per_peer: 4,
             max_api_body: 2 << 20,
-            relay_cache_bytes: 64 << 20,
-            relay_cache_entries: 100_000,
         }
     }
 }

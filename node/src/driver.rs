@@ -9,7 +9,6 @@
 
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::relay::RelayCache;
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
@@ -164,7 +163,6 @@ pub(crate) struct Driver {
     kp_seen: HashSet<[u8; 32]>,
     kp_asked: HashMap<String, Instant>,
     welcome_asked: HashMap<Id32, Instant>,
-    relay: RelayCache,
     node_rejected: u64,
     pub(crate) stop: bool,
 }
@@ -183,10 +181,6 @@ impl Driver {
         let me = parts.participant.me().clone();
         let peer_id = *parts.swarm.local_peer_id();
         let dial_addrs = parts.cfg.peers.clone();
-        let relay = RelayCache::new(
-            parts.cfg.limits.relay_cache_bytes,
-            parts.cfg.limits.relay_cache_entries,
-        );
         Driver {
             swarm: parts.swarm,
             p: parts.participant,
@@ -213,7 +207,6 @@ impl Driver {
             kp_seen: HashSet::new(),
             kp_asked: HashMap::new(),
             welcome_asked: HashMap::new(),
-            relay,
             node_rejected: 0,
             stop: false,
         }
@@ -561,8 +554,7 @@ impl Driver {
         }
         let msg = SyncMessage::Fetched(FetchResponse {
             envelopes,
-            oldest: None,
-            more: false,
+            ..FetchResponse::default()
         });
         self.request(peer, msg, Outstanding::Push);
     }
@@ -604,8 +596,7 @@ impl Driver {
                 if let Some(kp) = kp {
                     let msg = SyncMessage::Fetched(FetchResponse {
                         envelopes: vec![kp],
-                        oldest: None,
-                        more: false,
+                        ..FetchResponse::default()
                     });
                     self.request(peer, msg, Outstanding::Push);
                 }
@@ -614,35 +605,10 @@ impl Driver {
         }
     }
 
-    /// Answers a fetch from the engine's log (own stream entries), else from
-    /// the relay cache (others' entries we have processed).
+    /// Answers a fetch from the engine's envelope log (every entry it has
+    /// processed, own or not; an unanswerable fetch gets an empty answer).
     fn serve(&self, req: &FetchRequest) -> FetchResponse {
-        let own = self.p.serve_fetch(req);
-        if let Ok(r) = &own {
-            if !r.envelopes.is_empty() {
-                return own.unwrap_or_default();
-            }
-        }
-        if let FetchRequest::Range {
-            universe,
-            group,
-            from,
-        } = req
-        {
-            let head = self
-                .p
-                .summaries()
-                .into_iter()
-                .find(|s| s.universe == *universe)
-                .and_then(|s| s.heads.into_iter().find(|(g, _)| g == group))
-                .map(|(_, n)| n)
-                .unwrap_or(0);
-            let relayed = self.relay.serve(group, *from, head);
-            if !relayed.envelopes.is_empty() {
-                return relayed;
-            }
-        }
-        own.unwrap_or_default()
+        self.p.serve_fetch(req).unwrap_or_default()
     }
 
     /// Feeds envelopes a peer pushed to us.
@@ -651,12 +617,10 @@ impl Driver {
             match self.p.handle_incoming(e) {
                 Ok(outs) => {
                     self.on_lobby_envelope(e, None);
-                    self.relay.remember(e, true);
                     self.handle_outputs(outs, None);
                 }
                 Err(err) if err.is_duplicate() => {
                     self.on_lobby_envelope(e, None);
-                    self.relay.remember(e, false);
                 }
                 Err(err) => tracing::debug!(error = %err, "pushed envelope rejected"),
             }
@@ -671,7 +635,9 @@ impl Driver {
         mut tried: Vec<PeerId>,
         roaming: bool,
     ) {
-        let empty = resp.envelopes.is_empty() && resp.oldest.is_none() && !resp.more;
+        // Nothing useful from this peer (it joined later, or is behind us):
+        // another may have it. A pruned history is an answer, though.
+        let empty = resp.envelopes.is_empty() && !resp.pruned && !resp.more;
         tracing::trace!(%peer, ?req, n = resp.envelopes.len(), more = resp.more, "fetched");
         if empty && roaming {
             if let Some(next) = self.next_peer(&tried) {
@@ -681,11 +647,7 @@ impl Driver {
             }
         }
         let welcomes = matches!(req, FetchRequest::Welcomes { .. }) && !resp.envelopes.is_empty();
-        let fetched = resp.envelopes.clone();
         let outs = self.p.handle_fetch_response(&req, resp);
-        for e in &fetched {
-            self.relay.remember(e, false);
-        }
         self.handle_outputs(outs, Some(peer));
         if welcomes {
             // We may have joined: fetch the rest of the streams now.
@@ -833,11 +795,6 @@ impl Driver {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
-                match &r {
-                    Ok(_) => self.relay.remember(&message.data, true),
-                    Err(e) if e.is_duplicate() => self.relay.remember(&message.data, false),
-                    Err(_) => {}
-                }
                 match r {
                     Ok(outs) => {
                         if lobby {

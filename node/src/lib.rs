@@ -8,8 +8,7 @@
 //!
 //! Module map: `config` (settings), `datadir` (files), `swarm` (libp2p
 //! behaviour and sync codec), `driver` (the event loop owning the engine),
-//! `handle` (start/stop and the async handle), `relay` (others' stream
-//! entries kept to serve peers' fetches), `api` (axum server), `types`
+//! `handle` (start/stop and the async handle), `api` (axum server), `types`
 //! (the API's JSON shapes), `client` (API client), `error`.
 
 pub mod api;
@@ -19,7 +18,6 @@ pub mod datadir;
 mod driver;
 pub mod error;
 mod handle;
-mod relay;
 pub mod swarm;
 pub mod types;
 
