@@ -31,7 +31,9 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
-    init_tracing("info");
+    // gossipsub warns at every re-announcement of an unchanged KeyPackage
+    // (its duplicate cache refuses the identical bytes, which is expected).
+    init_tracing("info,libp2p_gossipsub=error");
 
     let mut cfg = node::Config::daemon(dir);
     if !args.listen.is_empty() {
