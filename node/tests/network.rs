@@ -359,3 +359,118 @@ async fn restart_catches_up_via_sync() {
     .await
     .expect("test timed out");
 }
+
+/// A member that was down for longer than every peer's log retention cannot
+/// catch up from history: it notices the gap was pruned, rejoins (every owner
+/// removes and re-adds it with a fresh KeyPackage) and reads what is sent
+/// after, and the others read it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_beyond_retention_rejoins_and_reads_new_messages() {
+    init_tracing();
+    timeout(Duration::from_secs(150), async {
+        let short = |c: &mut node::Config| {
+            c.engine.log_retention = 6;
+            c.engine.rejoin_after_ms = 3_000;
+        };
+        let root = root();
+        let a = start_with(root.path(), "a", short).await;
+        let b = start_with(root.path(), "b", short).await;
+        let c = start_with(root.path(), "c", short).await;
+        link(&a, &b).await;
+        link(&a, &c).await;
+        link(&b, &c).await;
+        let u = create_and_wait(&a, &[&b, &c], Duration::from_secs(30)).await;
+        send_n(&a, u, 2, "before").await;
+        let ma = a.member();
+        wait_for(
+            "C has A's first messages",
+            Duration::from_secs(20),
+            || async { count_from(&c, u, &ma).await == 2 },
+        )
+        .await;
+
+        c.h.shutdown().await;
+        // Far more than the retention window, in both other groups.
+        for _ in 0..4 {
+            send_n(&a, u, 5, "while away").await;
+            send_n(&b, u, 5, "while away").await;
+            a.h.update(u).await.unwrap();
+            b.h.update(u).await.unwrap();
+        }
+        // Retention is applied on the engine's tick (every 200 ms): let
+        // A and B prune before C comes back.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let peers = vec![a.addr.clone(), b.addr.clone()];
+        let c2 = start_with(root.path(), "c", |cfg| {
+            short(cfg);
+            cfg.peers = peers;
+        })
+        .await;
+        let mut events = c2.h.subscribe();
+        let rejoined = async {
+            let mut seen = std::collections::BTreeSet::new();
+            while seen.len() < 2 {
+                match events.recv().await {
+                    Ok(mmls_core::Event::Rejoined { owner, .. }) => {
+                        seen.insert(owner);
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("event stream: {e}"),
+                }
+            }
+            seen
+        };
+        let Ok(seen) = tokio::time::timeout(Duration::from_secs(60), rejoined).await else {
+            panic!(
+                "C did not rejoin A's and B's groups; C's view: {:#?}",
+                c2.h.universe_status(u).await
+            );
+        };
+        assert!(seen.contains(&a.member()) && seen.contains(&b.member()));
+        wait_for(
+            "groups converged after the rejoin",
+            Duration::from_secs(40),
+            || async { converged(&[&a, &b, &c2], u).await },
+        )
+        .await;
+
+        // New traffic flows both ways.
+        let sa = a.h.send(u, "after rejoin").await.unwrap();
+        let sc = c2.h.send(u, "c is back").await.unwrap();
+        let mc = c2.member();
+        wait_for(
+            "C reads A's new message",
+            Duration::from_secs(30),
+            || async {
+                all_messages(&c2, u)
+                    .await
+                    .iter()
+                    .any(|d| d.sender == ma && d.seq == sa && d.body.as_slice() == b"after rejoin")
+            },
+        )
+        .await;
+        wait_for(
+            "A and B read C's new message",
+            Duration::from_secs(30),
+            || async {
+                for n in [&a, &b] {
+                    if !all_messages(n, u)
+                        .await
+                        .iter()
+                        .any(|d| d.sender == mc && d.seq == sc)
+                    {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+        // What C did get is in order and never twice.
+        check_order("c", &all_messages(&c2, u).await);
+        shutdown_all(&[&a, &b, &c2]).await;
+    })
+    .await
+    .expect("test timed out");
+}
