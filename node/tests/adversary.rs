@@ -1,0 +1,143 @@
+//! A hostile peer on the real wire: it speaks the node's own protocols (built
+//! with `node::swarm::build`) and floods garbage gossip and sync requests at
+//! one node while two honest nodes keep talking. Bounded in time.
+
+mod common;
+
+use common::*;
+use libp2p::futures::StreamExt;
+use libp2p::{identity, swarm::SwarmEvent};
+use node::mmls_core::sync::{FetchRequest, SyncMessage};
+use node::mmls_core::{Envelope, Id32, Kind};
+use node::swarm::{lobby_topic, universe_topic, BehaviourEvent};
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// Garbage number `i`: every one different (so gossip's duplicate cache
+/// does not absorb the flood for us), half of it well-formed envelopes that
+/// claim a position in a real send group.
+fn garbage(i: u64, u: Id32, g: Id32) -> Vec<u8> {
+    if i % 2 == 0 {
+        let mut b = format!("garbage {i} ").into_bytes();
+        b.resize(200, 0xa5);
+        return b;
+    }
+    let mut e = Envelope::new(Kind::Application, i.to_be_bytes().repeat(20));
+    e.universe = Some(u);
+    e.group = Some(g);
+    e.seq = 1_000_000 + i;
+    e.encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_refused_and_honest_traffic_flows() {
+    init_tracing();
+    timeout(Duration::from_secs(120), async {
+        let root = root();
+        let a = start(root.path(), "a").await;
+        let b = start(root.path(), "b").await;
+        link(&a, &b).await;
+        let u = create_and_wait(&a, &[&b], Duration::from_secs(30)).await;
+        let g = a.h.universe_status(u).await.unwrap().own_group.unwrap();
+
+        // The attacker: a fresh identity, not a member, dialling A.
+        let cfg = node::Config::new(root.path().join("attacker"));
+        let mut evil = node::swarm::build(identity::Keypair::generate_ed25519(), &cfg).unwrap();
+        evil.dial(a.addr.clone()).unwrap();
+        for t in [lobby_topic(), universe_topic(&u)] {
+            evil.behaviour_mut().gossipsub.subscribe(&t).unwrap();
+        }
+        let a_peer = a.h.peer_id();
+        let rejected_before = a.h.status().await.unwrap().rejected_inputs;
+        let flood = tokio::spawn(async move {
+            let (mut published, mut requests, mut answered) = (0u64, 0u64, 0u64);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut i = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    ev = evil.select_next_some() => {
+                        if let SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                            libp2p::request_response::Event::Message { .. },
+                        )) = ev
+                        {
+                            answered += 1;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        // 100 gossip messages and 20 sync requests per 5 ms.
+                        for _ in 0..100 {
+                            i += 1;
+                            let topic = if i % 3 == 0 { lobby_topic() } else { universe_topic(&u) };
+                            if evil
+                                .behaviour_mut()
+                                .gossipsub
+                                .publish(topic, garbage(i, u, g))
+                                .is_ok()
+                            {
+                                published += 1;
+                            }
+                        }
+                        if evil.is_connected(&a_peer) {
+                            for k in 0..20 {
+                                let req = SyncMessage::Fetch(FetchRequest::Range {
+                                    universe: u,
+                                    group: g,
+                                    from: k,
+                                });
+                                evil.behaviour_mut().sync.send_request(&a_peer, req);
+                                requests += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            (published, requests, answered)
+        });
+
+        // Meanwhile A and B talk as usual.
+        let mut sent = vec![];
+        for k in 0..40 {
+            sent.push(a.h.send(u, format!("honest {k}")).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ma = a.member();
+        wait_for("B has every honest message", Duration::from_secs(30), || async {
+            count_from(&b, u, &ma).await == sent.len()
+        })
+        .await;
+        let (published, requests, answered) = flood.await.unwrap();
+        eprintln!(
+            "attacker published {published} gossip messages and sent {requests} sync requests; {answered} answered"
+        );
+        assert!(published > 5_000, "the flood did not happen ({published})");
+        assert!(requests > 1_000, "the request flood did not happen ({requests})");
+        // Per-peer rate limit: 50/s with a burst of 200 over ~8 s.
+        assert!(
+            answered < 200 + 50 * 12,
+            "{answered} of {requests} sync requests were served"
+        );
+        let st_a = a.h.status().await.unwrap();
+        assert!(
+            st_a.rejected_inputs > rejected_before + 1_000,
+            "A counted {} rejected inputs",
+            st_a.rejected_inputs - rejected_before
+        );
+        // A validated the garbage and did not pass it on to B.
+        let st_b = b.h.status().await.unwrap();
+        assert!(
+            st_b.rejected_inputs < 50,
+            "B saw {} rejected inputs: garbage was forwarded",
+            st_b.rejected_inputs
+        );
+        // Nothing the attacker sent moved any stream.
+        check_order("b", &all_messages(&b, u).await);
+        wait_for("A and B agree", Duration::from_secs(20), || async {
+            converged(&[&a, &b], u).await
+        })
+        .await;
+        shutdown_all(&[&a, &b]).await;
+    })
+    .await
+    .expect("test timed out");
+}
