@@ -345,8 +345,14 @@ pub struct Participant {
     outputs: Vec<Output>,
     acked: Vec<u64>,
     crash_next_commit: bool,
+    fail_next_commit: bool,
     /// CBOR of `state` as of the last committed step.
     committed_state: Vec<u8>,
+    /// Rejections counted since the last committed step. Kept out of
+    /// `state`, which a failed step rolls back, and written with the next
+    /// successful step rather than on their own: a flood of garbage must not
+    /// turn into a flood of disk writes.
+    rejected_pending: u64,
 }
 
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
@@ -486,7 +492,9 @@ impl Participant {
             outputs: vec![],
             acked: vec![],
             crash_next_commit: false,
+            fail_next_commit: false,
             committed_state: vec![],
+            rejected_pending: 0,
         };
         p.committed_state = to_cbor(&p.state);
         p.step(|p| {
@@ -608,17 +616,32 @@ impl Participant {
                     .store()
                     .delete(Table::Outbox, &id.to_be_bytes());
             }
+            let pending = std::mem::take(&mut self.rejected_pending);
+            self.state.rejected_inputs += pending;
             let bytes = to_cbor(&self.state);
-            if bytes != self.committed_state {
+            let changed = bytes != self.committed_state;
+            if changed {
                 self.provider.store().put(Table::Meta, STATE_KEY, &bytes);
-                self.committed_state = bytes;
             }
             if std::mem::take(&mut self.crash_next_commit) {
                 // Fault injection: the process "dies" before the commit.
                 self.provider.store().crash_discard();
+                self.rejected_pending += pending;
                 return Err(MmlsError::Internal("injected crash".into()));
             }
-            self.provider.store().commit()?;
+            let commit = if std::mem::take(&mut self.fail_next_commit) {
+                Err(MmlsError::Internal("injected commit failure".into()))
+            } else {
+                self.provider.store().commit().map_err(MmlsError::from)
+            };
+            if let Err(e) = commit {
+                self.rejected_pending += pending;
+                return Err(e);
+            }
+            // Only now is this the state to roll back to.
+            if changed {
+                self.committed_state = bytes;
+            }
             Ok(v)
         });
         if r.is_err() {
@@ -1790,7 +1813,7 @@ impl Participant {
     /// was rejected (typed) and nothing changed; entries it unblocks are
     /// processed too, and their own failures come back as `Event::Rejected`.
     pub fn handle_incoming(&mut self, bytes: &[u8]) -> Result<Vec<Output>, MmlsError> {
-        let env = Envelope::decode(bytes).inspect_err(|_| self.state.rejected_inputs += 1)?;
+        let env = Envelope::decode(bytes).inspect_err(|_| self.rejected_pending += 1)?;
         let r = match env.kind {
             Kind::KeyPackage => self.step(|p| p.on_key_package(&env)),
             Kind::KeyPackageRequest => self.step(|p| p.on_kp_request(&env)),
@@ -1802,7 +1825,7 @@ impl Participant {
             Ok(()) => Ok(self.take_outputs()),
             Err(e) => {
                 if !e.is_duplicate() {
-                    self.state.rejected_inputs += 1;
+                    self.rejected_pending += 1;
                 }
                 // Outputs of steps that did commit stay queued and go out
                 // with the next call.
@@ -3110,7 +3133,7 @@ impl Participant {
 
     /// Inputs rejected since this node's store was created.
     pub fn rejected_inputs(&self) -> u64 {
-        self.state.rejected_inputs
+        self.state.rejected_inputs + self.rejected_pending
     }
 
     /// Exports the current epoch's secret of a group under a test label: lets
@@ -3123,6 +3146,30 @@ impl Participant {
             .export_secret(self.provider.crypto(), "mmls test fingerprint", b"", 16)
             .map_err(MmlsError::mls)?;
         Ok((group.epoch().as_u64(), v))
+    }
+
+    /// Test only: whether the exported PSK of `g` at `epoch` is still in
+    /// the store (the forward-secrecy window deletes old ones).
+    #[cfg(test)]
+    pub(crate) fn holds_psk(&self, g: &Id32, epoch: u64) -> bool {
+        use openmls_traits::storage::{traits, Entity, CURRENT_VERSION};
+        #[derive(Serialize, Deserialize)]
+        #[serde(transparent)]
+        struct AnyBundle(serde_json::Value);
+        impl Entity<CURRENT_VERSION> for AnyBundle {}
+        impl traits::PskBundle<CURRENT_VERSION> for AnyBundle {}
+        let psk = Psk::External(ExternalPsk::new(Profile::psk_id(g, epoch)));
+        matches!(
+            self.provider.storage().psk::<AnyBundle, Psk>(&psk),
+            Ok(Some(_))
+        )
+    }
+
+    /// Fault injection: the next step's store commit fails (as on a full
+    /// disk) and the process carries on.
+    #[doc(hidden)]
+    pub fn inject_commit_failure(&mut self) {
+        self.fail_next_commit = true;
     }
 
     /// Fault injection for crash tests: the next step's transaction is

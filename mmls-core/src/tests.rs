@@ -775,3 +775,145 @@ fn catch_up_through_a_peer_that_is_not_the_owner() {
     assert!(!resp.pruned);
     assert!(resp.oldest.is_some_and(|o| o > 0));
 }
+
+/// A member that stops acknowledging (here: goes silent) must not hold back
+/// forward secrecy: every node deletes exported PSKs once they leave the
+/// window, whatever the silent member has or has not seen.
+#[test]
+fn a_silent_member_does_not_hold_back_key_deletion() {
+    let mut cfg = config();
+    cfg.psk_window = 3;
+    let mut net = Net::with_config(3, cfg);
+    let uid = net.universe(Profile::Mmls00);
+    net.offline[2] = true;
+    for _ in 0..6 {
+        net.update(0, &uid);
+        net.update(1, &uid);
+        net.run();
+        net.tick(100);
+    }
+    let m1 = net.member(1);
+    let g1 = net.node(0).group_of(&uid, &m1).unwrap();
+    let st = net.node(0).status(&uid).unwrap();
+    let e = st.groups.iter().find(|g| g.group == g1).unwrap().epoch;
+    assert!(e >= 8, "group of node 1 at epoch {e}");
+    let p = net.node(0);
+    assert!(p.holds_psk(&g1, e), "the current epoch's PSK is kept");
+    assert!(p.holds_psk(&g1, e - 2), "inside the window");
+    for old in 1..=e - 3 {
+        assert!(
+            !p.holds_psk(&g1, old),
+            "PSK of epoch {old} outlived the window"
+        );
+    }
+}
+
+/// Lobby messages are not inside any MLS group, so each carries its own
+/// proof: a KeyPackage whose credential names someone else's PeerId, a
+/// rejoin request signed by the wrong key, and a replayed rejoin request are
+/// refused, typed, and change nothing.
+#[test]
+fn lobby_forgeries_and_replays_are_refused() {
+    use crate::universe::{to_cbor, RejoinRequest, SignedRejoin};
+    use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage};
+    use serde_bytes::ByteBuf;
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    let attacker = crate::identity::Identity::from_seed([99; 32]);
+    let victim = net.member(1);
+    let before = net.node(0).status(&uid).unwrap();
+    let rejected = net.node(0).rejected_inputs();
+
+    // 1. A KeyPackage claiming node 1's PeerId, signed with the attacker's key.
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let claimed = CredentialWithKey {
+        credential: BasicCredential::new(victim.to_peer_id_bytes()).into(),
+        signature_key: attacker.public_key().to_vec().into(),
+    };
+    let kp = KeyPackage::builder()
+        .build(crate::DEFAULT_CIPHERSUITE, &provider, &attacker, claimed)
+        .unwrap();
+    let mut e = Envelope::new(
+        Kind::KeyPackage,
+        openmls::prelude::tls_codec::Serialize::tls_serialize_detached(kp.key_package()).unwrap(),
+    );
+    e.sender = Some(victim.to_string());
+    let r = net.node(0).handle_incoming(&e.encode());
+    assert!(matches!(r, Err(MmlsError::BadCredential)), "{r:?}");
+
+    // 2. A rejoin request for node 1, signed by the attacker.
+    let req = RejoinRequest {
+        universe: uid,
+        member: victim.clone(),
+        key_packages: vec![],
+        lost_state: true,
+        any_key_package: None,
+        nonce: u64::MAX,
+    };
+    let bytes = to_cbor(&req);
+    let signed = SignedRejoin {
+        signature: ByteBuf::from(attacker.sign_detached(&bytes)),
+        request: ByteBuf::from(bytes),
+    };
+    let mut e = Envelope::new(Kind::Rejoin, to_cbor(&signed));
+    e.universe = Some(uid);
+    let r = net.node(0).handle_incoming(&e.encode());
+    assert!(matches!(r, Err(MmlsError::BadSignature)), "{r:?}");
+    assert_eq!(net.node(0).status(&uid).unwrap(), before);
+    assert_eq!(net.node(0).rejected_inputs(), rejected + 2);
+
+    // 3. A real rejoin (node 2 lost its state), then the same bytes again.
+    let outs = net.node(2).recover_universe(&uid).unwrap();
+    let real = outs
+        .iter()
+        .find_map(|o| match o {
+            crate::participant::Output::Publish(p) => Envelope::decode(&p.bytes)
+                .ok()
+                .filter(|e| e.kind == Kind::Rejoin)
+                .map(|_| p.bytes.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.absorb(2, outs);
+    net.run();
+    net.settle();
+    let after_rejoin = net.node(0).status(&uid).unwrap();
+    let r = net.node(0).handle_incoming(&real);
+    assert!(matches!(r, Err(MmlsError::Duplicate { .. })), "{r:?}");
+    assert_eq!(net.node(0).status(&uid).unwrap(), after_rejoin);
+    // The universe works: node 2 is back and reads.
+    net.send(0, &uid, "after the replay");
+    net.run();
+    assert!(net.texts(2).contains(&"after the replay".to_string()));
+}
+
+/// A step whose store commit fails leaves the participant in memory exactly
+/// as it was before the step (not as the step would have left it), and it
+/// carries on without a restart.
+#[test]
+fn a_failed_commit_rolls_memory_back_to_the_disk_state() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    net.send(2, &uid, "before");
+    net.run();
+    let before = net.node(2).status(&uid).unwrap();
+    net.node(2).inject_commit_failure();
+    assert!(net.node(2).update(&uid).is_err());
+    assert_eq!(net.node(2).status(&uid).unwrap(), before);
+    net.node(2).inject_commit_failure();
+    assert!(net.node(2).send(&uid, b"lost").is_err());
+    assert_eq!(net.node(2).status(&uid).unwrap(), before);
+    net.update(2, &uid);
+    net.send(2, &uid, "after");
+    net.run();
+    net.settle();
+    let got = net.texts(0);
+    let st0 = net.node(0).status(&uid);
+    assert!(
+        got.contains(&"after".to_string()),
+        "{got:?} {:?} {st0:?}",
+        net.rejections[0]
+    );
+    assert!(!got.contains(&"lost".to_string()));
+    net.assert_consistent(&uid);
+}
