@@ -1486,10 +1486,13 @@ impl Participant {
         // PSK imports: only where every reader of our group can derive the
         // PSK, i.e. is a member of that group now (we import its current
         // epoch, which every current member has reached or will reach), and
-        // never together with Welcomes (joiners could be stale there).
+        // never together with Welcomes (joiners could be stale there) or
+        // removals (the removed member must still process this commit to
+        // learn it is out, and may never reach the imported epoch). Deferred
+        // imports go with the next commit.
         let mut imports: Vec<(Id32, u64)> = vec![];
         let mut deferred = BTreeSet::new();
-        if adds.is_empty() {
+        if adds.is_empty() && removals.is_empty() {
             // Compared by signature key: bound 1:1 to the member id.
             let removed_keys: BTreeSet<Vec<u8>> = {
                 let group = self.group(&own)?;
@@ -2771,8 +2774,11 @@ impl Participant {
             }
         }
         if self_removed {
-            if added.contains(&me) {
-                // Re-added in the same commit: our Welcome follows.
+            if added.contains(&me) || !is_admin {
+                // Re-added in the same commit (our Welcome follows), or
+                // dropped by an owner who is not an admin: that owner may
+                // stop sending to us, as it always could by staying silent,
+                // but only an admin removes us from the universe.
                 let gs = u.groups.get_mut(&g).ok_or(MmlsError::UnknownGroup(g))?;
                 gs.stale = true;
                 gs.stale_since = Some(now);
@@ -2805,9 +2811,11 @@ impl Participant {
             u.pending_since.get_or_insert(now);
         }
         let mut events = vec![];
-        // Mirror membership changes into our own send group.
+        // Mirror membership changes into our own send group. Only an
+        // admin's removals are the universe's; any other owner's only shape
+        // who reads that owner (else any member could evict anyone).
         for m in &removed {
-            if added.contains(m) || *m == me {
+            if added.contains(m) || *m == me || !is_admin {
                 continue;
             }
             if u.roster.remove(m) {
@@ -3163,6 +3171,21 @@ impl Participant {
             self.provider.storage().psk::<AnyBundle, Psk>(&psk),
             Ok(Some(_))
         )
+    }
+
+    /// Test only: a malicious owner drops `member` from its own send group
+    /// without being an admin.
+    #[cfg(test)]
+    pub(crate) fn drop_from_own_group(
+        &mut self,
+        uid: &Id32,
+        member: &MemberId,
+    ) -> Result<Vec<Output>, MmlsError> {
+        self.step(|p| {
+            p.uni_mut(uid)?.pending_removes.insert(member.clone());
+            p.commit_own(*uid, false).map(|_| ())
+        })?;
+        Ok(self.take_outputs())
     }
 
     /// Fault injection: the next step's store commit fails (as on a full

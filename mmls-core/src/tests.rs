@@ -917,3 +917,40 @@ fn a_failed_commit_rolls_memory_back_to_the_disk_state() {
     assert!(!got.contains(&"lost".to_string()));
     net.assert_consistent(&uid);
 }
+
+/// Membership is the admins': a member that drops someone from its own send
+/// group stops sending to them, but nobody mirrors it and the dropped member
+/// stays in the universe, reading everyone else.
+#[test]
+fn a_non_admin_owner_cannot_evict_a_member_from_the_universe() {
+    let mut net = Net::new(4);
+    let uid = net.universe(Profile::Mmls00);
+    let victim = net.member(3);
+    let outs = net.node(1).drop_from_own_group(&uid, &victim).unwrap();
+    net.absorb(1, outs);
+    net.run();
+    net.settle();
+    for i in [0, 2] {
+        let st = net.node(i).status(&uid).unwrap();
+        assert!(st.roster.contains(&victim), "node {i} dropped the victim");
+    }
+    let st = net.node(3).status(&uid).unwrap();
+    assert!(!st.removed, "the victim believes it left the universe");
+    assert!(!net.events[3]
+        .iter()
+        .any(|e| matches!(e, Event::RemovedFromUniverse { .. })));
+    net.send(0, &uid, "still with us");
+    net.send(2, &uid, "me too");
+    net.run();
+    let got = net.texts(3);
+    assert!(got.contains(&"still with us".to_string()), "{got:?}");
+    assert!(got.contains(&"me too".to_string()), "{got:?}");
+    // And an admin's removal does apply everywhere.
+    let outs = net.node(0).remove_member(&uid, &victim).unwrap();
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    let st3 = net.node(3).status(&uid).unwrap();
+    assert!(st3.removed, "{st3:#?} {:?}", net.rejections[3]);
+    assert!(!net.node(2).status(&uid).unwrap().roster.contains(&victim));
+}
