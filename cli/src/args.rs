@@ -60,7 +60,10 @@ pub enum Command {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
         universe: String,
         /// The text; `-` reads it from stdin. Several words are joined with spaces.
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        /// A text that starts with `-` goes after `--`: `mmls send U -- -1 from me`.
+        // No `allow_hyphen_values`: it made the words swallow a trailing
+        // `--json` (`send U hi --json` sent "hi --json").
+        #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
         /// Print JSON
         #[arg(long)]
@@ -184,4 +187,33 @@ pub struct DemoArgs {
     /// Give up on any one waiting step after this many seconds
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_args(argv: &[&str]) -> (Vec<String>, bool) {
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        match cli.command {
+            Command::Send { text, json, .. } => (text, json),
+            other => panic!("not a send: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_words_do_not_swallow_flags() {
+        assert_eq!(
+            send_args(&["mmls", "send", "u", "hi", "there", "--json"]),
+            (vec!["hi".to_string(), "there".to_string()], true)
+        );
+        assert_eq!(
+            send_args(&["mmls", "send", "u", "-"]),
+            (vec!["-".to_string()], false)
+        );
+        assert_eq!(
+            send_args(&["mmls", "send", "--json", "u", "--", "-1", "--json"]),
+            (vec!["-1".to_string(), "--json".to_string()], true)
+        );
+    }
 }

@@ -946,7 +946,7 @@ impl Demo {
                 groups,
             ]);
         }
-        print!("{t}");
+        println!("{t}");
         Ok(())
     }
 

@@ -68,7 +68,8 @@ impl Table {
 
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.render())
+        // `outln!("{t}")` adds the final newline.
+        f.write_str(self.render().trim_end_matches('\n'))
     }
 }
 
