@@ -2287,6 +2287,7 @@ impl Participant {
 
     fn set_blocked(&mut self, uid: Id32, g: Id32, blocked: bool) {
         let now = self.now;
+        let retry = self.config.fetch_retry_ms;
         let mut fetch = false;
         if let Some(gs) = self
             .state
@@ -2297,7 +2298,12 @@ impl Participant {
             if blocked {
                 if gs.blocked_since.is_none() {
                     gs.blocked_since = Some(now);
-                    fetch = true;
+                    // A fetch asked moments ago reads up to the peer's head
+                    // and so covers this gap too (after a partition heals,
+                    // gossip replays arrive out of order and would open a
+                    // new gap per entry: hundreds of overlapping fetches).
+                    // The tick asks again if it did not.
+                    fetch = gs.last_fetch_at == 0 || now >= gs.last_fetch_at.saturating_add(retry);
                 }
             } else {
                 gs.blocked_since = None;

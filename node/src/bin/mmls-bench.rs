@@ -378,6 +378,13 @@ async fn bench(n: usize, o: &Opts) -> Result<Row, Err> {
 
 #[tokio::main]
 async fn main() {
+    // Logs only when asked for (RUST_LOG=node=debug ...): they cost time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let o = match opts() {
         Ok(o) => o,
         Err(e) => {
