@@ -348,6 +348,9 @@ pub struct Participant {
     fail_next_commit: bool,
     /// CBOR of `state` as of the last committed step.
     committed_state: Vec<u8>,
+    /// Other candidates for buffered stream positions (see `on_stream`):
+    /// in memory only, bounded; peers serve the real entry again.
+    alternates: BTreeMap<(Id32, u64), Vec<Vec<u8>>>,
     /// Rejections counted since the last committed step. Kept out of
     /// `state`, which a failed step rolls back, and written with the next
     /// successful step rather than on their own: a flood of garbage must not
@@ -358,6 +361,9 @@ pub struct Participant {
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
 const STATE_KEY: &[u8] = b"engine";
 const AUTH_HISTORY: usize = 16;
+/// Candidates kept per stream position besides the buffered one, and in all.
+const MAX_ALTERNATES_PER_POSITION: usize = 4;
+const MAX_ALTERNATES: usize = 4096;
 
 fn gid(id: &Id32) -> GroupId {
     GroupId::from_slice(id.as_bytes())
@@ -495,6 +501,7 @@ impl Participant {
             fail_next_commit: false,
             committed_state: vec![],
             rejected_pending: 0,
+            alternates: BTreeMap::new(),
         };
         p.committed_state = to_cbor(&p.state);
         p.step(|p| {
@@ -2066,11 +2073,20 @@ impl Participant {
             }
         }
         let buffered = self.buffers.get(&g);
-        if buffered.is_some_and(|b| b.contains_key(&env.seq)) {
-            return Err(MmlsError::Duplicate {
+        if let Some(held) = buffered.and_then(|b| b.get(&env.seq)) {
+            // A *different* entry for a position we hold: one of the two is
+            // forged, and we cannot tell which before MLS does. Keep it
+            // aside, so a forgery that got here first (say, one waiting for
+            // PSKs that never come) cannot lock the real entry out.
+            let dup = Err(MmlsError::Duplicate {
                 group: g,
                 seq: env.seq,
             });
+            if held.as_slice() == bytes || !self.add_alternate(g, env.seq, bytes) {
+                return dup;
+            }
+            self.drain(uid, g);
+            return Ok(());
         }
         if buffered.is_some_and(|b| b.len() >= self.config.max_buffer_per_group) {
             return Err(MmlsError::BufferFull(g));
@@ -2184,6 +2200,9 @@ impl Participant {
                 }
                 let next = gs.next_seq;
                 // Drop what is already behind us.
+                if !self.alternates.is_empty() {
+                    self.alternates.retain(|(ag, s), _| *ag != g || *s >= next);
+                }
                 let behind: Vec<u64> = self
                     .buffers
                     .get(&g)
@@ -2210,6 +2229,10 @@ impl Participant {
                     continue;
                 };
                 if !self.deps_ready(&uid, &env.deps).unwrap_or(false) {
+                    if self.try_alternates(uid, g, next) {
+                        progressed = true;
+                        continue;
+                    }
                     self.set_blocked(uid, g, true);
                     break;
                 }
@@ -2219,6 +2242,10 @@ impl Participant {
                     }
                     Err(e) => {
                         self.drop_entry(uid, g, next, &e);
+                        if self.try_alternates(uid, g, next) {
+                            progressed = true;
+                            continue;
+                        }
                         self.set_blocked(uid, g, true);
                         break;
                     }
@@ -2283,6 +2310,55 @@ impl Participant {
                 return;
             }
         }
+    }
+
+    /// Remembers another candidate for stream position `seq` of `g`
+    /// (bounded; false if it is known or there is no room).
+    fn add_alternate(&mut self, g: Id32, seq: u64, bytes: &[u8]) -> bool {
+        let total: usize = self.alternates.values().map(Vec::len).sum();
+        let list = self.alternates.entry((g, seq)).or_default();
+        if list.iter().any(|a| a.as_slice() == bytes) {
+            return false;
+        }
+        if list.len() >= MAX_ALTERNATES_PER_POSITION || total >= MAX_ALTERNATES {
+            // Keep the newest: the real entry is fetched again on every
+            // retry, a flood of forgeries must not pin the slots.
+            if list.is_empty() {
+                return false;
+            }
+            list.remove(0);
+        }
+        list.push(bytes.to_vec());
+        true
+    }
+
+    /// Processes the first alternate for position `seq` of `g` that is ready
+    /// and valid, in place of the buffered entry. True if one went through.
+    fn try_alternates(&mut self, uid: Id32, g: Id32, seq: u64) -> bool {
+        let Some(alts) = self.alternates.get(&(g, seq)).cloned() else {
+            return false;
+        };
+        for a in alts {
+            let ready = Envelope::decode(&a).ok().filter(|e| {
+                e.group == Some(g)
+                    && e.seq == seq
+                    && self.deps_ready(&uid, &e.deps).unwrap_or(false)
+            });
+            let Some(env) = ready else { continue };
+            match self.step(|p| p.process_entry(uid, g, &env, &a)) {
+                Ok(()) => {
+                    self.alternates.remove(&(g, seq));
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(group = %g.short(), seq, error = %e, "alternate entry rejected");
+                    if let Some(list) = self.alternates.get_mut(&(g, seq)) {
+                        list.retain(|x| *x != a);
+                    }
+                }
+            }
+        }
+        false
     }
 
     fn set_blocked(&mut self, uid: Id32, g: Id32, blocked: bool) {

@@ -1064,3 +1064,47 @@ fn a_truncated_or_corrupted_store_is_a_typed_error_never_a_panic() {
     eprintln!("corrupted stores: {typed} typed errors, {opened} opened consistently");
     assert!(typed > 0, "no corruption was detected at all");
 }
+
+/// A forged entry that reaches a position first and waits for PSKs that
+/// never come must not lock the owner's real entry out: the real one is kept
+/// as an alternate and goes through in its place.
+#[test]
+fn a_forgery_waiting_for_impossible_psks_does_not_block_the_real_entry() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    let owner = net.member(0);
+    let g = net.node(1).group_of(&uid, &owner).unwrap();
+    let next = net
+        .node(1)
+        .status(&uid)
+        .unwrap()
+        .groups
+        .iter()
+        .find(|s| s.group == g)
+        .unwrap()
+        .next_seq;
+    let mut forged = Envelope::new(Kind::Application, vec![0x17; 300]);
+    forged.universe = Some(uid);
+    forged.group = Some(g);
+    forged.seq = next;
+    forged.deps = vec![(crate::id::Id32([0xdd; 32]), 1 << 40)];
+    // Buffered, waiting for a PSK of a group nobody has.
+    let r = net.node(1).handle_incoming(&forged.encode());
+    assert!(r.is_ok(), "{r:?}");
+    // The owner's real entry for that position: delivered at once.
+    net.send(0, &uid, "the real one");
+    net.run();
+    assert!(
+        net.texts(1).contains(&"the real one".to_string()),
+        "{:?}",
+        net.node(1).status(&uid)
+    );
+    // And the stream goes on.
+    net.send(0, &uid, "and the next");
+    net.run();
+    assert!(net.texts(1).contains(&"and the next".to_string()));
+    let st = net.node(1).status(&uid).unwrap();
+    let view = st.groups.iter().find(|s| s.group == g).unwrap();
+    assert!(!view.blocked && view.buffered == 0, "{view:?}");
+    net.assert_consistent(&uid);
+}
