@@ -84,7 +84,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         };
 
         tokio::select! {
-            _ = shutdown_signal() => {
+            _ = node::shutdown_signal() => {
                 outln!("stopping...");
                 watcher.abort();
                 if tokio::time::timeout(Duration::from_secs(15), h.shutdown()).await.is_err() {
@@ -119,27 +119,5 @@ fn start_error(e: NodeError) -> anyhow::Error {
             anyhow::anyhow!("--api {a}: the local API only listens on a loopback address")
         }
         other => anyhow::anyhow!("cannot start the node: {other}"),
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -157,7 +157,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: what stops a foreground node.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let term = async {

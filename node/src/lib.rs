@@ -26,7 +26,7 @@ pub use config::{Config, Limits, Timing};
 pub use datadir::{DataDir, NodeInfo};
 pub use driver::{now_ms, NodeStatus, PeerInfo};
 pub use error::{ClientError, NodeError};
-pub use handle::{run, Node, NodeHandle};
+pub use handle::{run, shutdown_signal, Node, NodeHandle};
 
 /// Re-exported so users of the node need not depend on these directly.
 pub use libp2p::{Multiaddr, PeerId};
