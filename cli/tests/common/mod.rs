@@ -308,20 +308,50 @@ pub fn mmls(args: &[&str]) -> Out {
 
 // ---------------------------------------------------------------- dirs --
 
-/// A temp root for data dirs, on tmpfs when there is one (the tests are
-/// about processes and the network; a SIGKILL loses nothing the page cache
-/// holds, so tmpfs is as good as a disk for crash safety).
-pub fn root() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("mmls-cli-").tempdir_in(shm) {
-            return d;
+/// A temp root for data dirs and logs, on tmpfs when there is one (the
+/// tests are about processes and the network; a SIGKILL loses nothing the
+/// page cache holds, so tmpfs is as good as a disk for crash safety).
+/// Removed at the end, except after a failure with `MMLS_TEST_KEEP=1` (the
+/// path is printed). Declare it before the nodes: they are dropped (killed)
+/// first.
+pub struct Root {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Root {
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("root").path()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("MMLS_TEST_KEEP").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!(
+                    "MMLS_TEST_KEEP: data dirs and logs kept in {}",
+                    d.keep().display()
+                );
+            }
         }
     }
-    tempfile::Builder::new()
-        .prefix("mmls-cli-")
-        .tempdir()
-        .expect("tempdir")
+}
+
+pub fn root() -> Root {
+    let shm = Path::new("/dev/shm");
+    let b = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix("mmls-cli-");
+        b
+    };
+    let dir = if shm.is_dir() {
+        b().tempdir_in(shm).or_else(|_| b().tempdir())
+    } else {
+        b().tempdir()
+    };
+    Root {
+        dir: Some(dir.expect("tempdir")),
+    }
 }
 
 /// Every file of a dir (recursively) with its contents.
