@@ -420,6 +420,47 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
         assert_eq!(per.len(), 2, "{}", n.name);
     }
 
+    // `tail --json` streams what arrives, one JSON object per line, and
+    // ends by itself (exit 1, one line) when its node stops.
+    let (tout, terr) = (root.path().join("tail.out"), root.path().join("tail.err"));
+    let tail_b = spawn_mmls(
+        &["--data-dir", b.dir_str(), "tail", "team", "--json"],
+        &tout,
+        &terr,
+    );
+    let (aout, aerr) = (
+        root.path().join("tail_a.out"),
+        root.path().join("tail_a.err"),
+    );
+    let tail_a = spawn_mmls(
+        &["--data-dir", a.dir_str(), "tail", &u, "--json"],
+        &aout,
+        &aerr,
+    );
+    // The stream is subscribed once the API answered it; there is no
+    // "ready" line in --json mode, so send until the first one shows up.
+    let mut n = 0;
+    wait_for("tail shows a live message", Duration::from_secs(30), || {
+        n += 1;
+        let text = format!("tail me {n}");
+        c.cmd(&["send", &u, &text]).ok();
+        std::thread::sleep(Duration::from_millis(300));
+        let got = std::fs::read_to_string(&tout).unwrap_or_default();
+        for l in got.lines() {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("tail line {l:?}: {e}"));
+            if v["type"] == "message"
+                && v["sender"] == c.member.as_str()
+                && v["text"].as_str().is_some_and(|t| t.starts_with("tail me"))
+            {
+                return Ok(());
+            }
+        }
+        Err(format!("tail printed {got:?}"))
+    });
+    assert!(tail_b.try_wait().is_none(), "tail exited early");
+    drop(tail_b);
+
     // A clean stop: SIGTERM, exit 0, api.addr removed, then "not running".
     let st = a.stop(Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "alice's exit: {st:?}");
@@ -427,6 +468,15 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
         !a.dir.join("api.addr").exists(),
         "api.addr left after a clean stop"
     );
+    let st = tail_a.wait_timeout(Duration::from_secs(20));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "tail on a stopped node: {st:?}"
+    );
+    let e = std::fs::read_to_string(&aerr).unwrap();
+    assert_eq!(e.lines().count(), 1, "{e:?}");
+    assert!(e.starts_with("error: the node stopped"), "{e:?}");
     let e = a.cmd(&["status"]).one_line_error();
     assert!(e.contains("not running"), "{e}");
 }

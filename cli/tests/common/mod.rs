@@ -301,6 +301,19 @@ pub fn mmls_env(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>, limit:
     }
 }
 
+/// Starts `mmls ARGS` in the background (for `tail`), stdout and stderr to
+/// files so a full pipe never blocks it. Killed when the guard drops.
+pub fn spawn_mmls(args: &[&str], stdout: &Path, stderr: &Path) -> ChildGuard {
+    let mut cmd = Command::new(MMLS);
+    cmd.args(args)
+        .env_remove("MMLS_DATA_DIR")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(stderr).expect("stderr file"));
+    ChildGuard::spawn(&mut cmd)
+}
+
 /// `mmls ARGS` with the default bound.
 pub fn mmls(args: &[&str]) -> Out {
     mmls_limit(args, None, CMD_LIMIT)
