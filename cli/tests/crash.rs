@@ -22,7 +22,9 @@
 //!
 //! The kill moments come from a seeded RNG; the seed is printed, and
 //! `MMLS_CRASH_SEED=<seed>` replays the same schedule (the processes'
-//! timing still varies from run to run).
+//! timing still varies from run to run). A failure prints the tail of every
+//! node's log; `MMLS_TEST_KEEP=1` keeps the data dirs and full logs, and
+//! `MMLS_TEST_LOG` sets the nodes' RUST_LOG (e.g. `info,mmls_core=debug`).
 
 mod common;
 
