@@ -49,6 +49,11 @@ pub struct Config {
     /// bound: a commit importing an older one can no longer be processed and
     /// its reader must rejoin).
     pub psk_window: u64,
+    /// ... but no exported PSK is deleted before it is this old (ms): with
+    /// fast updates `psk_window` epochs can pass in seconds, while a commit
+    /// importing an old epoch may still be on its way. At most
+    /// `PSK_HARD_CAP` epochs per group are kept either way.
+    pub psk_min_age_ms: u64,
     /// Envelopes kept per send group in the log peers fetch from.
     pub log_retention: u64,
     /// Out-of-order envelopes held per group.
@@ -74,6 +79,7 @@ impl Default for Config {
             commit_delay_ms: 500,
             update_interval_ms: None,
             psk_window: 128,
+            psk_min_age_ms: 600_000,
             log_retention: 100_000,
             max_buffer_per_group: 4096,
             fetch_retry_ms: 1_000,
@@ -234,6 +240,9 @@ struct GroupState {
     /// the history is gone.
     #[serde(default)]
     pruned_below: u64,
+    /// Coarse (epoch, time exported) checkpoints, for `psk_min_age_ms`.
+    #[serde(default)]
+    psk_marks: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -364,6 +373,8 @@ const AUTH_HISTORY: usize = 16;
 /// Candidates kept per stream position besides the buffered one, and in all.
 const MAX_ALTERNATES_PER_POSITION: usize = 4;
 const MAX_ALTERNATES: usize = 4096;
+/// Exported PSKs kept per group at most, whatever `psk_min_age_ms` says.
+const PSK_HARD_CAP: u64 = 4096;
 
 fn gid(id: &Id32) -> GroupId {
     GroupId::from_slice(id.as_bytes())
@@ -1299,6 +1310,7 @@ impl Participant {
             stale_since: None,
             last_commit_at: self.now,
             pruned_below: 0,
+            psk_marks: vec![],
         };
         let now = self.now;
         let me = self.me.clone();
@@ -1682,14 +1694,44 @@ impl Participant {
         PreSharedKeyId::external(id, vec![0; CS.hash_length()])
             .store(&self.provider, &secret)
             .map_err(MmlsError::mls)?;
-        let window = self.config.psk_window;
+        let window = self.config.psk_window.max(1);
+        let min_age = self.config.psk_min_age_ms;
+        let now = self.now;
         let gs = self
             .uni_mut(&uid)?
             .groups
             .get_mut(&g)
             .ok_or(MmlsError::UnknownGroup(g))?;
+        // Delete below the epoch window, but only what is older than the
+        // time floor (every epoch below a checkpoint that old is), and
+        // always beyond the hard cap.
+        let aged_below = if min_age == 0 {
+            epoch + 1
+        } else {
+            if gs
+                .psk_marks
+                .last()
+                .is_none_or(|(_, t)| now >= t.saturating_add(min_age / 16))
+            {
+                gs.psk_marks.push((epoch, now));
+                if gs.psk_marks.len() > 64 {
+                    gs.psk_marks.remove(0);
+                }
+            }
+            gs.psk_marks
+                .iter()
+                .rev()
+                .find(|(_, t)| now >= t.saturating_add(min_age))
+                .map(|(e, _)| *e)
+                .unwrap_or(0)
+        };
+        let keep_from = (epoch + 1)
+            .saturating_sub(window)
+            .min(aged_below)
+            .max((epoch + 1).saturating_sub(PSK_HARD_CAP));
+        gs.psk_marks.retain(|(e, _)| *e >= keep_from);
         let mut old = vec![];
-        while gs.psk_min + window <= epoch {
+        while gs.psk_min < keep_from {
             old.push(gs.psk_min);
             gs.psk_min += 1;
         }
@@ -2088,11 +2130,21 @@ impl Participant {
             self.drain(uid, g);
             return Ok(());
         }
-        if buffered.is_some_and(|b| b.len() >= self.config.max_buffer_per_group) {
-            return Err(MmlsError::BufferFull(g));
+        // A full buffer keeps the *lowest* positions: they are the ones the
+        // stream waits for. A later entry is evicted (peers serve it again);
+        // refusing this one could refuse the very entry that unblocks all.
+        let mut evict = None;
+        if let Some(b) = buffered.filter(|b| b.len() >= self.config.max_buffer_per_group) {
+            match b.last_key_value() {
+                Some((&highest, _)) if highest > env.seq => evict = Some(highest),
+                _ => return Err(MmlsError::BufferFull(g)),
+            }
         }
         let owned = bytes.to_vec();
         self.step(|p| {
+            if let Some(h) = evict {
+                p.buffer_remove(g, h);
+            }
             p.buffer_put(g, env.seq, owned);
             Ok(())
         })?;
@@ -2470,6 +2522,7 @@ impl Participant {
                 stale_since: None,
                 last_commit_at: now,
                 pruned_below: 0,
+                psk_marks: vec![],
             },
         );
         u.pending_imports.insert(g);
