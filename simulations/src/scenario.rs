@@ -215,6 +215,16 @@ pub struct EngineSpec {
     pub rejoin_after_ms: u64,
     #[serde(default = "d_kp_retry")]
     pub kp_retry_ms: u64,
+    /// Leaf rotation (an update also rotates the member's leaf in every
+    /// other send group; about 2 commits per member per update). Off, an
+    /// update costs one PSK-only commit per other member: cheaper, for
+    /// studying the PSK mechanism alone at scale, with weaker PCS.
+    #[serde(default = "d_true")]
+    pub rotate_leaves: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn d_commit_delay() -> u64 {
@@ -245,6 +255,7 @@ impl Default for EngineSpec {
             fetch_retry_ms: d_fetch_retry(),
             rejoin_after_ms: d_rejoin_after(),
             kp_retry_ms: d_kp_retry(),
+            rotate_leaves: true,
         }
     }
 }

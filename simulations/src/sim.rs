@@ -265,6 +265,7 @@ impl Sim {
             fetch_retry_ms: sc.engine.fetch_retry_ms,
             rejoin_after_ms: sc.engine.rejoin_after_ms,
             kp_retry_ms: sc.engine.kp_retry_ms,
+            rotate_leaves: sc.engine.rotate_leaves,
             ..Config::default()
         };
         let profile = if sc.profile == "dmls" {
