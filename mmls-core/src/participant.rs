@@ -2158,7 +2158,7 @@ impl Participant {
             .map(|s| (s.next_seq, s.stale));
         if let Some((n, false)) = next {
             if n == env.seq && self.deps_ready(&uid, &env.deps)? {
-                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, &bytes)) {
+                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, bytes)) {
                     self.drop_entry(uid, g, env.seq, &e);
                     return Err(e);
                 }
@@ -2479,6 +2479,23 @@ impl Participant {
             owner_leaf.credential(),
             owner_leaf.signature_key().as_slice(),
         )?;
+        // The envelope's epoch and seq are hints the owner signs: a replayed
+        // Welcome with a forged epoch or position is refused, and no Welcome
+        // takes a group we know back to an epoch we are past (found by
+        // fuzzing: a replay rewound the group, so its next messages failed).
+        let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
+        owner.verify(&env.welcome_signed_bytes(), sig)?;
+        let known = self
+            .state
+            .universes
+            .get(&uid)
+            .and_then(|u| u.groups.get(&g));
+        if known.is_some_and(|s| staged.group_context().epoch().as_u64() <= s.epoch) {
+            return Err(MmlsError::Duplicate {
+                group: g,
+                seq: env.seq,
+            });
+        }
         let mut members = vec![];
         for m in staged.members() {
             members.push(verify_binding(&m.credential, &m.signature_key)?);
@@ -3096,8 +3113,7 @@ impl Participant {
                 // Only a contiguous run starting at `from` is useful: the
                 // requester processes its stream strictly in order.
                 let mut size = 0;
-                let mut expect = *from;
-                for (k, v) in rows {
+                for (expect, (k, v)) in (*from..).zip(rows) {
                     if seq_of(&k) != Some(expect) {
                         break;
                     }
@@ -3109,7 +3125,6 @@ impl Participant {
                     }
                     size += v.len();
                     resp.envelopes.push(ByteBuf::from(v));
-                    expect += 1;
                 }
                 Ok(resp)
             }

@@ -17,7 +17,7 @@ use tokio::time::timeout;
 /// does not absorb the flood for us), half of it well-formed envelopes that
 /// claim a position in a real send group.
 fn garbage(i: u64, u: Id32, g: Id32) -> Vec<u8> {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let mut b = format!("garbage {i} ").into_bytes();
         b.resize(200, 0xa5);
         return b;
@@ -68,7 +68,7 @@ async fn a_flooding_peer_is_refused_and_honest_traffic_flows() {
                         // 100 gossip messages and 20 sync requests per 5 ms.
                         for _ in 0..100 {
                             i += 1;
-                            let topic = if i % 3 == 0 { lobby_topic() } else { universe_topic(&u) };
+                            let topic = if i.is_multiple_of(3) { lobby_topic() } else { universe_topic(&u) };
                             if evil
                                 .behaviour_mut()
                                 .gossipsub
