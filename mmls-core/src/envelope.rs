@@ -183,7 +183,7 @@ impl Envelope {
 
 fn short(e: impl std::fmt::Display) -> String {
     let mut s = e.to_string();
-    s.truncate(200);
+    crate::error::truncate_at_char(&mut s, 200);
     s
 }
 

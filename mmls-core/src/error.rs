@@ -82,7 +82,20 @@ impl MmlsError {
 
     pub(crate) fn mls(e: impl std::fmt::Debug) -> MmlsError {
         let mut s = format!("{e:?}");
-        s.truncate(300);
+        truncate_at_char(&mut s, 300);
         MmlsError::Mls(s)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary: error texts
+/// quote hostile input, and `String::truncate` inside a multi-byte
+/// character panics (found by fuzzing: a remote crash).
+pub(crate) fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
     }
 }

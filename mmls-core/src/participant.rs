@@ -2483,14 +2483,17 @@ impl Participant {
         // Welcome with a forged epoch or position is refused, and no Welcome
         // takes a group we know back to an epoch we are past (found by
         // fuzzing: a replay rewound the group, so its next messages failed).
+        // A stale group may sit at the very epoch of the commit that removed
+        // us, which is the epoch of the Welcome that re-adds us.
         let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
         owner.verify(&env.welcome_signed_bytes(), sig)?;
+        let epoch = staged.group_context().epoch().as_u64();
         let known = self
             .state
             .universes
             .get(&uid)
             .and_then(|u| u.groups.get(&g));
-        if known.is_some_and(|s| staged.group_context().epoch().as_u64() <= s.epoch) {
+        if known.is_some_and(|s| epoch < s.epoch || (epoch == s.epoch && !s.stale)) {
             return Err(MmlsError::Duplicate {
                 group: g,
                 seq: env.seq,

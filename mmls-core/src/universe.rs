@@ -88,7 +88,7 @@ pub(crate) fn to_cbor<T: Serialize>(v: &T) -> Vec<u8> {
 pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     ciborium::de::from_reader_with_recursion_limit(b, 32).map_err(|e| {
         let mut s = e.to_string();
-        s.truncate(200);
+        crate::error::truncate_at_char(&mut s, 200);
         s
     })
 }
