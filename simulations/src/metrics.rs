@@ -128,6 +128,9 @@ pub struct Metrics {
     pub bytes_sync: u64,
     /// Gossip frames that arrived at a node that had already seen them.
     pub gossip_redundant: u64,
+    /// Publishes a node's gossip layer refused because the same bytes were
+    /// still in its duplicate cache (gossipsub's `Duplicate` error).
+    pub republish_refused: u64,
     pub frames_lost: u64,
     pub commits: u64,
     pub commits_with_path: u64,
@@ -142,6 +145,8 @@ pub struct Metrics {
     pub input_errors: BTreeMap<String, u64>,
     /// `Event::Rejected`: stream entries accepted then dropped.
     pub rejected_entries: u64,
+    /// Those rejections by reason (numbers and ids masked as `#`).
+    pub rejections: BTreeMap<String, u64>,
     pub stale_events: u64,
     pub rejoins: u64,
     pub equivocations: u64,

@@ -298,6 +298,43 @@ impl Network {
     }
 }
 
+/// A node's gossip duplicate cache, as gossipsub keeps it: a message id is
+/// remembered for `ttl` after it was first seen (not refreshed by repeats),
+/// then forgotten, so identical bytes published again later (a KeyPackage
+/// announcement answering a request) travel again. A cache that never
+/// forgets would silently stop such re-announcements one hop from their
+/// sender, which the real node does not do.
+#[derive(Debug, Clone, Default)]
+pub struct SeenCache {
+    /// Per interned envelope id: virtual ms of first sight, plus one (0 =
+    /// never). Dense because ids are handed out consecutively.
+    first_ms: Vec<u32>,
+}
+
+impl SeenCache {
+    /// Records `id` at `now_ms` unless it is still cached; true if it was
+    /// new (or expired), i.e. if gossipsub would accept it.
+    pub fn insert(&mut self, id: u32, now_ms: u64, ttl_ms: u64) -> bool {
+        if self.contains(id, now_ms, ttl_ms) {
+            return false;
+        }
+        let i = id as usize;
+        if self.first_ms.len() <= i {
+            self.first_ms.resize(i + 1, 0);
+        }
+        self.first_ms[i] = u32::try_from(now_ms + 1).unwrap_or(u32::MAX);
+        true
+    }
+
+    /// Whether `id` is still cached at `now_ms`.
+    pub fn contains(&self, id: u32, now_ms: u64, ttl_ms: u64) -> bool {
+        match self.first_ms.get(id as usize) {
+            Some(&f) if f > 0 => now_ms < u64::from(f - 1) + ttl_ms,
+            _ => false,
+        }
+    }
+}
+
 fn deg_of(edges: &[(usize, usize, u64)], a: usize) -> usize {
     edges.iter().filter(|(x, y, _)| *x == a || *y == a).count()
 }
@@ -414,6 +451,18 @@ mod tests {
             net.transmit(0, 1, 100, 0, &mut rng),
             Transmission::Arrives(110_000)
         );
+    }
+
+    #[test]
+    fn seen_cache_forgets_after_ttl() {
+        let mut c = SeenCache::default();
+        assert!(c.insert(5, 1_000, 10_000));
+        assert!(!c.insert(5, 10_999, 10_000));
+        assert!(c.contains(5, 10_999, 10_000));
+        // Repeats do not refresh the entry: it expires 10 s after first sight.
+        assert!(!c.contains(5, 11_000, 10_000));
+        assert!(c.insert(5, 11_000, 10_000));
+        assert!(!c.contains(4, 11_000, 10_000));
     }
 
     #[test]

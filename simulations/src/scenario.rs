@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 
+/// The longest run (workload plus quiet period): per-node caches keep
+/// virtual time in 32-bit milliseconds (about 49 days).
+pub const MAX_VIRTUAL_S: f64 = 40.0 * 86_400.0;
+
 /// A whole scenario file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +128,14 @@ pub struct NetworkSpec {
     /// `random`: neighbours per node.
     #[serde(default = "d_degree")]
     pub degree: usize,
+    /// How long a node remembers a gossip message id and drops repeats
+    /// (seconds; the node's gossipsub `duplicate_cache_time` is 10 s).
+    #[serde(default = "d_gossip_cache")]
+    pub gossip_cache_s: f64,
+}
+
+fn d_gossip_cache() -> f64 {
+    10.0
 }
 
 fn d_latency() -> f64 {
@@ -154,6 +166,7 @@ impl Default for NetworkSpec {
             inter_cluster_latency_ms: None,
             radius: d_radius(),
             degree: d_degree(),
+            gossip_cache_s: d_gossip_cache(),
         }
     }
 }
@@ -482,6 +495,10 @@ impl Scenario {
                 return Err(format!("network.bandwidth_kbps must be > 0 (got {b})"));
             }
         }
+        finite(n.gossip_cache_s, "network.gossip_cache_s")?;
+        if n.gossip_cache_s <= 0.0 {
+            return Err("network.gossip_cache_s must be > 0".into());
+        }
         if let Some(l) = n.inter_cluster_latency_ms {
             finite(l, "network.inter_cluster_latency_ms")?;
         }
@@ -534,6 +551,12 @@ impl Scenario {
         finite(s.quiet_s, "sim.quiet_s")?;
         finite(s.sample_s, "sim.sample_s")?;
         finite(s.create_s, "sim.create_s")?;
+        if self.end_s() > MAX_VIRTUAL_S {
+            return Err(format!(
+                "duration_s + sim.quiet_s must be at most {MAX_VIRTUAL_S} s (got {})",
+                self.end_s()
+            ));
+        }
         if s.create_s >= self.duration_s {
             return Err("sim.create_s must be before duration_s".into());
         }

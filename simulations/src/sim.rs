@@ -9,9 +9,9 @@
 //! What remains random is the crypto's own randomness (keys, nonces, group
 //! ids), which changes bytes but not sizes or decisions.
 
-use crate::attacker::{self, Attacker, BitSet, SentMessage};
+use crate::attacker::{self, Attacker, SentMessage};
 use crate::metrics::{peak_rss_mb, Convergence, Latency, Metrics, Series};
-use crate::network::{Network, Transmission};
+use crate::network::{Network, SeenCache, Transmission};
 use crate::scenario::Scenario;
 use anyhow::{anyhow, Context, Result};
 use mmls_core::sync::SyncMessage;
@@ -126,7 +126,8 @@ struct Node {
     /// In the universe as far as the scenario goes (initial member, or
     /// added and not removed).
     in_universe: bool,
-    seen: BitSet,
+    /// Gossip duplicate cache (gossipsub's, with its time to live).
+    seen: SeenCache,
     bytes_sent: u64,
     bytes_recv: u64,
     /// Last sync summary heard from each neighbour: group -> next seq.
@@ -154,6 +155,7 @@ struct Counters {
     bytes_gossip: u64,
     bytes_sync: u64,
     gossip_redundant: u64,
+    republish_refused: u64,
     frames_lost: u64,
     commits: u64,
     commits_with_path: u64,
@@ -163,6 +165,7 @@ struct Counters {
     fetched_envelopes: u64,
     input_errors: BTreeMap<String, u64>,
     rejected_entries: u64,
+    rejections: BTreeMap<String, u64>,
     stale_events: u64,
     rejoins: u64,
     equivocations: u64,
@@ -360,7 +363,7 @@ impl Sim {
                 member: id.member_id(),
                 online: true,
                 in_universe: false,
-                seen: BitSet::default(),
+                seen: SeenCache::default(),
                 bytes_sent: 0,
                 bytes_recv: 0,
                 peer_heads: BTreeMap::new(),
@@ -567,10 +570,20 @@ impl Sim {
         }
     }
 
-    /// A node publishes: flood to every reachable neighbour.
+    /// The gossip duplicate cache's time to live, ms.
+    fn cache_ms(&self) -> u64 {
+        (self.sc.network.gossip_cache_s * 1000.0).round() as u64
+    }
+
+    /// A node publishes: flood to every reachable neighbour. Like gossipsub,
+    /// a node refuses to publish bytes still in its own duplicate cache.
     fn publish(&mut self, x: usize, bytes: Vec<u8>) {
         let id = self.intern(&bytes);
-        self.nodes[x].seen.insert(id);
+        let (now, ttl) = (self.now_ms(), self.cache_ms());
+        if !self.nodes[x].seen.insert(id, now, ttl) {
+            self.c.republish_refused += 1;
+            return;
+        }
         self.forward(x, id, Arc::new(bytes), None);
     }
 
@@ -586,6 +599,7 @@ impl Sim {
         }
         self.tap(id, &bytes);
         let len = bytes.len() as u64;
+        let ttl = self.cache_ms();
         for (b, link) in targets {
             self.nodes[x].bytes_sent += len;
             self.c.bytes_gossip += len;
@@ -595,8 +609,9 @@ impl Sim {
             {
                 Transmission::Lost => self.c.frames_lost += 1,
                 Transmission::Arrives(t) => {
-                    if self.nodes[b].seen.contains(id) {
-                        // Its arrival could only be dropped as already seen.
+                    if self.nodes[b].seen.contains(id, t / 1000, ttl) {
+                        // Still cached when it arrives (entries are not
+                        // refreshed): it could only be dropped as seen.
                         self.c.gossip_redundant += 1;
                         self.nodes[b].bytes_recv += len;
                     } else {
@@ -621,7 +636,8 @@ impl Sim {
             return;
         }
         self.nodes[to].bytes_recv += bytes.len() as u64;
-        if !self.nodes[to].seen.insert(id) {
+        let (now, ttl) = (self.now_ms(), self.cache_ms());
+        if !self.nodes[to].seen.insert(id, now, ttl) {
             self.c.gossip_redundant += 1;
             return;
         }
@@ -931,7 +947,20 @@ impl Sim {
             }
             Event::Stale { .. } => self.c.stale_events += 1,
             Event::Rejoined { .. } => self.c.rejoins += 1,
-            Event::Rejected { .. } => self.c.rejected_entries += 1,
+            Event::Rejected {
+                reason, group, seq, ..
+            } => {
+                if watched(x) {
+                    let owner = self.group_owner.get(&group).copied();
+                    eprintln!(
+                        "watch t={:.3} member {x} rejected seq {seq} of owner {owner:?}'s group: {reason}",
+                        secs(self.now)
+                    );
+                    self.watch_deps(x, owner, group, seq);
+                }
+                self.c.rejected_entries += 1;
+                *self.c.rejections.entry(reason_kind(&reason)).or_insert(0) += 1;
+            }
             Event::Equivocation { .. } => self.c.equivocations += 1,
             _ => {}
         }
@@ -1057,7 +1086,7 @@ impl Sim {
             let n = &mut self.nodes[x];
             n.p = p;
             n.store = store;
-            n.seen = BitSet::default();
+            n.seen = SeenCache::default();
             n.peer_heads.clear();
             self.absorb(x, outs);
             if let Some(uid) = self.uid {
@@ -1138,7 +1167,82 @@ impl Sim {
     fn sample(&mut self) {
         let t0 = Instant::now();
         self.sample_inner();
+        self.watch();
         self.prof("sample", t0);
+    }
+
+    /// For a watched rejection: the PSKs the entry depends on, and where
+    /// the watched member stands in those groups.
+    fn watch_deps(&mut self, x: usize, owner: Option<usize>, group: Id32, seq: u64) {
+        let (Some(o), Some(uid)) = (owner, self.uid) else {
+            return;
+        };
+        let req = FetchRequest::Range {
+            universe: uid,
+            group,
+            from: seq,
+        };
+        let Ok(resp) = self.nodes[o].p.serve_fetch(&req) else {
+            return;
+        };
+        let Some(env) = resp
+            .envelopes
+            .first()
+            .and_then(|b| Envelope::decode(b).ok())
+        else {
+            return;
+        };
+        let st = self.nodes[x].p.status(&uid).ok();
+        for (g, e) in &env.deps {
+            let dep_owner = self.group_owner.get(g).copied();
+            let mine = st
+                .as_ref()
+                .and_then(|s| s.groups.iter().find(|s| s.group == *g))
+                .map(|s| (s.epoch, s.stale));
+            eprintln!(
+                "    {:?} seq {} epoch {} depends on owner {dep_owner:?}'s group at epoch {e}; member {x} is at {mine:?}",
+                env.kind, env.seq, env.epoch
+            );
+        }
+    }
+
+    /// `MMLS_SIM_WATCH=3,5` prints those members' stream states at every
+    /// sample (stderr): the first thing to look at when a run does not
+    /// converge.
+    fn watch(&mut self) {
+        let Some(list) = std::env::var_os("MMLS_SIM_WATCH") else {
+            return;
+        };
+        let Some(uid) = self.uid else { return };
+        let t = secs(self.now);
+        for w in list.to_string_lossy().split(',') {
+            let Ok(x) = w.trim().parse::<usize>() else {
+                continue;
+            };
+            if x >= self.nodes.len() {
+                continue;
+            }
+            let online = self.nodes[x].online;
+            let Ok(st) = self.nodes[x].p.status(&uid) else {
+                eprintln!("watch t={t:.1} member {x}: not in the universe (online {online})");
+                continue;
+            };
+            eprintln!(
+                "watch t={t:.1} member {x} (online {online}): roster {}, own group {}, pending imports {}",
+                st.roster.len(),
+                st.own_group.map(|g| g.short()).unwrap_or_else(|| "-".into()),
+                st.pending_imports
+            );
+            for g in &st.groups {
+                let owner = self.member_index.get(&g.owner).copied().unwrap_or(usize::MAX);
+                if g.blocked || g.stale || g.buffered > 0 {
+                    eprintln!(
+                        "    owner {owner:>3} epoch {:>4} next_seq {:>5} members {:>3} buffered {:>4} blocked {} stale {} waiting {:?}",
+                        g.epoch, g.next_seq, g.members, g.buffered, g.blocked, g.stale, g.waiting_for
+                    );
+                }
+            }
+        }
     }
 
     fn sample_inner(&mut self) {
@@ -1385,6 +1489,7 @@ impl Sim {
             bytes_gossip: c.bytes_gossip,
             bytes_sync: c.bytes_sync,
             gossip_redundant: c.gossip_redundant,
+            republish_refused: c.republish_refused,
             frames_lost: c.frames_lost,
             commits: c.commits,
             commits_with_path: c.commits_with_path,
@@ -1399,6 +1504,7 @@ impl Sim {
             fetched_envelopes: c.fetched_envelopes,
             input_errors: c.input_errors.clone(),
             rejected_entries: c.rejected_entries,
+            rejections: c.rejections.clone(),
             stale_events: c.stale_events,
             rejoins: c.rejoins,
             equivocations: c.equivocations,
@@ -1461,6 +1567,33 @@ impl Sim {
         }
         Class::Expected
     }
+}
+
+/// Whether `MMLS_SIM_WATCH` names member `x`.
+fn watched(x: usize) -> bool {
+    std::env::var("MMLS_SIM_WATCH").is_ok_and(|l| {
+        l.split(',')
+            .any(|w| w.trim().parse::<usize>().is_ok_and(|w| w == x))
+    })
+}
+
+/// A rejection reason with its numbers and ids masked, so that reasons of
+/// one kind count together (and do not depend on random group ids).
+fn reason_kind(reason: &str) -> String {
+    let mut out = String::new();
+    let mut in_num = false;
+    for c in reason.chars().take(120) {
+        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_num) {
+            if !in_num {
+                out.push('#');
+            }
+            in_num = true;
+        } else {
+            in_num = false;
+            out.push(c);
+        }
+    }
+    out
 }
 
 enum Class {
