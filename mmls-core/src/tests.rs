@@ -901,7 +901,16 @@ fn lobby_forgeries_and_replays_are_refused() {
     // The universe works: node 2 is back and reads.
     net.send(0, &uid, "after the replay");
     net.run();
-    assert!(net.texts(2).contains(&"after the replay".to_string()));
+    let st2 = net.node(2).status(&uid);
+    assert!(
+        net.texts(2).contains(&"after the replay".to_string()),
+        "{st2:#?} {:?} {:?}",
+        net.rejections[2],
+        net.events[2]
+            .iter()
+            .filter(|e| !matches!(e, Event::Message(_) | Event::Committed { .. }))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// A step whose store commit fails leaves the participant in memory exactly
