@@ -1234,7 +1234,11 @@ impl Sim {
                 st.pending_imports
             );
             for g in &st.groups {
-                let owner = self.member_index.get(&g.owner).copied().unwrap_or(usize::MAX);
+                let owner = self
+                    .member_index
+                    .get(&g.owner)
+                    .copied()
+                    .unwrap_or(usize::MAX);
                 if g.blocked || g.stale || g.buffered > 0 {
                     eprintln!(
                         "    owner {owner:>3} epoch {:>4} next_seq {:>5} members {:>3} buffered {:>4} blocked {} stale {} waiting {:?}",
