@@ -12,6 +12,7 @@ pub mod id;
 pub mod identity;
 pub mod participant;
 pub mod profile;
+pub mod relay;
 pub mod store;
 pub mod sync;
 pub mod universe;
@@ -29,6 +30,7 @@ pub use participant::{
     Config, Delivered, Event, GroupStatus, Output, Participant, Publish, Topic, UniverseStatus,
 };
 pub use profile::Profile;
+pub use relay::{relay, Relay};
 pub use store::Store;
 pub use sync::{FetchRequest, FetchResponse, SyncSummary};
 pub use universe::UniverseDef;

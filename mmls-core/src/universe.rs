@@ -52,6 +52,10 @@ pub struct Aad {
 pub struct FrontierEntry {
     pub group: Id32,
     pub epoch: u64,
+    /// As a CBOR byte string: as an array each byte would be an integer of
+    /// one or two bytes, so an AAD's size would depend on random bytes (and
+    /// the simulator's byte counts on the crypto's randomness).
+    #[serde(with = "serde_bytes")]
     pub auth: [u8; 8],
 }
 

@@ -19,7 +19,7 @@ use libp2p::{core::ConnectedPoint, identify, mdns, Multiaddr, PeerId, Swarm};
 use mmls_core::sync::{SyncMessage, MAX_FETCH_ENVELOPES};
 use mmls_core::{
     Delivered, Envelope, Event, FetchRequest, FetchResponse, Id32, Kind, MemberId, MmlsError,
-    Output, Participant, Profile, Publish, SyncSummary, UniverseStatus,
+    Output, Participant, Profile, Publish, Relay, SyncSummary, UniverseStatus,
 };
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -1109,29 +1109,13 @@ impl Driver {
     }
 }
 
-/// The gossip verdict for an engine result: accepted input is forwarded,
-/// duplicates are dropped quietly, and only input that is wrong in itself
-/// is rejected (penalised). Lobby traffic for universes we are not in
-/// (Welcomes, rejoin requests of others) is forwarded: we cannot judge it
-/// and its addressees may sit behind us.
+/// The gossip validation result for an engine result, by the engine's
+/// relay rule.
 fn verdict<T>(r: &Result<T, MmlsError>, lobby: bool) -> MessageAcceptance {
-    match r {
-        Ok(_) => MessageAcceptance::Accept,
-        Err(e) if e.is_duplicate() => MessageAcceptance::Ignore,
-        Err(
-            MmlsError::NotInUniverse(_) | MmlsError::UnknownUniverse(_) | MmlsError::NotInGroup(_),
-        ) if lobby => MessageAcceptance::Accept,
-        Err(
-            MmlsError::NotInUniverse(_)
-            | MmlsError::UnknownUniverse(_)
-            | MmlsError::NotInGroup(_)
-            | MmlsError::UnknownGroup(_)
-            | MmlsError::UniverseNotReady(_)
-            | MmlsError::BufferFull(_)
-            | MmlsError::Store(_)
-            | MmlsError::Internal(_),
-        ) => MessageAcceptance::Ignore,
-        Err(_) => MessageAcceptance::Reject,
+    match mmls_core::relay(r, lobby) {
+        Relay::Forward => MessageAcceptance::Accept,
+        Relay::Drop => MessageAcceptance::Ignore,
+        Relay::Penalise => MessageAcceptance::Reject,
     }
 }
 
@@ -1161,15 +1145,12 @@ mod tests {
     fn verdicts() {
         let ok: Result<(), MmlsError> = Ok(());
         assert_eq!(verdict(&ok, false), MessageAcceptance::Accept);
+        let bad: Result<(), MmlsError> = Err(MmlsError::BadSignature);
+        assert_eq!(verdict(&bad, true), MessageAcceptance::Reject);
         let dup: Result<(), MmlsError> = Err(MmlsError::Duplicate {
             group: Id32([0; 32]),
             seq: 1,
         });
-        assert_eq!(verdict(&dup, true), MessageAcceptance::Ignore);
-        let foreign: Result<(), MmlsError> = Err(MmlsError::NotInUniverse(Id32([0; 32])));
-        assert_eq!(verdict(&foreign, true), MessageAcceptance::Accept);
-        assert_eq!(verdict(&foreign, false), MessageAcceptance::Ignore);
-        let bad: Result<(), MmlsError> = Err(MmlsError::BadSignature);
-        assert_eq!(verdict(&bad, true), MessageAcceptance::Reject);
+        assert_eq!(verdict(&dup, false), MessageAcceptance::Ignore);
     }
 }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use mmls_core::sync::SyncMessage;
 use mmls_core::{
     Config, Envelope, Event, FetchRequest, FetchResponse, Id32, Identity, Kind, MemberId, Output,
-    Participant, Profile, Store, SyncSummary,
+    Participant, Profile, Publish, Relay, Store, SyncSummary, Topic,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,6 +60,8 @@ enum Ev {
         from: usize,
         id: u32,
         bytes: Arc<Vec<u8>>,
+        /// Published on the lobby topic (else a universe topic).
+        lobby: bool,
     },
     SyncStart(usize),
     SyncNow(usize),
@@ -471,7 +473,8 @@ impl Sim {
                 from,
                 id,
                 bytes,
-            } => self.on_gossip(to, from, id, bytes),
+                lobby,
+            } => self.on_gossip(to, from, id, bytes, lobby),
             Ev::SyncStart(x) => {
                 let next = self.now + s_to_us(self.sc.sim.sync_interval_s);
                 self.push(next, Ev::SyncStart(x));
@@ -577,17 +580,24 @@ impl Sim {
 
     /// A node publishes: flood to every reachable neighbour. Like gossipsub,
     /// a node refuses to publish bytes still in its own duplicate cache.
-    fn publish(&mut self, x: usize, bytes: Vec<u8>) {
+    fn publish(&mut self, x: usize, bytes: Vec<u8>, lobby: bool) {
         let id = self.intern(&bytes);
         let (now, ttl) = (self.now_ms(), self.cache_ms());
         if !self.nodes[x].seen.insert(id, now, ttl) {
             self.c.republish_refused += 1;
             return;
         }
-        self.forward(x, id, Arc::new(bytes), None);
+        self.forward(x, id, Arc::new(bytes), lobby, None);
     }
 
-    fn forward(&mut self, x: usize, id: u32, bytes: Arc<Vec<u8>>, except: Option<usize>) {
+    fn forward(
+        &mut self,
+        x: usize,
+        id: u32,
+        bytes: Arc<Vec<u8>>,
+        lobby: bool,
+        except: Option<usize>,
+    ) {
         let targets: Vec<(usize, usize)> = self
             .net
             .up_neighbours(x)
@@ -622,6 +632,7 @@ impl Sim {
                                 from: x,
                                 id,
                                 bytes: bytes.clone(),
+                                lobby,
                             },
                         );
                     }
@@ -630,7 +641,7 @@ impl Sim {
         }
     }
 
-    fn on_gossip(&mut self, to: usize, from: usize, id: u32, bytes: Arc<Vec<u8>>) {
+    fn on_gossip(&mut self, to: usize, from: usize, id: u32, bytes: Arc<Vec<u8>>, lobby: bool) {
         if !self.net.reachable(from, to) {
             self.c.frames_lost += 1;
             return;
@@ -644,7 +655,11 @@ impl Sim {
         let t0 = Instant::now();
         let r = self.nodes[to].p.handle_incoming(&bytes);
         self.prof("handle_incoming", t0);
-        self.forward(to, id, bytes, Some(from));
+        // gossipsub validates before it forwards (`validate_messages`), by
+        // the engine's relay rule, as the node does.
+        if mmls_core::relay(&r, lobby) == Relay::Forward {
+            self.forward(to, id, bytes, lobby, Some(from));
+        }
         match r {
             Ok(outs) => self.absorb(to, outs),
             Err(e) if e.is_duplicate() => {}
@@ -849,6 +864,7 @@ impl Sim {
     fn absorb(&mut self, x: usize, outs: Vec<Output>) {
         let mut acks = vec![];
         let mut fetches = vec![];
+        let mut publishes = vec![];
         for o in outs {
             match o {
                 Output::Publish(p) => {
@@ -856,7 +872,7 @@ impl Sim {
                         acks.push(id);
                     }
                     self.on_own_publish(x, &p.bytes);
-                    self.publish(x, p.bytes);
+                    publishes.push(p);
                 }
                 Output::Event(e) => self.on_event(x, e),
                 Output::Fetch(r) => fetches.push(r),
@@ -865,9 +881,40 @@ impl Sim {
         if !acks.is_empty() {
             self.nodes[x].p.ack_published(&acks);
         }
+        // The engine emits the publishes of one call in the order of its
+        // (random) group ids; each takes network randomness in turn, so that
+        // order would make runs of one seed diverge. A stable sort by the
+        // groups' owners keeps every stream's own order.
+        let mut keyed: Vec<(usize, Publish)> = publishes
+            .into_iter()
+            .map(|p| (self.publish_key(x, &p.bytes), p))
+            .collect();
+        keyed.sort_by_key(|(k, _)| *k);
+        for (_, p) in keyed {
+            self.publish(x, p.bytes, p.topic == Topic::Lobby);
+        }
         self.canonical(&mut fetches);
         for r in fetches {
             self.route_fetch(x, r);
+        }
+    }
+
+    /// Canonical position of a publish of node `x`: envelopes without a
+    /// group (KeyPackages, requests, rejoins) first, then by the index of
+    /// the group's owner.
+    fn publish_key(&self, x: usize, bytes: &[u8]) -> usize {
+        let Ok(env) = Envelope::decode(bytes) else {
+            return usize::MAX;
+        };
+        match env.group {
+            None => 0,
+            Some(g) => match self.group_owner.get(&g) {
+                Some(o) => o + 1,
+                None if matches!(env.kind, Kind::Commit | Kind::Welcome | Kind::Application) => {
+                    x + 1
+                }
+                None => usize::MAX,
+            },
         }
     }
 
@@ -906,6 +953,11 @@ impl Sim {
     }
 
     fn on_event(&mut self, x: usize, e: Event) {
+        if !matches!(e, Event::Message(_) | Event::Rejected { .. }) && watched(x) {
+            let d = format!("{e:?}");
+            let cut = d.char_indices().nth(200).map_or(d.len(), |(i, _)| i);
+            eprintln!("watch t={:.3} member {x}: {}", secs(self.now), &d[..cut]);
+        }
         match e {
             Event::Message(d) => {
                 let Some(mid) = message_id(&d.body) else {
@@ -1074,6 +1126,16 @@ impl Sim {
         let x = o.member;
         self.net.set_online(x, true);
         self.nodes[x].online = true;
+        if !o.lose_state {
+            // The engine's clock moves only with tick: without one now, the
+            // first catch-up input would be stamped with the time the node
+            // went offline, and every stream it blocks would look blocked
+            // for the whole absence (and be rejoined at the next tick). The
+            // node's driver ticks on its own timer whatever the network does.
+            let now = self.now_ms();
+            let outs = self.nodes[x].p.tick(now);
+            self.absorb(x, outs);
+        }
         if o.lose_state {
             let store = Store::in_memory().map_err(|e| anyhow!("in-memory store: {e}"))?;
             let (p, outs) = Participant::open(

@@ -1,0 +1,85 @@
+//! The relay rule: what a gossip hop does with an input after the engine's
+//! verdict on it. Every driver forwards by this rule (the node maps it to
+//! gossipsub's validation result, the simulator to its flooding), so that
+//! what the simulator measures is what the node does.
+
+use crate::MmlsError;
+
+/// What a relay does with one gossip input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Accepted: pass it on.
+    Forward,
+    /// Not for us or not judgeable now (a duplicate, a group we are not in,
+    /// a universe still joining, a full buffer, our own disk failing):
+    /// dropped without blaming the sender.
+    Drop,
+    /// Wrong in itself (bad signature, malformed, forged, replayed
+    /// position): dropped and the sender penalised.
+    Penalise,
+}
+
+/// The relay rule for the engine's result on one input. Lobby traffic for
+/// universes we are not in (Welcomes, rejoin requests of others) is
+/// forwarded: we cannot judge it, and its addressees may sit behind us.
+///
+/// A lobby duplicate is forwarded too. Gossip's own duplicate cache has
+/// already stopped loops, so a lobby frame we hold yet see again is a
+/// deliberate re-announcement: an owner answering a KeyPackage request with
+/// the KeyPackage everybody else already has. Dropping it at the first hop
+/// that knows it would starve the one member who asked (a member back from
+/// state loss, more than one hop away, could never build its send group;
+/// the churn scenario found this). Stream duplicates are dropped: sync
+/// repairs those.
+pub fn relay<T>(r: &Result<T, MmlsError>, lobby: bool) -> Relay {
+    use MmlsError as E;
+    match r {
+        Ok(_) => Relay::Forward,
+        Err(e) if e.is_duplicate() => {
+            if lobby {
+                Relay::Forward
+            } else {
+                Relay::Drop
+            }
+        }
+        Err(E::NotInUniverse(_) | E::UnknownUniverse(_) | E::NotInGroup(_)) if lobby => {
+            Relay::Forward
+        }
+        Err(
+            E::NotInUniverse(_)
+            | E::UnknownUniverse(_)
+            | E::NotInGroup(_)
+            | E::UnknownGroup(_)
+            | E::UniverseNotReady(_)
+            | E::BufferFull(_)
+            | E::Store(_)
+            | E::Internal(_),
+        ) => Relay::Drop,
+        Err(_) => Relay::Penalise,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Id32;
+
+    #[test]
+    fn relay_rule() {
+        let ok: Result<(), MmlsError> = Ok(());
+        assert_eq!(relay(&ok, false), Relay::Forward);
+        let dup: Result<(), MmlsError> = Err(MmlsError::Duplicate {
+            group: Id32([0; 32]),
+            seq: 1,
+        });
+        assert_eq!(relay(&dup, false), Relay::Drop);
+        assert_eq!(relay(&dup, true), Relay::Forward);
+        let foreign: Result<(), MmlsError> = Err(MmlsError::NotInUniverse(Id32([0; 32])));
+        assert_eq!(relay(&foreign, true), Relay::Forward);
+        assert_eq!(relay(&foreign, false), Relay::Drop);
+        let bad: Result<(), MmlsError> = Err(MmlsError::BadSignature);
+        assert_eq!(relay(&bad, true), Relay::Penalise);
+        let busy: Result<(), MmlsError> = Err(MmlsError::BufferFull(Id32([0; 32])));
+        assert_eq!(relay(&busy, false), Relay::Drop);
+    }
+}
