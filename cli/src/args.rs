@@ -131,6 +131,12 @@ pub struct RunArgs {
     /// Local API address (loopback only) [default: 127.0.0.1:0, a free port]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<SocketAddr>,
+    /// How long the node gathers changes (PSK imports, re-adds, proposals)
+    /// into one commit of its send group. Raise it to a few seconds on
+    /// slow multi-hop links (mesh radio): see simulations/README.md
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub commit_delay_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

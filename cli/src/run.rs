@@ -45,6 +45,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     cfg.peers = args.peer;
     cfg.mdns = !args.no_mdns;
+    cfg.engine.commit_delay_ms = args.commit_delay_ms;
     if let Some(api) = args.api {
         cfg.api_addr = Some(api);
     }

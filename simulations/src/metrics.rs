@@ -132,6 +132,8 @@ pub struct Metrics {
     /// still in its duplicate cache (gossipsub's `Duplicate` error).
     pub republish_refused: u64,
     pub frames_lost: u64,
+    /// Frames dropped at a full link queue (`network.max_queue_ms`).
+    pub queue_drops: u64,
     pub commits: u64,
     pub commits_with_path: u64,
     pub updates: u64,

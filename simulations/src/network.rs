@@ -28,6 +28,8 @@ pub enum Transmission {
     Arrives(u64),
     /// Lost on the way (it still used the sender's bandwidth).
     Lost,
+    /// Dropped at the sender: its link's queue was full.
+    QueueFull,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct Network {
     pub loss: f64,
     /// Bits per second per direction (None = unlimited).
     pub bandwidth_bps: Option<f64>,
+    /// Longest wait in a send queue (µs) before tail drop.
+    pub max_queue_us: u64,
     /// `geometric`: node positions in the unit square.
     pub positions: Vec<(f64, f64)>,
 }
@@ -190,6 +194,7 @@ impl Network {
             partitions: vec![],
             loss: spec.loss,
             bandwidth_bps: spec.bandwidth_kbps.map(|k| k * 1000.0),
+            max_queue_us: ms_to_us(spec.max_queue_ms),
             positions,
         }
     }
@@ -260,6 +265,9 @@ impl Network {
         let l = &mut self.links[link];
         let dir = usize::from(l.a != from);
         let start = now.max(l.busy_until[dir]);
+        if bw.is_some() && start - now > self.max_queue_us {
+            return Transmission::QueueFull;
+        }
         let ser = bw
             .map(|bps| ((bytes as f64 * 8.0 / bps) * 1e6).ceil() as u64)
             .unwrap_or(0);
@@ -450,6 +458,33 @@ mod tests {
         assert_eq!(
             net.transmit(0, 1, 100, 0, &mut rng),
             Transmission::Arrives(110_000)
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_at_the_tail() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut s = spec(TopologyKind::Line);
+        s.bandwidth_kbps = Some(8.0); // 1000 bytes/s
+        s.latency_ms = 10.0;
+        s.max_queue_ms = 250.0;
+        let mut net = Network::build(&s, 2, &mut rng);
+        // Frames of 100 ms each: they start at 0, 100, 200 ms; the next
+        // would wait 300 ms > 250 ms and is dropped without using the link.
+        for k in 0..3u64 {
+            assert_eq!(
+                net.transmit(0, 0, 100, 0, &mut rng),
+                Transmission::Arrives(110_000 + k * 100_000)
+            );
+        }
+        assert_eq!(
+            net.transmit(0, 0, 100, 0, &mut rng),
+            Transmission::QueueFull
+        );
+        // Once the queue drained, frames go again.
+        assert_eq!(
+            net.transmit(0, 0, 100, 300_000, &mut rng),
+            Transmission::Arrives(410_000)
         );
     }
 

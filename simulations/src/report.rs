@@ -125,11 +125,12 @@ pub fn summary(out: &SimOutput, files: &[PathBuf]) -> String {
     }
     let _ = writeln!(
         s,
-        "  wire        {} total (gossip {}, sync {}); {} frames lost; {} redundant gossip frames",
+        "  wire        {} total (gossip {}, sync {}); {} frames lost, {} dropped at full queues; {} redundant gossip frames",
         mb(m.bytes_on_wire),
         mb(m.bytes_gossip),
         mb(m.bytes_sync),
         m.frames_lost,
+        m.queue_drops,
         m.gossip_redundant
     );
     let cpu = m

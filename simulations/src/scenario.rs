@@ -115,6 +115,13 @@ pub struct NetworkSpec {
     /// queueing); absent = unlimited.
     #[serde(default)]
     pub bandwidth_kbps: Option<f64>,
+    /// With a bandwidth: the longest a frame waits in a link's send queue
+    /// (ms); a frame that would wait longer is dropped (tail drop), as a
+    /// radio's or a router's bounded buffer does. Unbounded queues are not
+    /// only unrealistic: once delays exceed the gossip cache, copies of one
+    /// message come back after it was forgotten and circulate again.
+    #[serde(default = "d_max_queue")]
+    pub max_queue_ms: f64,
     /// `clusters`: how many clusters.
     #[serde(default = "d_clusters")]
     pub clusters: usize,
@@ -136,6 +143,9 @@ pub struct NetworkSpec {
 
 fn d_gossip_cache() -> f64 {
     10.0
+}
+fn d_max_queue() -> f64 {
+    2000.0
 }
 
 fn d_latency() -> f64 {
@@ -162,6 +172,7 @@ impl Default for NetworkSpec {
             loss: 0.0,
             topology: d_topology(),
             bandwidth_kbps: None,
+            max_queue_ms: d_max_queue(),
             clusters: d_clusters(),
             inter_cluster_latency_ms: None,
             radius: d_radius(),
@@ -487,6 +498,7 @@ impl Scenario {
         let n = &self.network;
         finite(n.latency_ms, "network.latency_ms")?;
         finite(n.jitter_ms, "network.jitter_ms")?;
+        finite(n.max_queue_ms, "network.max_queue_ms")?;
         if !(0.0..1.0).contains(&n.loss) {
             return Err(format!("network.loss must be in [0, 1) (got {})", n.loss));
         }

@@ -159,6 +159,7 @@ struct Counters {
     gossip_redundant: u64,
     republish_refused: u64,
     frames_lost: u64,
+    queue_drops: u64,
     commits: u64,
     commits_with_path: u64,
     updates: u64,
@@ -618,6 +619,11 @@ impl Sim {
                 .transmit(link, x, len as usize, self.now, &mut self.rng)
             {
                 Transmission::Lost => self.c.frames_lost += 1,
+                Transmission::QueueFull => {
+                    self.c.queue_drops += 1;
+                    self.nodes[x].bytes_sent -= len;
+                    self.c.bytes_gossip -= len;
+                }
                 Transmission::Arrives(t) => {
                     if self.nodes[b].seen.contains(id, t / 1000, ttl) {
                         // Still cached when it arrives (entries are not
@@ -697,6 +703,11 @@ impl Sim {
         self.c.bytes_sync += len as u64;
         match self.net.transmit(link, from, len, self.now, &mut self.rng) {
             Transmission::Lost => self.c.frames_lost += 1,
+            Transmission::QueueFull => {
+                self.c.queue_drops += 1;
+                self.nodes[from].bytes_sent -= len as u64;
+                self.c.bytes_sync -= len as u64;
+            }
             Transmission::Arrives(t) => self.push(t, ev),
         }
     }
@@ -1557,6 +1568,7 @@ impl Sim {
             gossip_redundant: c.gossip_redundant,
             republish_refused: c.republish_refused,
             frames_lost: c.frames_lost,
+            queue_drops: c.queue_drops,
             commits: c.commits,
             commits_with_path: c.commits_with_path,
             updates: c.updates,

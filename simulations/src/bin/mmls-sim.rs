@@ -27,6 +27,13 @@ enum Cmd {
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Override the number of members (scaling studies: the same
+        /// scenario at 16, 64, 128 members).
+        #[arg(long)]
+        members: Option<usize>,
+        /// Override the workload's duration (virtual seconds).
+        #[arg(long)]
+        duration: Option<f64>,
         /// Where to write metrics.json, the CSV series and the SVG plots
         /// (default: mmls-sim-out/<scenario>).
         #[arg(long)]
@@ -74,11 +81,23 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Run {
             scenario,
             seed,
+            members,
+            duration,
             out,
             json,
             check,
         } => {
-            let sc = Scenario::load(&scenario)?;
+            let mut sc = Scenario::load(&scenario)?;
+            if let Some(n) = members {
+                sc.members = n;
+            }
+            if let Some(d) = duration {
+                sc.duration_s = d;
+            }
+            if members.is_some() || duration.is_some() {
+                sc.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", sc.name))?;
+            }
             let dir = out.unwrap_or_else(|| PathBuf::from("mmls-sim-out").join(&sc.name));
             let progress = !json && std::io::stderr().is_terminal();
             let result = run(sc, &RunOptions { seed, progress })?;
