@@ -1573,10 +1573,25 @@ impl Participant {
                 psk,
             ))));
         }
+        // Adding a member the admin added: our readers must have processed
+        // the admin's commit (their roster) first, or they would refuse ours
+        // as a non-admin's add. A dependency on the admin's send group at the
+        // epoch we hold makes them wait (and fetch) instead. Commits with
+        // adds carry no PSK imports, so the two kinds of deps never mix.
+        let mut deps = imports.clone();
+        let me_admin = u.def.as_ref().is_some_and(|d| d.is_admin(&self.me));
+        if !me_admin && added.iter().any(|m| !readded.contains(m)) {
+            for (g, gs) in &u.groups {
+                let admin = u.def.as_ref().is_some_and(|d| d.is_admin(&gs.owner));
+                if admin && !gs.stale && gs.owner != self.me {
+                    deps.push((*g, gs.epoch));
+                }
+            }
+        }
         let seq = u.groups.get(&own).map(|s| s.next_seq).unwrap_or(0);
         let aad = Aad {
             seq,
-            deps: imports.clone(),
+            deps: deps.clone(),
             frontier: self.frontier(&uid),
         };
         let identity = self.identity.clone();
@@ -1644,7 +1659,7 @@ impl Participant {
             Kind::Commit,
             prev_epoch,
             tls(&commit)?,
-            imports.clone(),
+            deps,
         )?;
         env.proposals = proposals_in;
         self.emit_stream(Topic::Universe(uid), &env);

@@ -1175,3 +1175,53 @@ fn a_full_buffer_never_refuses_the_entry_the_stream_waits_for() {
     }
     assert_eq!(got.iter().filter(|t| t.starts_with("burst")).count(), 10);
 }
+
+#[test]
+fn an_owners_add_that_overtakes_the_admins_waits_for_it() {
+    // Node 2 misses the admin's commit that adds node 3 and then gets node
+    // 1's commit adding node 3 first (gossip gives no order across groups).
+    // It must wait for the admin's commit, not refuse node 1's as an add
+    // by a non-admin.
+    let mut net = Net::new(4);
+    let members: Vec<_> = (0..3).map(|i| net.member(i)).collect();
+    let (uid, outs) = net
+        .node(0)
+        .create_universe("t", &members, &[], Profile::Mmls00)
+        .unwrap();
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    net.offline[2] = true;
+    let newbie = net.member(3);
+    let outs = net.node(0).add_member(&uid, &newbie).unwrap();
+    net.absorb(0, outs);
+    net.run();
+    net.tick(10);
+    let m1 = net.member(1);
+    let g1 = net.node(1).group_of(&uid, &m1).unwrap();
+    let commit = net
+        .all_bytes
+        .iter()
+        .rev()
+        .find(|b| {
+            Envelope::decode(b).is_ok_and(|e| e.kind == Kind::Commit && e.group == Some(g1))
+        })
+        .cloned()
+        .expect("node 1 committed the add");
+    let env = Envelope::decode(&commit).unwrap();
+    assert!(!env.deps.is_empty(), "the add does not name the admin's epoch");
+    let outs = net.node(2).handle_incoming(&commit).unwrap();
+    net.absorb(2, outs);
+    let rejected = |net: &Net| {
+        net.events[2]
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count()
+    };
+    assert_eq!(rejected(&net), 0, "node 1's add was refused");
+    net.offline[2] = false;
+    net.settle();
+    assert_eq!(rejected(&net), 0);
+    assert_eq!(net.node(2).status(&uid).unwrap().roster.len(), 4);
+    net.assert_consistent(&uid);
+}
