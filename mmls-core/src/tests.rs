@@ -1203,13 +1203,14 @@ fn an_owners_add_that_overtakes_the_admins_waits_for_it() {
         .all_bytes
         .iter()
         .rev()
-        .find(|b| {
-            Envelope::decode(b).is_ok_and(|e| e.kind == Kind::Commit && e.group == Some(g1))
-        })
+        .find(|b| Envelope::decode(b).is_ok_and(|e| e.kind == Kind::Commit && e.group == Some(g1)))
         .cloned()
         .expect("node 1 committed the add");
     let env = Envelope::decode(&commit).unwrap();
-    assert!(!env.deps.is_empty(), "the add does not name the admin's epoch");
+    assert!(
+        !env.deps.is_empty(),
+        "the add does not name the admin's epoch"
+    );
     let outs = net.node(2).handle_incoming(&commit).unwrap();
     net.absorb(2, outs);
     let rejected = |net: &Net| {
