@@ -291,13 +291,16 @@ fn universe_state(u: &types::Universe) -> String {
     }
 }
 
-fn group_state(g: &types::Group) -> &'static str {
+fn group_state(g: &types::Group) -> String {
     if g.stale {
-        "stale (rejoin pending)"
+        "stale (rejoin pending)".into()
     } else if g.blocked {
-        "catching up"
+        match &g.waiting_for {
+            Some(w) => format!("catching up (waiting for {w})"),
+            None => "catching up".into(),
+        }
     } else {
-        "ok"
+        "ok".into()
     }
 }
 
@@ -320,7 +323,7 @@ fn groups_table(u: &types::Universe, me: &str, indent: usize) -> Table {
             g.members.to_string(),
             g.next_seq.to_string(),
             g.buffered.to_string(),
-            group_state(g).to_string(),
+            group_state(g),
         ]);
     }
     t

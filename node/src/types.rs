@@ -88,6 +88,10 @@ pub struct Group {
     pub stale: bool,
     pub auth: String,
     pub members: usize,
+    /// Why the stream is stuck, if it is: the missing position, or the
+    /// (group, epoch) its next commit depends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 impl From<&GroupStatus> for Group {
@@ -102,6 +106,7 @@ impl From<&GroupStatus> for Group {
             stale: g.stale,
             auth: g.auth.clone(),
             members: g.members,
+            waiting_for: g.waiting_for.clone(),
         }
     }
 }
