@@ -197,6 +197,11 @@ pub struct Workload {
     /// at its own random phase (0 = never).
     #[serde(default)]
     pub update_interval_s: f64,
+    /// On-send policy: a member also updates after every this many
+    /// messages it sends (1 = after each; 0 = off). Combines with the
+    /// interval.
+    #[serde(default)]
+    pub update_every_sends: u32,
     /// Workload starts here (the universe is set up before).
     #[serde(default = "d_start")]
     pub start_s: f64,
@@ -218,6 +223,7 @@ impl Default for Workload {
             message_interval_s: d_msg_interval(),
             message_bytes: d_msg_bytes(),
             update_interval_s: 0.0,
+            update_every_sends: 0,
             start_s: d_start(),
         }
     }

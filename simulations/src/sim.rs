@@ -138,6 +138,8 @@ struct Node {
     lost_at: Vec<u64>,
     /// Path commits (own MMLS updates), µs.
     path_commits: Vec<u64>,
+    /// Messages sent (the on-send update policy counts them).
+    sent: u64,
 }
 
 struct MsgRec {
@@ -372,6 +374,7 @@ impl Sim {
                 peer_heads: BTreeMap::new(),
                 lost_at: vec![],
                 path_commits: vec![],
+                sent: 0,
             });
             opened.push(outs);
         }
@@ -1077,6 +1080,11 @@ impl Sim {
                 });
                 self.c.messages_sent += 1;
                 self.absorb(x, outs);
+                self.nodes[x].sent += 1;
+                let k = u64::from(self.sc.workload.update_every_sends);
+                if k > 0 && self.nodes[x].sent % k == 0 {
+                    self.update(x, uid);
+                }
             }
             Err(_) => self.c.sends_refused += 1,
         }
@@ -1089,6 +1097,10 @@ impl Sim {
         let next = self.now + s_to_us(self.sc.workload.update_interval_s);
         self.push(next, Ev::Update(x));
         let Some(uid) = self.can_act(x) else { return };
+        self.update(x, uid);
+    }
+
+    fn update(&mut self, x: usize, uid: Id32) {
         let t0 = Instant::now();
         let r = self.nodes[x].p.update(&uid);
         self.prof("update", t0);

@@ -143,7 +143,8 @@ fn the_same_seed_gives_identical_metrics() {
     assert_eq!(c["seed"], 10);
 }
 
-fn compromise(update_interval_s: u32) -> String {
+/// `policy`: the workload's update lines.
+fn compromise(policy: &str) -> String {
     format!(
         r#"
 members = 5
@@ -157,7 +158,7 @@ topology = "mesh"
 [workload]
 message_interval_s = 5
 message_bytes = 100
-update_interval_s = {update_interval_s}
+{policy}
 [[compromise]]
 member = 1
 at_s = 60
@@ -169,7 +170,7 @@ quiet_s = 30
 
 #[test]
 fn a_compromise_heals_with_updates_and_not_without() {
-    let with = metrics(scenario(&compromise(30)), None);
+    let with = metrics(scenario(&compromise("update_interval_s = 30")), None);
     assert_converged_exactly_once(&with);
     assert_eq!(with.pcs.len(), 1);
     let p = &with.pcs[0];
@@ -181,7 +182,7 @@ fn a_compromise_heals_with_updates_and_not_without() {
     assert!(heal > 0.0 && heal < 45.0, "heal time {heal} s");
     assert!(p.groups.iter().all(|g| g.healed), "{:?}", p.groups);
 
-    let without = metrics(scenario(&compromise(0)), None);
+    let without = metrics(scenario(&compromise("update_interval_s = 0")), None);
     assert_converged_exactly_once(&without);
     let q = &without.pcs[0];
     assert!(!q.healed, "healed without any update: {q:?}");
@@ -189,6 +190,15 @@ fn a_compromise_heals_with_updates_and_not_without() {
     // It reads everything sent after the compromise.
     assert!(q.sent_after > 0);
     assert_eq!(q.read, q.sent_after, "{q:?}");
+
+    // The on-send policy alone (an update after every 4th message, a
+    // message every 5 s: every 20 s) heals as well.
+    let on_send = metrics(scenario(&compromise("update_every_sends = 4")), None);
+    assert_converged_exactly_once(&on_send);
+    let r = &on_send.pcs[0];
+    assert!(on_send.updates > 0);
+    assert!(r.healed, "on-send updates did not lock out: {r:?}");
+    assert!(r.heal_seconds.is_some_and(|h| h < 30.0), "{r:?}");
 }
 
 const LOSS_30: &str = r#"
