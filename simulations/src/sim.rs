@@ -1082,7 +1082,7 @@ impl Sim {
                 self.absorb(x, outs);
                 self.nodes[x].sent += 1;
                 let k = u64::from(self.sc.workload.update_every_sends);
-                if k > 0 && self.nodes[x].sent % k == 0 {
+                if k > 0 && self.nodes[x].sent.is_multiple_of(k) {
                     self.update(x, uid);
                 }
             }
