@@ -1653,14 +1653,7 @@ impl Participant {
             }
         }
         self.export_psk(uid, own)?;
-        let mut env = self.own_envelope(
-            uid,
-            own,
-            Kind::Commit,
-            prev_epoch,
-            tls(&commit)?,
-            deps,
-        )?;
+        let mut env = self.own_envelope(uid, own, Kind::Commit, prev_epoch, tls(&commit)?, deps)?;
         env.proposals = proposals_in;
         self.emit_stream(Topic::Universe(uid), &env);
         if let Some(w) = welcome {
@@ -3293,7 +3286,14 @@ impl Participant {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Delivered>, MmlsError> {
-        let start = after.map(|a| a + 1).unwrap_or(0);
+        // Nothing comes after the last cursor (and `a + 1` would wrap to 0).
+        let start = match after {
+            None => 0,
+            Some(a) => match a.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(vec![]),
+            },
+        };
         let rows = self.provider.store().range(
             Table::Delivered,
             &log_key(uid, start),
