@@ -662,33 +662,51 @@ fn api_requests_with_hostile_bodies_paths_and_queries() {
 
 // ------------------------------------------------------ cargo-fuzz seeds --
 
-/// Writes the small seed inputs of the optional cargo-fuzz targets
-/// (`fuzz/seeds/<target>/`, committed): valid sync messages of every
-/// variant (`sync_decode`) and the envelopes inside the `Fetched` ones
-/// (`envelope_decode`). Run by hand after a wire format change:
-/// `cargo test --release -p node --test fuzz -- --ignored write_cargo_fuzz_seeds`.
+/// The cargo-fuzz seeds committed under `fuzz/seeds` are valid inputs of
+/// their targets (they decode), so a wire format change cannot leave the
+/// nightly fuzzers starting from garbage. After such a change, rewrite them
+/// from this harness's generators with `MMLS_WRITE_FUZZ_SEEDS=1 cargo test
+/// --release -p node --test fuzz cargo_fuzz_seeds`: one of each sync
+/// variant (`sync_decode`) and the envelopes inside `Fetched` ones
+/// (`envelope_decode`).
 #[test]
-#[ignore]
-fn write_cargo_fuzz_seeds() {
+fn cargo_fuzz_seeds_are_valid_inputs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-    let mut rng = StdRng::seed_from_u64(DEFAULT_SEED);
-    let seeds = sync_seeds(&mut rng);
-    let (mut sync, mut env) = (vec![], vec![]);
-    for (i, s) in seeds.iter().enumerate() {
-        if i < 5 {
-            // one of each variant
-            sync.push(s.clone());
+    if std::env::var_os("MMLS_WRITE_FUZZ_SEEDS").is_some() {
+        let mut rng = StdRng::seed_from_u64(DEFAULT_SEED);
+        let seeds = sync_seeds(&mut rng);
+        let (mut sync, mut env) = (vec![], vec![]);
+        for (i, s) in seeds.iter().enumerate() {
+            if i < 5 {
+                // one of each variant
+                sync.push(s.clone());
+            }
+            if let Ok(SyncMessage::Fetched(r)) = SyncMessage::decode(s) {
+                env.extend(r.envelopes.into_iter().map(|e| e.into_vec()));
+            }
         }
-        if let Ok(SyncMessage::Fetched(r)) = SyncMessage::decode(s) {
-            env.extend(r.envelopes.into_iter().map(|e| e.into_vec()));
+        for (target, inputs) in [("sync_decode", sync), ("envelope_decode", env)] {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).expect("seed dir");
+            for (i, b) in inputs.iter().take(6).enumerate() {
+                std::fs::write(dir.join(format!("seed-{i}.cbor")), b).expect("write seed");
+            }
         }
     }
-    for (target, inputs) in [("sync_decode", sync), ("envelope_decode", env)] {
+    for target in ["sync_decode", "envelope_decode"] {
         let dir = root.join(target);
-        std::fs::create_dir_all(&dir).expect("seed dir");
-        for (i, b) in inputs.iter().take(6).enumerate() {
-            std::fs::write(dir.join(format!("seed-{i}.cbor")), b).expect("write seed");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        assert!(!files.is_empty(), "no seeds in {}", dir.display());
+        for f in files {
+            let b = std::fs::read(&f).expect("read seed");
+            let ok = match target {
+                "sync_decode" => SyncMessage::decode(&b).is_ok(),
+                _ => Envelope::decode(&b).is_ok(),
+            };
+            assert!(ok, "{} does not decode", f.display());
         }
-        eprintln!("{}: {} seeds", dir.display(), inputs.len().min(6));
     }
 }
