@@ -17,8 +17,8 @@ pub mod store;
 pub mod sync;
 pub mod universe;
 
-#[cfg(test)]
-mod testkit;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 

@@ -1,13 +1,14 @@
-//! An in-memory network of participants for the engine's own tests: every
-//! publish reaches every other node (in order, or shuffled, duplicated and
-//! delayed when asked), fetches are answered by the first peer that can.
+//! An in-memory network of participants for tests (the engine's own and the
+//! integration tests, through the `testkit` feature): every publish reaches
+//! every other live node (in order, or shuffled and duplicated when asked);
+//! fetches are answered by the first peer that can. Uses the public API
+//! only, so what passes here passes for any driver.
 
-use crate::id::Id32;
-use crate::identity::{Identity, MemberId};
-use crate::participant::{Config, Delivered, Event, Output, Participant, Topic};
-use crate::profile::Profile;
-use crate::store::Store;
 use crate::sync::FetchRequest;
+use crate::{
+    Config, Delivered, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant,
+    Profile, Store, Topic,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
@@ -16,8 +17,8 @@ pub struct Net {
     pub nodes: Vec<Option<Participant>>,
     pub ids: Vec<Identity>,
     pub stores: Vec<Store>,
-    queue: VecDeque<(usize, Topic, Vec<u8>)>,
-    fetches: Vec<(usize, FetchRequest)>,
+    pub queue: VecDeque<(usize, Topic, Vec<u8>)>,
+    pub fetches: Vec<(usize, FetchRequest)>,
     pub now: u64,
     pub delivered: Vec<Vec<Delivered>>,
     pub events: Vec<Vec<Event>>,
@@ -28,14 +29,24 @@ pub struct Net {
     pub dup_prob: f64,
     /// Nodes that receive nothing (offline).
     pub offline: Vec<bool>,
+    /// Every envelope any node published, in order.
     pub all_bytes: Vec<Vec<u8>>,
+    pub config: Config,
 }
 
+/// The engine tests' configuration: commit imports at once.
 pub fn config() -> Config {
     Config {
         commit_delay_ms: 0,
         ..Config::default()
     }
+}
+
+/// The deterministic identity of node `i`.
+pub fn identity(i: usize) -> Identity {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    Identity::from_seed(seed)
 }
 
 impl Net {
@@ -59,11 +70,10 @@ impl Net {
             dup_prob: 0.0,
             offline: vec![false; n],
             all_bytes: vec![],
+            config: cfg.clone(),
         };
         for i in 0..n {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-            let id = Identity::from_seed(seed);
+            let id = identity(i);
             let store = Store::in_memory().expect("store");
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
@@ -84,6 +94,8 @@ impl Net {
         self.nodes[i].as_mut().expect("node is down")
     }
 
+    /// Takes a node's outputs: publishes go on the wire (and are acked),
+    /// events are recorded, fetches queued.
     pub fn absorb(&mut self, from: usize, outs: Vec<Output>) {
         let mut acks = vec![];
         for o in outs {
@@ -106,6 +118,16 @@ impl Net {
         }
         if let Some(p) = self.nodes[from].as_mut() {
             p.ack_published(&acks);
+        }
+    }
+
+    /// Delivers one envelope to node `to` as the network would.
+    pub fn deliver(&mut self, to: usize, bytes: &[u8]) {
+        let r = self.node(to).handle_incoming(bytes);
+        match r {
+            Ok(outs) => self.absorb(to, outs),
+            Err(e) if e.is_duplicate() => {}
+            Err(e) => self.rejections[to].push(e.to_string()),
         }
     }
 
@@ -133,12 +155,7 @@ impl Net {
                             continue;
                         }
                     }
-                    let r = self.node(to).handle_incoming(&bytes);
-                    match r {
-                        Ok(outs) => self.absorb(to, outs),
-                        Err(e) if e.is_duplicate() => {}
-                        Err(e) => self.rejections[to].push(e.to_string()),
-                    }
+                    self.deliver(to, &bytes);
                 }
                 continue;
             }
@@ -227,9 +244,10 @@ impl Net {
         uid
     }
 
-    pub fn send(&mut self, i: usize, uid: &Id32, text: &str) {
-        let (_, outs) = self.node(i).send(uid, text.as_bytes()).expect("send");
+    pub fn send(&mut self, i: usize, uid: &Id32, text: &str) -> u64 {
+        let (seq, outs) = self.node(i).send(uid, text.as_bytes()).expect("send");
         self.absorb(i, outs);
+        seq
     }
 
     pub fn update(&mut self, i: usize, uid: &Id32) {
@@ -265,4 +283,93 @@ impl Net {
             .map(|d| String::from_utf8_lossy(&d.body).to_string())
             .collect()
     }
+
+    /// The last published envelope of `kind` (decoded and raw).
+    pub fn last_of(&self, kind: Kind) -> Option<(Envelope, Vec<u8>)> {
+        self.all_bytes.iter().rev().find_map(|b| {
+            Envelope::decode(b)
+                .ok()
+                .filter(|e| e.kind == kind)
+                .map(|e| (e, b.clone()))
+        })
+    }
+}
+
+/// What a rejected input must leave untouched: per group (epoch, next seq),
+/// the roster and the delivered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub groups: Vec<(Id32, u64, u64)>,
+    pub roster: Vec<MemberId>,
+    pub messages: Vec<(MemberId, u64, Vec<u8>)>,
+}
+
+pub fn view(p: &mut Participant, uid: &Id32) -> View {
+    let st = p.status(uid).expect("status");
+    let messages = p
+        .messages(uid, None, usize::MAX)
+        .expect("messages")
+        .into_iter()
+        .map(|d| (d.sender, d.seq, d.body.into_vec()))
+        .collect();
+    View {
+        groups: st
+            .groups
+            .iter()
+            .map(|g| (g.group, g.epoch, g.next_seq))
+            .collect(),
+        roster: st.roster,
+        messages,
+    }
+}
+
+/// Texts in the delivered log of `p` for `uid` (the durable record).
+pub fn logged_texts(p: &Participant, uid: &Id32) -> Vec<String> {
+    p.messages(uid, None, usize::MAX)
+        .expect("messages")
+        .into_iter()
+        .map(|d| String::from_utf8_lossy(&d.body).to_string())
+        .collect()
+}
+
+/// Pulls everything `victim` misses from `peers` (read-only), as the
+/// driver's periodic sync would, until nothing new comes.
+pub fn pull_from(victim: &mut Participant, peers: &[&Participant]) -> Vec<Output> {
+    let mut outs = vec![];
+    for _round in 0..8 {
+        let mut progressed = false;
+        let mut pending: Vec<FetchRequest> = vec![];
+        for peer in peers {
+            for s in peer.summaries() {
+                pending.extend(victim.plan_fetches(&s));
+            }
+        }
+        let mut guard = 0;
+        while let Some(r) = pending.pop() {
+            guard += 1;
+            if guard > 10_000 {
+                break;
+            }
+            for peer in peers {
+                let Ok(resp) = peer.serve_fetch(&r) else {
+                    continue;
+                };
+                if resp.envelopes.is_empty() {
+                    continue;
+                }
+                progressed = true;
+                for o in victim.handle_fetch_response(&r, resp) {
+                    match o {
+                        Output::Fetch(f) => pending.push(f),
+                        o => outs.push(o),
+                    }
+                }
+                break;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    outs
 }

@@ -13,7 +13,7 @@
 //! `MMLS_FUZZ_CASES=n` sets the number of cases of every test (the CI
 //! default is small); `MMLS_FUZZ_SEED=n` changes the seed.
 
-mod common;
+use mmls_core::testkit as common;
 mod fuzzkit;
 
 use ciborium::value::{Integer, Value};
