@@ -1909,10 +1909,14 @@ impl Participant {
             .get(&who)
             .is_some_and(|b| b.as_slice() == env.body.as_slice())
         {
-            return Err(MmlsError::Duplicate {
-                group: Id32([0; 32]),
-                seq: 0,
-            });
+            // A re-announcement (an owner answering a KeyPackage request
+            // with the KeyPackage everyone else holds): valid, nothing to
+            // do, and it must travel on. As a Duplicate the first relay that
+            // knows it would drop it, and a member back from state loss more
+            // than one hop away could never build its send group (found by
+            // the simulator's churn scenario). Gossip's duplicate cache
+            // stops loops.
+            return Ok(());
         }
         self.state
             .known_kps

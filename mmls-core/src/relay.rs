@@ -22,26 +22,13 @@ pub enum Relay {
 /// The relay rule for the engine's result on one input. Lobby traffic for
 /// universes we are not in (Welcomes, rejoin requests of others) is
 /// forwarded: we cannot judge it, and its addressees may sit behind us.
-///
-/// A lobby duplicate is forwarded too. Gossip's own duplicate cache has
-/// already stopped loops, so a lobby frame we hold yet see again is a
-/// deliberate re-announcement: an owner answering a KeyPackage request with
-/// the KeyPackage everybody else already has. Dropping it at the first hop
-/// that knows it would starve the one member who asked (a member back from
-/// state loss, more than one hop away, could never build its send group;
-/// the churn scenario found this). Stream duplicates are dropped: sync
-/// repairs those.
+/// Duplicates are dropped (sync repairs stream entries); a re-announced
+/// KeyPackage is not a duplicate but a valid input (`Ok`), so it travels.
 pub fn relay<T>(r: &Result<T, MmlsError>, lobby: bool) -> Relay {
     use MmlsError as E;
     match r {
         Ok(_) => Relay::Forward,
-        Err(e) if e.is_duplicate() => {
-            if lobby {
-                Relay::Forward
-            } else {
-                Relay::Drop
-            }
-        }
+        Err(e) if e.is_duplicate() => Relay::Drop,
         Err(E::NotInUniverse(_) | E::UnknownUniverse(_) | E::NotInGroup(_)) if lobby => {
             Relay::Forward
         }
@@ -73,7 +60,8 @@ mod tests {
             seq: 1,
         });
         assert_eq!(relay(&dup, false), Relay::Drop);
-        assert_eq!(relay(&dup, true), Relay::Forward);
+        // A stream entry replayed on the lobby is not passed on.
+        assert_eq!(relay(&dup, true), Relay::Drop);
         let foreign: Result<(), MmlsError> = Err(MmlsError::NotInUniverse(Id32([0; 32])));
         assert_eq!(relay(&foreign, true), Relay::Forward);
         assert_eq!(relay(&foreign, false), Relay::Drop);

@@ -2,7 +2,7 @@
 
 use crate::envelope::{Envelope, Kind};
 use crate::error::MmlsError;
-use crate::participant::Event;
+use crate::participant::{Event, Output};
 use crate::profile::Profile;
 use crate::testkit::{config, Net};
 
@@ -1225,4 +1225,26 @@ fn an_owners_add_that_overtakes_the_admins_waits_for_it() {
     assert_eq!(rejected(&net), 0);
     assert_eq!(net.node(2).status(&uid).unwrap().roster.len(), 4);
     net.assert_consistent(&uid);
+}
+
+#[test]
+fn a_re_announced_key_package_is_valid_input_for_relays() {
+    // An owner answers a KeyPackage request with the KeyPackage the others
+    // already hold. A relay must accept (and so forward) it, not call it a
+    // duplicate, or it never reaches the member who asked.
+    let mut net = Net::new(2);
+    let Output::Publish(p) = net.node(0).announcement() else {
+        panic!("announcement is not a publish");
+    };
+    let before = net.node(1).rejected_inputs();
+    for _ in 0..2 {
+        let r = net.node(1).handle_incoming(&p.bytes);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            crate::relay(&r, true),
+            crate::Relay::Forward,
+            "a relay would drop the re-announcement"
+        );
+    }
+    assert_eq!(net.node(1).rejected_inputs(), before);
 }

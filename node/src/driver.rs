@@ -1151,6 +1151,6 @@ mod tests {
             group: Id32([0; 32]),
             seq: 1,
         });
-        assert_eq!(verdict(&dup, false), MessageAcceptance::Ignore);
+        assert_eq!(verdict(&dup, true), MessageAcceptance::Ignore);
     }
 }
