@@ -1248,3 +1248,65 @@ fn a_re_announced_key_package_is_valid_input_for_relays() {
     }
     assert_eq!(net.node(1).rejected_inputs(), before);
 }
+
+/// The frontiers (owner's view, for the equivocation check) in the AADs of
+/// every commit in `owner`'s send group, in stream order.
+fn commit_frontiers(
+    net: &mut Net,
+    uid: &crate::Id32,
+    owner: usize,
+) -> Vec<Vec<crate::universe::FrontierEntry>> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{MlsMessageIn, ProtocolMessage};
+    let m = net.member(owner);
+    let g = net.node(owner).group_of(uid, &m).unwrap();
+    let mut out = vec![];
+    for b in &net.all_bytes {
+        let Ok(env) = Envelope::decode(b) else {
+            continue;
+        };
+        if env.kind != Kind::Commit || env.group != Some(g) {
+            continue;
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()).unwrap();
+        let ProtocolMessage::PrivateMessage(pm) = msg.try_into_protocol_message().unwrap() else {
+            panic!("commits are private messages");
+        };
+        let aad: crate::universe::Aad = crate::universe::from_cbor(pm.aad()).unwrap();
+        out.push(aad.frontier);
+    }
+    out
+}
+
+#[test]
+fn a_commit_names_only_the_groups_that_moved_since_the_owners_last() {
+    let mut net = Net::new(5);
+    let uid = net.universe(Profile::Mmls00);
+    for k in [2, 3, 1, 2] {
+        net.update(k, &uid);
+        net.run();
+        net.settle();
+    }
+    let fs = commit_frontiers(&mut net, &uid, 1);
+    assert!(fs.len() >= 4, "{} commits", fs.len());
+    // No (group, epoch) is named twice in a row: unchanged groups are left
+    // out...
+    for w in fs.windows(2) {
+        for e in &w[1] {
+            assert!(
+                !w[0]
+                    .iter()
+                    .any(|p| p.group == e.group && p.epoch == e.epoch),
+                "{e:?} named again"
+            );
+        }
+    }
+    // ...so the frontiers are smaller than 5 groups per commit.
+    let named: usize = fs.iter().map(Vec::len).sum();
+    assert!(
+        named < 5 * fs.len(),
+        "{named} entries in {} commits",
+        fs.len()
+    );
+    net.assert_consistent(&uid);
+}
