@@ -23,9 +23,18 @@ use zeroize::Zeroizing;
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
 /// A member of a universe, named by its libp2p PeerId (base58, `12D3KooW...`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct MemberId(String);
+
+/// As the string, written in place: `serde(into = "String")` cloned it at
+/// every serialization, and the engine state (which names every member
+/// many times) is serialized at every step.
+impl Serialize for MemberId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl MemberId {
     pub fn from_public_key(pk: &[u8; 32]) -> MemberId {
@@ -204,6 +213,17 @@ mod tests {
         assert!(m.as_str().starts_with("12D3KooW"), "{m}");
         assert_eq!(MemberId::parse(m.as_str()).unwrap(), m);
         assert_eq!(m.public_key().unwrap().to_bytes(), id.public_key());
+    }
+
+    #[test]
+    fn member_id_serializes_as_its_string() {
+        let m = Identity::from_seed([3; 32]).member_id();
+        let as_id = crate::universe::to_cbor(&m);
+        assert_eq!(as_id, crate::universe::to_cbor(&m.to_string()));
+        let back: MemberId = crate::universe::from_cbor(&as_id).unwrap();
+        assert_eq!(back, m);
+        let bad = crate::universe::to_cbor(&"12D3KooWnot-a-peer-id".to_string());
+        assert!(crate::universe::from_cbor::<MemberId>(&bad).is_err());
     }
 
     #[test]
