@@ -243,6 +243,10 @@ struct GroupState {
     /// Coarse (epoch, time exported) checkpoints, for `psk_min_age_ms`.
     #[serde(default)]
     psk_marks: Vec<(u64, u64)>,
+    /// The epoch our last own commit's frontier named for this group: the
+    /// next commit names it only if it moved since.
+    #[serde(default)]
+    named_epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,10 +283,6 @@ struct UniverseState {
     /// Policy: an own MMLS update is due (after rejoining).
     #[serde(default)]
     update_due: bool,
-    /// The epoch of each group as our last own commit's frontier named it:
-    /// the next commit names only groups that moved since.
-    #[serde(default)]
-    frontier_sent: BTreeMap<Id32, u64>,
 }
 
 impl UniverseState {
@@ -310,7 +310,6 @@ impl UniverseState {
             own_proposals: vec![],
             leaf_updates: BTreeSet::new(),
             update_due: false,
-            frontier_sent: BTreeMap::new(),
         }
     }
     fn has_pending(&self) -> bool {
@@ -1316,6 +1315,7 @@ impl Participant {
             last_commit_at: self.now,
             pruned_below: 0,
             psk_marks: vec![],
+            named_epoch: None,
         };
         let now = self.now;
         let me = self.me.clone();
@@ -1441,21 +1441,17 @@ impl Participant {
             return vec![];
         };
         let mut out = vec![];
-        for (g, s) in &u.groups {
-            if u.frontier_sent.get(g) == Some(&s.epoch) {
+        for (g, s) in u.groups.iter_mut() {
+            if s.named_epoch == Some(s.epoch) {
                 continue;
             }
+            s.named_epoch = Some(s.epoch);
             out.push(FrontierEntry {
                 group: *g,
                 epoch: s.epoch,
                 auth: s.auth.get(&s.epoch).copied().unwrap_or_default(),
             });
         }
-        for f in &out {
-            u.frontier_sent.insert(f.group, f.epoch);
-        }
-        let groups = &u.groups;
-        u.frontier_sent.retain(|g, _| groups.contains_key(g));
         out
     }
 
@@ -2572,6 +2568,7 @@ impl Participant {
                 last_commit_at: now,
                 pruned_below: 0,
                 psk_marks: vec![],
+                named_epoch: None,
             },
         );
         u.pending_imports.insert(g);
