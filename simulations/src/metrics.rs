@@ -59,6 +59,14 @@ pub struct PcsGroup {
     pub monotone: bool,
 }
 
+/// Envelopes of one kind published by the participants.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Published {
+    pub count: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Pcs {
     pub member: usize,
@@ -149,6 +157,9 @@ pub struct Metrics {
     pub rejected_entries: u64,
     /// Those rejections by reason (numbers and ids masked as `#`).
     pub rejections: BTreeMap<String, u64>,
+    /// What the participants published (each envelope once, before
+    /// flooding), by envelope kind: what an update or a message costs.
+    pub published: BTreeMap<String, Published>,
     pub stale_events: u64,
     pub rejoins: u64,
     pub equivocations: u64,

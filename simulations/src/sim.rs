@@ -171,6 +171,7 @@ struct Counters {
     input_errors: BTreeMap<String, u64>,
     rejected_entries: u64,
     rejections: BTreeMap<String, u64>,
+    published: BTreeMap<String, crate::metrics::Published>,
     stale_events: u64,
     rejoins: u64,
     equivocations: u64,
@@ -936,6 +937,14 @@ impl Sim {
         let Ok(env) = Envelope::decode(bytes) else {
             return;
         };
+        let p = self
+            .c
+            .published
+            .entry(format!("{:?}", env.kind))
+            .or_default();
+        p.count += 1;
+        p.bytes += bytes.len() as u64;
+        p.max_bytes = p.max_bytes.max(bytes.len() as u64);
         if !matches!(env.kind, Kind::Welcome | Kind::Commit | Kind::Application) {
             return;
         }
@@ -1595,6 +1604,7 @@ impl Sim {
             input_errors: c.input_errors.clone(),
             rejected_entries: c.rejected_entries,
             rejections: c.rejections.clone(),
+            published: c.published.clone(),
             stale_events: c.stale_events,
             rejoins: c.rejoins,
             equivocations: c.equivocations,
