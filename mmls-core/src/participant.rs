@@ -1429,7 +1429,6 @@ impl Participant {
         Ok(())
     }
 
-    /// Our current view of every send group (carried in commits).
     /// The frontier for our next commit's AAD: the groups whose epoch moved
     /// since our previous commit named them (all of them the first time).
     /// Readers process our commits in order, so over the stream they see

@@ -14,8 +14,8 @@ pub enum Relay {
     /// a universe still joining, a full buffer, our own disk failing):
     /// dropped without blaming the sender.
     Drop,
-    /// Wrong in itself (bad signature, malformed, forged, replayed
-    /// position): dropped and the sender penalised.
+    /// Wrong in itself (bad signature, malformed, forged): dropped and the
+    /// sender penalised.
     Penalise,
 }
 

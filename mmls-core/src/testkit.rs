@@ -35,6 +35,15 @@ pub struct Net {
 }
 
 /// The engine tests' configuration: commit imports at once.
+/// A test knob from the environment (`MMLS_FUZZ_CASES`, `MMLS_FUZZ_SEED`,
+/// ...), else `default`: CI runs the default, long runs set the variable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn config() -> Config {
     Config {
         commit_delay_ms: 0,

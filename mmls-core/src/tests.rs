@@ -2,6 +2,7 @@
 
 use crate::envelope::{Envelope, Kind};
 use crate::error::MmlsError;
+use crate::id::Id32;
 use crate::participant::{Event, Output};
 use crate::profile::Profile;
 use crate::testkit::{config, Net};
@@ -328,11 +329,11 @@ fn removal_is_mirrored_by_every_owner() {
     assert!(net.texts(2).contains(&"secret".to_string()));
 }
 
-#[test]
-fn admin_adds_a_member_and_everyone_mirrors_it() {
-    let mut net = Net::new(4);
-    // Node 3 is not in the universe at first.
-    let members: Vec<_> = (0..3).map(|i| net.member(i)).collect();
+/// Node 0 creates a universe with every node but the last, which the
+/// tests then add.
+fn universe_without_the_last_node(net: &mut Net) -> Id32 {
+    let n = net.nodes.len();
+    let members: Vec<_> = (0..n - 1).map(|i| net.member(i)).collect();
     let (uid, outs) = net
         .node(0)
         .create_universe("t", &members, &[], Profile::Mmls00)
@@ -340,6 +341,29 @@ fn admin_adds_a_member_and_everyone_mirrors_it() {
     net.absorb(0, outs);
     net.run();
     net.settle();
+    uid
+}
+
+/// The commits published in `owner`'s send group, in stream order.
+fn commits_of(net: &mut Net, uid: &Id32, owner: usize) -> Vec<(Envelope, Vec<u8>)> {
+    let m = net.member(owner);
+    let g = net.node(owner).group_of(uid, &m).unwrap();
+    net.all_bytes
+        .iter()
+        .filter_map(|b| {
+            Envelope::decode(b)
+                .ok()
+                .filter(|e| e.kind == Kind::Commit && e.group == Some(g))
+                .map(|e| (e, b.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn admin_adds_a_member_and_everyone_mirrors_it() {
+    let mut net = Net::new(4);
+    // Node 3 is not in the universe at first.
+    let uid = universe_without_the_last_node(&mut net);
     let newbie = net.member(3);
     let outs = net.node(0).add_member(&uid, &newbie).unwrap();
     net.absorb(0, outs);
@@ -1183,30 +1207,16 @@ fn an_owners_add_that_overtakes_the_admins_waits_for_it() {
     // It must wait for the admin's commit, not refuse node 1's as an add
     // by a non-admin.
     let mut net = Net::new(4);
-    let members: Vec<_> = (0..3).map(|i| net.member(i)).collect();
-    let (uid, outs) = net
-        .node(0)
-        .create_universe("t", &members, &[], Profile::Mmls00)
-        .unwrap();
-    net.absorb(0, outs);
-    net.run();
-    net.settle();
+    let uid = universe_without_the_last_node(&mut net);
     net.offline[2] = true;
     let newbie = net.member(3);
     let outs = net.node(0).add_member(&uid, &newbie).unwrap();
     net.absorb(0, outs);
     net.run();
     net.tick(10);
-    let m1 = net.member(1);
-    let g1 = net.node(1).group_of(&uid, &m1).unwrap();
-    let commit = net
-        .all_bytes
-        .iter()
-        .rev()
-        .find(|b| Envelope::decode(b).is_ok_and(|e| e.kind == Kind::Commit && e.group == Some(g1)))
-        .cloned()
+    let (env, commit) = commits_of(&mut net, &uid, 1)
+        .pop()
         .expect("node 1 committed the add");
-    let env = Envelope::decode(&commit).unwrap();
     assert!(
         !env.deps.is_empty(),
         "the add does not name the admin's epoch"
@@ -1253,29 +1263,23 @@ fn a_re_announced_key_package_is_valid_input_for_relays() {
 /// every commit in `owner`'s send group, in stream order.
 fn commit_frontiers(
     net: &mut Net,
-    uid: &crate::Id32,
+    uid: &Id32,
     owner: usize,
 ) -> Vec<Vec<crate::universe::FrontierEntry>> {
     use openmls::prelude::tls_codec::Deserialize as _;
     use openmls::prelude::{MlsMessageIn, ProtocolMessage};
-    let m = net.member(owner);
-    let g = net.node(owner).group_of(uid, &m).unwrap();
-    let mut out = vec![];
-    for b in &net.all_bytes {
-        let Ok(env) = Envelope::decode(b) else {
-            continue;
-        };
-        if env.kind != Kind::Commit || env.group != Some(g) {
-            continue;
-        }
-        let msg = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()).unwrap();
-        let ProtocolMessage::PrivateMessage(pm) = msg.try_into_protocol_message().unwrap() else {
-            panic!("commits are private messages");
-        };
-        let aad: crate::universe::Aad = crate::universe::from_cbor(pm.aad()).unwrap();
-        out.push(aad.frontier);
-    }
-    out
+    commits_of(net, uid, owner)
+        .into_iter()
+        .map(|(env, _)| {
+            let msg = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()).unwrap();
+            let ProtocolMessage::PrivateMessage(pm) = msg.try_into_protocol_message().unwrap()
+            else {
+                panic!("commits are private messages");
+            };
+            let aad: crate::universe::Aad = crate::universe::from_cbor(pm.aad()).unwrap();
+            aad.frontier
+        })
+        .collect()
 }
 
 #[test]

@@ -30,17 +30,11 @@ const DEFAULT_SEED: u64 = 0x6d6d_6c73_0f22;
 
 /// Cases per test: `MMLS_FUZZ_CASES`, else the CI default given.
 fn cases(ci_default: u32) -> u32 {
-    std::env::var("MMLS_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(ci_default)
+    common::env_or("MMLS_FUZZ_CASES", ci_default)
 }
 
 fn seed() -> u64 {
-    std::env::var("MMLS_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(DEFAULT_SEED)
+    common::env_or("MMLS_FUZZ_SEED", DEFAULT_SEED)
 }
 
 fn pt_config(ci_default: u32) -> PtConfig {

@@ -15,6 +15,7 @@ use fuzzapi::{snapshot, start_pair, ApiFuzz, Call};
 use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
 use node::mmls_core::sync::{FetchRequest, FetchResponse, SyncMessage, SyncSummary};
+use node::mmls_core::testkit::env_or;
 use node::mmls_core::{Envelope, Id32, Identity, Kind};
 use node::swarm::{SyncCodec, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 use rand::rngs::StdRng;
@@ -27,17 +28,11 @@ use std::task::{Context, Poll};
 const DEFAULT_SEED: u64 = 0x6d6d_6c73_0f23;
 
 fn cases(ci_default: usize) -> usize {
-    std::env::var("MMLS_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(ci_default)
+    env_or("MMLS_FUZZ_CASES", ci_default)
 }
 
 fn rng() -> StdRng {
-    let seed = std::env::var("MMLS_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(DEFAULT_SEED);
+    let seed = env_or("MMLS_FUZZ_SEED", DEFAULT_SEED);
     eprintln!("fuzz seed {seed} (MMLS_FUZZ_SEED)");
     StdRng::seed_from_u64(seed)
 }

@@ -616,18 +616,16 @@ impl Sim {
         let len = bytes.len() as u64;
         let ttl = self.cache_ms();
         for (b, link) in targets {
-            self.nodes[x].bytes_sent += len;
-            self.c.bytes_gossip += len;
-            match self
+            let tx = self
                 .net
-                .transmit(link, x, len as usize, self.now, &mut self.rng)
-            {
+                .transmit(link, x, len as usize, self.now, &mut self.rng);
+            if tx != Transmission::QueueFull {
+                self.nodes[x].bytes_sent += len;
+                self.c.bytes_gossip += len;
+            }
+            match tx {
                 Transmission::Lost => self.c.frames_lost += 1,
-                Transmission::QueueFull => {
-                    self.c.queue_drops += 1;
-                    self.nodes[x].bytes_sent -= len;
-                    self.c.bytes_gossip -= len;
-                }
+                Transmission::QueueFull => self.c.queue_drops += 1,
                 Transmission::Arrives(t) => {
                     if self.nodes[b].seen.contains(id, t / 1000, ttl) {
                         // Still cached when it arrives (entries are not
@@ -703,15 +701,14 @@ impl Sim {
         if !self.net.reachable(from, to) {
             return;
         }
-        self.nodes[from].bytes_sent += len as u64;
-        self.c.bytes_sync += len as u64;
-        match self.net.transmit(link, from, len, self.now, &mut self.rng) {
+        let tx = self.net.transmit(link, from, len, self.now, &mut self.rng);
+        if tx != Transmission::QueueFull {
+            self.nodes[from].bytes_sent += len as u64;
+            self.c.bytes_sync += len as u64;
+        }
+        match tx {
             Transmission::Lost => self.c.frames_lost += 1,
-            Transmission::QueueFull => {
-                self.c.queue_drops += 1;
-                self.nodes[from].bytes_sent -= len as u64;
-                self.c.bytes_sync -= len as u64;
-            }
+            Transmission::QueueFull => self.c.queue_drops += 1,
             Transmission::Arrives(t) => self.push(t, ev),
         }
     }
@@ -886,8 +883,11 @@ impl Sim {
                     if let Some(id) = p.outbox_id {
                         acks.push(id);
                     }
-                    self.on_own_publish(x, &p.bytes);
-                    publishes.push(p);
+                    let env = Envelope::decode(&p.bytes).ok();
+                    if let Some(env) = &env {
+                        self.on_own_publish(x, env, &p.bytes);
+                    }
+                    publishes.push((env, p));
                 }
                 Output::Event(e) => self.on_event(x, e),
                 Output::Fetch(r) => fetches.push(r),
@@ -902,7 +902,7 @@ impl Sim {
         // groups' owners keeps every stream's own order.
         let mut keyed: Vec<(usize, Publish)> = publishes
             .into_iter()
-            .map(|p| (self.publish_key(x, &p.bytes), p))
+            .map(|(env, p)| (self.publish_key(x, env.as_ref()), p))
             .collect();
         keyed.sort_by_key(|(k, _)| *k);
         for (_, p) in keyed {
@@ -917,8 +917,8 @@ impl Sim {
     /// Canonical position of a publish of node `x`: envelopes without a
     /// group (KeyPackages, requests, rejoins) first, then by the index of
     /// the group's owner.
-    fn publish_key(&self, x: usize, bytes: &[u8]) -> usize {
-        let Ok(env) = Envelope::decode(bytes) else {
+    fn publish_key(&self, x: usize, env: Option<&Envelope>) -> usize {
+        let Some(env) = env else {
             return usize::MAX;
         };
         match env.group {
@@ -933,10 +933,7 @@ impl Sim {
         }
     }
 
-    fn on_own_publish(&mut self, x: usize, bytes: &[u8]) {
-        let Ok(env) = Envelope::decode(bytes) else {
-            return;
-        };
+    fn on_own_publish(&mut self, x: usize, env: &Envelope, bytes: &[u8]) {
         let p = self
             .c
             .published
