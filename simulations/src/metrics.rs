@@ -128,6 +128,10 @@ pub struct Metrics {
     pub optional_deliveries: u64,
     /// Messages lost with their sender's state before anyone got them.
     pub lost_with_sender_state: u64,
+    /// Deliveries a member that lost its state cannot get back, because the
+    /// sender lost its own state too (nobody else can re-send them).
+    #[serde(default)]
+    pub deliveries_lost_with_sender_state: u64,
     pub latency_ms: Latency,
     pub converged: bool,
     pub convergence: Convergence,

@@ -149,6 +149,9 @@ struct MsgRec {
     seq: u64,
     /// Per node: virtual ms of the (first) delivery, NONE if never.
     recv: Vec<u32>,
+    /// Per node that lost its state after `recv`: virtual ms of the
+    /// delivery to its new incarnation (a rejoin re-send), if any.
+    again: Vec<(usize, u32)>,
 }
 
 #[derive(Default)]
@@ -984,9 +987,23 @@ impl Sim {
                     return;
                 };
                 let ms = self.now_ms().min(NONE as u64 - 1) as u32;
+                let lost_at = &self.nodes[x].lost_at;
                 if let Some(m) = self.msgs.get_mut(mid as usize) {
+                    // A node that lost its state since its last copy is a
+                    // new incarnation: a rejoin re-sends it what it had.
+                    let last = m
+                        .again
+                        .iter()
+                        .rev()
+                        .find(|(r, _)| *r == x)
+                        .map_or(m.recv[x], |(_, t)| *t);
+                    let lost_since =
+                        last != NONE && lost_at.iter().any(|t| *t >= (last as u64) * 1000);
                     if m.recv[x] == NONE {
                         m.recv[x] = ms;
+                        self.c.deliveries_total += 1;
+                    } else if lost_since {
+                        m.again.push((x, ms));
                         self.c.deliveries_total += 1;
                     } else {
                         self.c.duplicates += 1;
@@ -1083,6 +1100,7 @@ impl Sim {
                     group,
                     seq,
                     recv: vec![NONE; self.nodes.len()],
+                    again: vec![],
                 });
                 self.c.messages_sent += 1;
                 self.absorb(x, outs);
@@ -1472,6 +1490,7 @@ impl Sim {
         let mut optional = 0u64;
         let mut unexpected = 0u64;
         let mut lost_with_sender = 0u64;
+        let mut lost_for_rejoiner = 0u64;
         let mut latencies: Vec<u32> = vec![];
         let mut missing_examples = vec![];
         for (mid, m) in self.msgs.iter().enumerate() {
@@ -1486,8 +1505,26 @@ impl Sim {
                 if r == s {
                     continue;
                 }
-                let got = m.recv[r] != NONE;
-                match self.classify(m, r) {
+                let mut got = m.recv[r] != NONE;
+                let class = match self.classify(m, r) {
+                    Class::ExpectedAgain { since_ms } => {
+                        let last = m
+                            .again
+                            .iter()
+                            .filter(|(x, _)| *x == r)
+                            .map(|(_, t)| *t)
+                            .max()
+                            .unwrap_or(m.recv[r]);
+                        got = last != NONE && last as u64 >= since_ms;
+                        Class::Expected
+                    }
+                    Class::LostWithSender => {
+                        lost_for_rejoiner += 1;
+                        Class::Optional
+                    }
+                    c => c,
+                };
+                match class {
                     Class::Expected => {
                         expected += 1;
                         if got {
@@ -1513,6 +1550,8 @@ impl Sim {
                             unexpected += 1;
                         }
                     }
+                    // Mapped above.
+                    Class::ExpectedAgain { .. } | Class::LostWithSender => {}
                 }
             }
         }
@@ -1577,6 +1616,7 @@ impl Sim {
             unexpected_deliveries: unexpected,
             optional_deliveries: optional,
             lost_with_sender_state: lost_with_sender,
+            deliveries_lost_with_sender_state: lost_for_rejoiner,
             latency_ms: Latency::of(&latencies),
             converged,
             convergence: conv,
@@ -1648,18 +1688,24 @@ impl Sim {
         if !self.nodes[r].online || !self.nodes[r].in_universe {
             return Class::Optional;
         }
-        // Welcomed into an incarnation that later lost its state: only what
-        // it got before the loss counts.
+        // Welcomed into an incarnation that later lost its state: the new
+        // one is re-sent what it lacks by each owner, unless that owner lost
+        // its own state since it sent the message.
         if let Some(loss) = self.nodes[r]
             .lost_at
             .iter()
             .copied()
             .find(|t| *t > welcomed_at)
         {
-            return if m.recv[r] != NONE && (m.recv[r] as u64) * 1000 < loss + 1000 {
-                Class::Expected
-            } else {
-                Class::Optional
+            if self.nodes[s].lost_at.iter().any(|t| *t > m.sent) {
+                return Class::LostWithSender;
+            }
+            // Only a sender still in the universe can re-add and re-send.
+            if self.removed_at[s].is_some() || !self.nodes[s].online || !self.nodes[s].in_universe {
+                return Class::Optional;
+            }
+            return Class::ExpectedAgain {
+                since_ms: loss / 1000,
             };
         }
         Class::Expected
@@ -1695,6 +1741,13 @@ fn reason_kind(reason: &str) -> String {
 
 enum Class {
     Expected,
+    /// Expected in the recipient's incarnation after a state loss: only a
+    /// delivery at or after `since_ms` counts.
+    ExpectedAgain {
+        since_ms: u64,
+    },
+    /// The recipient lost its state, and the sender too: nobody can re-send.
+    LostWithSender,
     Optional,
     Forbidden,
 }
