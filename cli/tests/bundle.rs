@@ -70,7 +70,10 @@ fn two_nodes_without_a_network_converge_by_files() {
     for i in 0.. {
         round(&a, &b, if i % 2 == 0 { "island" } else { &u }, &files);
         match converged(&nodes, &u) {
-            Ok(_) => break,
+            Ok(_) => {
+                eprintln!("converged by files after {} round trips", i + 1);
+                break;
+            }
             Err(why) if i < 12 => last = why,
             Err(why) => panic!("no convergence by files after {i} rounds: {why} ({last})"),
         }
@@ -130,6 +133,27 @@ fn two_nodes_without_a_network_converge_by_files() {
         .cmd(&["bundle", "export", "no-such-universe", &f("x")])
         .one_line_error();
     assert!(line.contains("no universe matches"), "{line}");
+    // The API refuses them too (the CLI checks before it sends; others may not).
+    let api = node::Client::from_data_dir(&b.dir).expect("bob's API");
+    for (body, code) in [
+        (&b"garbage"[..], "not_a_bundle"),
+        (&full[..full.len() - 1], "corrupt_bundle"),
+    ] {
+        match api.bundle_import(body) {
+            Err(node::ClientError::Api {
+                status, code: c, ..
+            }) => {
+                assert_eq!((status, c.as_str()), (400, code))
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    match api.bundle_export(Some(&"0".repeat(64)), None) {
+        Err(node::ClientError::Api { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "not_in_universe"))
+        }
+        other => panic!("unknown universe: {other:?}"),
+    }
     assert_eq!(universe_of(&b.status(), &u).map(|x| view(&x)), before);
 
     // Bob's node is off: alice exports what bob is known to lack, bob
