@@ -318,14 +318,57 @@ pub fn export(
     Ok((bundle, report))
 }
 
-/// Reads our log of `g` from `from` (or from the oldest entry we still
-/// hold, if later) until its end or until `budget` bytes are used. Returns
-/// the run and whether it reached the end of the log.
-fn read_log(
+/// Walks our log of `g` from `from` (or from the oldest entry we still
+/// hold, if later), page by page as a fetch would serve it, handing each
+/// entry and its seq to `visit` until it returns false or the log ends.
+/// Returns whether the log ended (rather than `visit` stopping).
+fn scan_log(
     p: &Participant,
     universe: &Id32,
     g: &Id32,
     mut from: u64,
+    mut visit: impl FnMut(u64, ByteBuf) -> bool,
+) -> bool {
+    let mut any = false;
+    loop {
+        let req = FetchRequest::Range {
+            universe: *universe,
+            group: *g,
+            from,
+        };
+        let Ok(resp) = p.serve_fetch(&req) else {
+            return true;
+        };
+        if resp.envelopes.is_empty() {
+            // Pruned (or never held) below `oldest`: start there instead.
+            match resp.oldest {
+                Some(o) if o > from && !any => {
+                    from = o;
+                    continue;
+                }
+                _ => return true,
+            }
+        }
+        for e in resp.envelopes {
+            any = true;
+            if !visit(from, e) {
+                return false;
+            }
+            from += 1;
+        }
+        if !resp.more {
+            return true;
+        }
+    }
+}
+
+/// Reads our log of `g` from `from` ([`scan_log`]) until its end or until
+/// `budget` bytes are used. Returns the run and whether it is complete.
+fn read_log(
+    p: &Participant,
+    universe: &Id32,
+    g: &Id32,
+    from: u64,
     size: &mut usize,
     entries: &mut usize,
     budget: usize,
@@ -335,39 +378,19 @@ fn read_log(
         from,
         entries: vec![],
     };
-    loop {
-        let req = FetchRequest::Range {
-            universe: *universe,
-            group: *g,
-            from,
-        };
-        let Ok(resp) = p.serve_fetch(&req) else {
-            return (run, true);
-        };
-        if resp.envelopes.is_empty() {
-            // Pruned (or never held) below `oldest`: start there instead.
-            match resp.oldest {
-                Some(o) if o > from && run.entries.is_empty() => {
-                    from = o;
-                    run.from = o;
-                    continue;
-                }
-                _ => return (run, true),
-            }
+    let full = scan_log(p, universe, g, from, |seq, e| {
+        if *size + e.len() + 16 > budget || *entries >= MAX_BUNDLE_ENTRIES {
+            return false;
         }
-        for e in resp.envelopes {
-            if *size + e.len() + 16 > budget || *entries >= MAX_BUNDLE_ENTRIES {
-                return (run, false);
-            }
-            *size += e.len() + 16;
-            *entries += 1;
-            from += 1;
-            run.entries.push(e);
+        if run.entries.is_empty() {
+            run.from = seq;
         }
-        if !resp.more {
-            return (run, true);
-        }
-    }
+        *size += e.len() + 16;
+        *entries += 1;
+        run.entries.push(e);
+        true
+    });
+    (run, full)
 }
 
 /// What `member` is known to hold of each send group of `universe`, as the
@@ -381,20 +404,15 @@ pub fn known_heads(p: &Participant, universe: &Id32, member: &MemberId) -> BTree
     let Some(own) = p.group_of(universe, member) else {
         return out;
     };
-    let mut size = 0;
-    let mut n = 0;
-    let (log, _) = read_log(p, universe, &own, 0, &mut size, &mut n, usize::MAX);
     // The latest epoch named per group (frontiers list only what moved).
     let mut named: BTreeMap<Id32, u64> = BTreeMap::new();
-    for raw in &log.entries {
-        let Some(aad) = commit_aad(raw) else {
-            continue;
-        };
-        for f in aad.frontier {
+    scan_log(p, universe, &own, 0, |_, raw| {
+        for f in commit_aad(&raw).map(|a| a.frontier).unwrap_or_default() {
             let e = named.entry(f.group).or_insert(f.epoch);
             *e = (*e).max(f.epoch);
         }
-    }
+        true
+    });
     let heads: BTreeMap<Id32, u64> = p
         .summaries()
         .into_iter()
@@ -409,10 +427,14 @@ pub fn known_heads(p: &Participant, universe: &Id32, member: &MemberId) -> BTree
             continue;
         }
         // The commit made in epoch - 1 opened `epoch`.
-        let (glog, _) = read_log(p, universe, &g, 0, &mut size, &mut n, usize::MAX);
-        let opened = glog.entries.iter().enumerate().find_map(|(i, raw)| {
-            let e = Envelope::decode(raw).ok()?;
-            (e.kind == Kind::Commit && e.epoch + 1 == epoch).then_some(glog.from + i as u64 + 1)
+        let mut opened = None;
+        scan_log(p, universe, &g, 0, |seq, raw| {
+            let hit = Envelope::decode(&raw)
+                .is_ok_and(|e| e.kind == Kind::Commit && e.epoch + 1 == epoch);
+            if hit {
+                opened = Some(seq + 1);
+            }
+            !hit
         });
         if let Some(next) = opened {
             out.insert(g, next);
