@@ -16,7 +16,8 @@ Start here:
   mmls id                                     print the member id to give to others
 
 Every command except `demo` and `run` talks to the node running on the data dir
-through its local API (address and token in the data dir).";
+through its local API (address and token in the data dir); `bundle` also works
+on the data dir directly when no node runs.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,8 +114,54 @@ pub enum Command {
         /// Universe id (64 hex chars; a prefix or name works if the store still knows it)
         universe: String,
     },
+    /// Sync by file when there is no network at all: carry bundles between nodes
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Run a demo universe of N nodes in this process: partition, heal, update
     Demo(DemoArgs),
+}
+
+/// Bundles work through the running node's API, or, when no node runs on
+/// the data dir, on the data dir directly.
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Write the envelopes of every send group of a universe this node holds to FILE
+    #[command(after_help = "\
+With --since-peer, \"known to lack\" is based on authenticated data only: the member \
+holds all of its own send group, and each of its own commits (which this node holds) \
+names the epoch it had reached in every other send group, so it holds those streams up \
+to the commit that opened that epoch. Everything after that is exported, even messages \
+the member may have received since (importing them twice is harmless: duplicates). If \
+nothing is known about the member (no commit of it here), everything is exported.")]
+    Export {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// The bundle file to write (replaced if it exists)
+        file: PathBuf,
+        /// Only what this member is known to lack (see below)
+        #[arg(long, value_name = "MEMBER_ID")]
+        since_peer: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed a bundle file to this node (the same checks as a fetch answer)
+    Import {
+        /// The bundle file
+        file: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write this node's KeyPackage to FILE, so that someone who never reaches
+    /// this node can create a universe with it (or add it) after importing FILE
+    Introduce {
+        /// The bundle file to write (replaced if it exists)
+        file: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

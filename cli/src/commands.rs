@@ -1,7 +1,7 @@
 //! The commands that work on a data dir and talk to the node running on it
 //! through its local API (`node::Client`).
 
-use crate::args::UniverseCmd;
+use crate::args::{BundleCmd, UniverseCmd};
 use crate::output::{bytes, short_hex, short_member, utc, Table};
 use anyhow::{anyhow, bail, Context as _};
 use mmls_core::MemberId;
@@ -71,6 +71,16 @@ pub fn resolve_universe(c: &Client, dir: &Path, arg: &str) -> anyhow::Result<Str
         return Ok(a.to_ascii_lowercase());
     }
     let list = c.universes().map_err(|e| api_error(dir, e))?;
+    pick_universe(&list, a)
+}
+
+/// [`resolve_universe`] against a list of universes (from the API or from
+/// the engine of a data dir whose node is not running).
+pub fn pick_universe(list: &[types::Universe], arg: &str) -> anyhow::Result<String> {
+    let a = arg.trim();
+    if a.len() == 64 && is_hex(a) {
+        return Ok(a.to_ascii_lowercase());
+    }
     let prefix = (a.len() >= 8 && is_hex(a)).then(|| a.to_ascii_lowercase());
     let mut hits: Vec<&types::Universe> = list
         .iter()
@@ -624,4 +634,164 @@ pub fn rejoin(dir: &Path, universe: &str) -> anyhow::Result<()> {
         short_hex(&u, 16)
     );
     Ok(())
+}
+
+// ------------------------------------------------------------- bundles --
+
+/// The running node's API, or None when no node runs on `dir` (then the
+/// data dir is opened directly: the store allows one process at a time).
+fn node_or_offline(dir: &Path) -> anyhow::Result<Option<Client>> {
+    open_data_dir(dir)?;
+    match Client::from_data_dir(dir).and_then(|c| c.id().map(|_| c)) {
+        Ok(c) => Ok(Some(c)),
+        Err(ClientError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(api_error(dir, e)),
+    }
+}
+
+/// Writes `bytes` to `file` whole or not at all (temp file + rename), so an
+/// interrupted export never leaves a half bundle under the final name.
+fn write_file(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))
+}
+
+fn read_bundle_file(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let max = mmls_core::bundle::MAX_BUNDLE_BYTES as u64;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut bytes = vec![];
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(bytes)
+}
+
+pub fn bundle(dir: &Path, cmd: BundleCmd) -> anyhow::Result<()> {
+    match cmd {
+        BundleCmd::Export {
+            universe,
+            file,
+            since_peer,
+            json,
+        } => {
+            let since = since_peer.as_deref().map(parse_member).transpose()?;
+            let (data, known) = match node_or_offline(dir)? {
+                Some(c) => {
+                    let u = resolve_universe(&c, dir, &universe)?;
+                    c.bundle_export(Some(&u), since.as_ref().map(|m| m.as_str()))
+                        .map_err(|e| api_error(dir, e))?
+                }
+                None => node::offline::with_engine(dir, |p| {
+                    let list = node::offline::universes(p);
+                    let u = pick_universe(&list, &universe)
+                        .map_err(|e| node::NodeError::InvalidInput(e.to_string()))?;
+                    let id = mmls_core::Id32::parse_hex(&u)
+                        .ok_or_else(|| node::NodeError::InvalidInput(format!("bad id {u}")))?;
+                    let (b, r) = mmls_core::bundle::export_file(p, Some(&id), since.as_ref())?;
+                    Ok((b, r.known_groups))
+                })?,
+            };
+            let b = mmls_core::Bundle::decode(&data)
+                .context("the node answered with an invalid bundle")?;
+            write_file(&file, &data)?;
+            let report = types::BundleExported {
+                universe: b.universe.map(|u| u.hex()),
+                groups: b.groups.len(),
+                entries: b.entries(),
+                bytes: data.len(),
+                truncated: b.truncated,
+                known_groups: known,
+            };
+            if json {
+                return print_json(&report);
+            }
+            outln!(
+                "wrote {}: {} entries of {} send groups, {}",
+                file.display(),
+                report.entries,
+                report.groups,
+                bytes(report.bytes as u64)
+            );
+            if let Some(m) = &since {
+                outln!(
+                    "only what {} is known to lack ({} of its send groups known)",
+                    short_member(m.as_str()),
+                    known
+                );
+            }
+            if report.truncated {
+                outln!("the bundle is full (size limit): export again after it is imported");
+            }
+            Ok(())
+        }
+        BundleCmd::Introduce { file, json } => {
+            let data = match node_or_offline(dir)? {
+                Some(c) => {
+                    c.bundle_export(None, None)
+                        .map_err(|e| api_error(dir, e))?
+                        .0
+                }
+                None => node::offline::with_engine(dir, |p| {
+                    Ok(mmls_core::bundle::export_file(p, None, None)?.0)
+                })?,
+            };
+            write_file(&file, &data)?;
+            let me = open_data_dir(dir)?.identity()?.member_id().to_string();
+            if json {
+                return print_json(&json!({"file": file, "member": me, "bytes": data.len()}));
+            }
+            outln!("wrote {}: the KeyPackage of {me}", file.display());
+            outln!("Whoever imports it can create a universe with you (`mmls universe create NAME --member {me}`) and send you the bundle.");
+            Ok(())
+        }
+        BundleCmd::Import { file, json } => {
+            let data = read_bundle_file(&file)?;
+            // Refused here already, so a bad file never reaches the node.
+            mmls_core::Bundle::decode(&data)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            let r = match node_or_offline(dir)? {
+                Some(c) => c.bundle_import(&data).map_err(|e| api_error(dir, e)),
+                None => {
+                    node::offline::with_engine(dir, |p| Ok(mmls_core::bundle::import(p, &data)?.0))
+                        .map(|r| types::BundleImported::from(&r))
+                        .map_err(anyhow::Error::from)
+                }
+            }
+            .with_context(|| format!("cannot import {}", file.display()))?;
+            if json {
+                return print_json(&r);
+            }
+            match &r.universe {
+                None => outln!(
+                    "imported the KeyPackage of {}{}",
+                    r.exporter.as_deref().unwrap_or("?"),
+                    if r.key_package_ok {
+                        ""
+                    } else {
+                        " (refused: see the log)"
+                    }
+                ),
+                Some(u) => {
+                    outln!(
+                        "imported {} into universe {}: {} accepted, {} duplicate, {} rejected",
+                        file.display(),
+                        short_hex(u, 16),
+                        r.accepted,
+                        r.duplicate,
+                        r.rejected
+                    );
+                    if r.waiting > 0 {
+                        outln!(
+                            "{} entries wait for earlier ones another bundle or peer must bring",
+                            r.waiting
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }

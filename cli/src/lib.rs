@@ -78,6 +78,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => commands::status(&dir()?, json)?,
         Command::Peers { json } => commands::peers(&dir()?, json)?,
         Command::Rejoin { universe } => commands::rejoin(&dir()?, &universe)?,
+        Command::Bundle(b) => commands::bundle(&dir()?, b)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,19 @@ fn help_on_every_subcommand() {
         (&["status"], &["--json"]),
         (&["peers"], &["--json"]),
         (&["rejoin"], &["<UNIVERSE>"]),
+        (&["bundle"], &["export", "import", "introduce"]),
+        (
+            &["bundle", "export"],
+            &[
+                "<UNIVERSE>",
+                "<FILE>",
+                "--since-peer",
+                "known to lack",
+                "--json",
+            ],
+        ),
+        (&["bundle", "import"], &["<FILE>", "--json"]),
+        (&["bundle", "introduce"], &["<FILE>", "--json"]),
         (&["demo"], &["--nodes", "--timeout"]),
     ];
     for (sub, expect) in cases {

@@ -6,6 +6,7 @@
 //! clock, so the libp2p node and the deterministic simulator drive the very
 //! same code.
 
+pub mod bundle;
 pub mod envelope;
 pub mod error;
 pub mod id;
@@ -22,6 +23,7 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
+pub use bundle::{Bundle, BundleError, ExportReport, ImportReport};
 pub use envelope::{Envelope, EnvelopeError, Kind};
 pub use error::MmlsError;
 pub use id::Id32;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
+use mmls_core::bundle::MAX_BUNDLE_BYTES;
 use mmls_core::{Id32, MemberId, Profile};
 use serde::de::DeserializeOwned;
 use std::convert::Infallible;
@@ -126,6 +127,12 @@ fn router(state: ApiState) -> Router {
         .route("/v1/universes/{id}/stream", get(stream))
         .route("/v1/universes/{id}/update", post(update))
         .route("/v1/universes/{id}/rejoin", post(rejoin))
+        .route("/v1/universes/{id}/bundle", get(bundle_export))
+        .route("/v1/bundles/introduction", get(bundle_introduction))
+        .route(
+            "/v1/bundles",
+            post(bundle_import).layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
+        )
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))
@@ -362,6 +369,53 @@ async fn rejoin(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<
     Ok(Json(types::Ok { ok: true }))
 }
 
+/// The `X-Mmls-*` headers of a bundle download: what `--json` reports.
+pub const KNOWN_GROUPS_HEADER: &str = "x-mmls-known-groups";
+
+fn bundle_response(bytes: Vec<u8>, known_groups: usize) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::HeaderName::from_static(KNOWN_GROUPS_HEADER),
+                known_groups.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn bundle_export(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let u = universe_id(&id)?;
+    let mut since = None;
+    for pair in q.as_deref().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("since_peer=") {
+            since = Some(member_id(v)?);
+        }
+    }
+    let (bytes, r) = s.node.bundle_export(Some(u), since).await?;
+    Ok(bundle_response(bytes, r.known_groups))
+}
+
+async fn bundle_introduction(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let (bytes, _) = s.node.bundle_export(None, None).await?;
+    Ok(bundle_response(bytes, 0))
+}
+
+async fn bundle_import(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::BundleImported> {
+    let body = body.map_err(|e| ApiError::new(e.status().as_u16(), "bad_body", e.body_text()))?;
+    let r = s.node.bundle_import(body.to_vec()).await?;
+    Ok(Json(types::BundleImported::from(&r)))
+}
+
 async fn status(State(s): State<ApiState>) -> ApiResult<types::Status> {
     let st = s.node.status().await?;
     Ok(Json(types::Status {
@@ -416,6 +470,9 @@ mod tests {
             "/v1/universes/{id}/stream",
             "/v1/universes/{id}/update",
             "/v1/universes/{id}/rejoin",
+            "/v1/universes/{id}/bundle",
+            "/v1/bundles",
+            "/v1/bundles/introduction",
             "/v1/status",
             "/v1/peers",
             "/v1/openapi.json",

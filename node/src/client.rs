@@ -245,6 +245,42 @@ impl Client {
         Ok(())
     }
 
+    /// `GET /v1/universes/{id}/bundle[?since_peer=]`, or
+    /// `GET /v1/bundles/introduction` when `id` is None: the bundle file's
+    /// bytes and how many send groups `since_peer`'s position was known in.
+    pub fn bundle_export(
+        &self,
+        id: Option<&str>,
+        since_peer: Option<&str>,
+    ) -> Result<(Vec<u8>, usize), ClientError> {
+        let path = match (id, since_peer) {
+            (None, _) => "/v1/bundles/introduction".to_string(),
+            (Some(u), None) => format!("/v1/universes/{}/bundle", enc(u)),
+            (Some(u), Some(m)) => format!("/v1/universes/{}/bundle?since_peer={}", enc(u), enc(m)),
+        };
+        let r = self.check(self.req("GET", &path).call())?;
+        let known = r
+            .header(crate::api::KNOWN_GROUPS_HEADER)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut bytes = vec![];
+        r.into_reader()
+            .take(mmls_core::bundle::MAX_BUNDLE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((bytes, known))
+    }
+
+    /// `POST /v1/bundles`: feeds a bundle file to the node.
+    pub fn bundle_import(&self, bytes: &[u8]) -> Result<types::BundleImported, ClientError> {
+        let r = self.check(
+            self.req("POST", "/v1/bundles")
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(bytes),
+        )?;
+        Self::json(r)
+    }
+
     /// `GET /v1/status`
     pub fn status(&self) -> Result<types::Status, ClientError> {
         self.get("/v1/status")

@@ -18,8 +18,9 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{core::ConnectedPoint, identify, mdns, Multiaddr, PeerId, Swarm};
 use mmls_core::sync::{SyncMessage, MAX_FETCH_ENVELOPES};
 use mmls_core::{
-    Delivered, Envelope, Event, FetchRequest, FetchResponse, Id32, Kind, MemberId, MmlsError,
-    Output, Participant, Profile, Publish, Relay, SyncSummary, UniverseStatus,
+    Delivered, Envelope, Event, ExportReport, FetchRequest, FetchResponse, Id32, ImportReport,
+    Kind, MemberId, MmlsError, Output, Participant, Profile, Publish, Relay, SyncSummary,
+    UniverseStatus,
 };
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -1038,6 +1039,23 @@ impl Driver {
         };
         let r = r.map(|o| ((), o));
         self.engine(r)
+    }
+
+    /// Sneakernet: a bundle file of `u` (an introduction when None).
+    pub(crate) fn cmd_bundle_export(
+        &self,
+        u: Option<&Id32>,
+        since: Option<&MemberId>,
+    ) -> Result<(Vec<u8>, ExportReport), NodeError> {
+        Ok(mmls_core::bundle::export_file(&self.p, u, since)?)
+    }
+
+    /// Feeds a bundle file to the engine; its outputs go where a fetch
+    /// answer's go (publishes, events, fetches).
+    pub(crate) fn cmd_bundle_import(&mut self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
+        let (r, outs) = mmls_core::bundle::import(&mut self.p, bytes)?;
+        self.handle_outputs(outs, None);
+        Ok(r)
     }
 
     pub(crate) fn cmd_messages(

@@ -5,7 +5,7 @@
 //! Each has a stable machine-readable `code` that the local API puts in its
 //! JSON error body, so the CLI and scripts can match on it.
 
-use mmls_core::MmlsError;
+use mmls_core::{BundleError, MmlsError};
 use std::path::PathBuf;
 
 /// Errors of the node: data dir, startup, engine calls, shutdown.
@@ -36,6 +36,8 @@ pub enum NodeError {
     CorruptNodeInfo { path: PathBuf, reason: String },
     #[error("{0}")]
     Engine(#[from] MmlsError),
+    #[error("{0}")]
+    Bundle(#[from] mmls_core::BundleError),
     #[error("network: {0}")]
     Network(String),
     #[error("refusing to serve the API on non-loopback address {0}: set allow_remote_api to do this deliberately")]
@@ -66,6 +68,7 @@ impl NodeError {
     pub fn code(&self) -> &'static str {
         match self {
             NodeError::Engine(e) => engine_code(e),
+            NodeError::Bundle(e) => bundle_code(e),
             NodeError::InvalidInput(_) => "bad_request",
             NodeError::Timeout(_) => "timeout",
             NodeError::Stopped => "stopped",
@@ -82,11 +85,24 @@ impl NodeError {
     pub fn http_status(&self) -> u16 {
         match self {
             NodeError::Engine(e) => engine_status(e),
-            NodeError::InvalidInput(_) => 400,
+            NodeError::Bundle(BundleError::NotInUniverse(_)) => 404,
+            NodeError::Bundle(BundleError::TooLarge(_)) => 413,
+            NodeError::Bundle(_) | NodeError::InvalidInput(_) => 400,
             NodeError::Timeout(_) | NodeError::Stopped => 503,
             NodeError::IdentityExists(_) => 409,
             _ => 500,
         }
+    }
+}
+
+fn bundle_code(e: &BundleError) -> &'static str {
+    match e {
+        BundleError::NotABundle => "not_a_bundle",
+        BundleError::UnsupportedVersion(_) => "unsupported_bundle_version",
+        BundleError::TooLarge(_) => "too_large",
+        BundleError::Corrupt(_) => "corrupt_bundle",
+        BundleError::ForeignUniverse(_) => "foreign_universe",
+        BundleError::NotInUniverse(_) => "not_in_universe",
     }
 }
 

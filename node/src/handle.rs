@@ -10,7 +10,8 @@ use crate::error::NodeError;
 use crate::{api, swarm};
 use libp2p::{Multiaddr, PeerId};
 use mmls_core::{
-    Delivered, Event, Id32, MemberId, MmlsError, Participant, Profile, UniverseStatus,
+    Delivered, Event, ExportReport, Id32, ImportReport, MemberId, MmlsError, Participant, Profile,
+    UniverseStatus,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -375,6 +376,22 @@ impl NodeHandle {
     /// every group of a universe this store lost.
     pub async fn rejoin(&self, universe: Id32) -> Result<(), NodeError> {
         self.call(move |d| d.cmd_rejoin(&universe)).await?
+    }
+
+    /// Sneakernet: a bundle file of `universe` (only what `since` is known
+    /// to lack, if given), or an introduction (our KeyPackage) when None.
+    pub async fn bundle_export(
+        &self,
+        universe: Option<Id32>,
+        since: Option<MemberId>,
+    ) -> Result<(Vec<u8>, ExportReport), NodeError> {
+        self.call(move |d| d.cmd_bundle_export(universe.as_ref(), since.as_ref()))
+            .await?
+    }
+
+    /// Feeds a bundle file to the engine (the checks of a fetch answer).
+    pub async fn bundle_import(&self, bytes: Vec<u8>) -> Result<ImportReport, NodeError> {
+        self.call(move |d| d.cmd_bundle_import(&bytes)).await?
     }
 
     /// Disconnects a peer and refuses it until [`NodeHandle::unblock_all`].

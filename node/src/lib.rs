@@ -8,7 +8,8 @@
 //!
 //! Module map: `config` (settings), `datadir` (files), `swarm` (libp2p
 //! behaviour and sync codec), `driver` (the event loop owning the engine),
-//! `handle` (start/stop and the async handle), `api` (axum server), `types`
+//! `handle` (start/stop and the async handle), `offline` (the engine of
+//! a data dir whose node is not running), `api` (axum server), `types`
 //! (the API's JSON shapes), `client` (API client), `error`.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod datadir;
 mod driver;
 pub mod error;
 mod handle;
+pub mod offline;
 pub mod swarm;
 pub mod types;
 

@@ -357,3 +357,45 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// What `POST /v1/bundles` did (an import, entry by entry, as for a fetch
+/// answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleImported {
+    /// None for an introduction (a KeyPackage only).
+    pub universe: Option<String>,
+    pub exporter: Option<String>,
+    pub accepted: usize,
+    pub duplicate: usize,
+    pub rejected: usize,
+    pub key_package_ok: bool,
+    pub waiting: usize,
+    pub truncated: bool,
+}
+
+impl From<&mmls_core::ImportReport> for BundleImported {
+    fn from(r: &mmls_core::ImportReport) -> Self {
+        BundleImported {
+            universe: r.universe.map(|u| u.hex()),
+            exporter: r.exporter.as_ref().map(|m| m.to_string()),
+            accepted: r.accepted,
+            duplicate: r.duplicate,
+            rejected: r.rejected,
+            key_package_ok: r.key_package_ok,
+            waiting: r.waiting,
+            truncated: r.truncated,
+        }
+    }
+}
+
+/// What a bundle export wrote (the CLI's `bundle export --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleExported {
+    pub universe: Option<String>,
+    pub groups: usize,
+    pub entries: usize,
+    pub bytes: usize,
+    pub truncated: bool,
+    /// With `since_peer`: send groups where what that member holds was known.
+    pub known_groups: usize,
+}
