@@ -18,6 +18,8 @@ pub mod datadir;
 mod driver;
 pub mod error;
 mod handle;
+mod liveness;
+mod redial;
 pub mod swarm;
 pub mod types;
 
