@@ -808,6 +808,7 @@ impl Driver {
                 message_id,
                 message,
             } => {
+                self.liveness.heard(propagation_source, Instant::now());
                 if !self.gossip_token(propagation_source) {
                     self.node_rejected += 1;
                     self.swarm
@@ -862,6 +863,9 @@ impl Driver {
     }
 
     fn on_sync(&mut self, e: request_response::Event<SyncMessage, SyncMessage>) {
+        if let request_response::Event::Message { peer, .. } = &e {
+            self.liveness.heard(*peer, Instant::now());
+        }
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
