@@ -184,6 +184,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub commit_delay_ms: u64,
+    /// How often every connection is pinged. With --ping-timeout-ms, how
+    /// fast a dead link is noticed (and its peer re-dialled, every second,
+    /// until the link is back)
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub ping_interval_ms: u64,
+    /// A connection whose ping is not answered within this is closed. Raise
+    /// it on slow radio links, where a busy link can delay a ping longer
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub ping_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,7 +32,16 @@ fn help_on_every_subcommand() {
         (&[], &["init", "run", "universe", "send", "read", "status"]),
         (&["init"], &["--name"]),
         (&["id"], &["--json"]),
-        (&["run"], &["--listen", "--peer", "--no-mdns", "--api"]),
+        (
+            &["run"],
+            &[
+                "--listen",
+                "--peer",
+                "--no-mdns",
+                "--api",
+                "--ping-timeout-ms",
+            ],
+        ),
         (&["universe"], &["create", "list", "show", "add", "remove"]),
         (
             &["universe", "create"],

@@ -37,8 +37,26 @@ pub struct Timing {
     /// Catch-up sync: summaries are exchanged with every peer this often
     /// (and on every new connection).
     pub sync_interval: Duration,
-    /// Static peers that are not connected are re-dialled this often.
+    /// Known peers (static, or found by mDNS) that are not connected are
+    /// re-dialled this often: a link that comes back is used within this
+    /// delay. One dial per absent peer per interval is cheap next to a
+    /// partition that lasts seconds longer than it has to.
     pub redial_interval: Duration,
+    /// A peer found by mDNS is re-dialled until it has been out of reach
+    /// this long (mDNS itself forgets it after its record's TTL, 6 min, and
+    /// finds it again only at a later query).
+    pub forget_after: Duration,
+    /// Every connection is pinged this often ...
+    pub ping_interval: Duration,
+    /// ... and closed when a ping is not answered within this delay. A
+    /// TCP connection over a dead link otherwise stays open for minutes
+    /// while the kernel backs off its retransmissions, and everything sent
+    /// into it waits for the next one after the link returns. Raise it on
+    /// slow radio links where a busy connection can delay a ping longer.
+    pub ping_timeout: Duration,
+    /// A dial (connect plus handshakes) that has not finished by then is
+    /// given up.
+    pub dial_timeout: Duration,
     /// Queued gossip publishes are retried this often (and whenever a peer
     /// subscribes).
     pub republish_interval: Duration,
@@ -54,7 +72,11 @@ impl Default for Timing {
         Timing {
             tick: Duration::from_millis(200),
             sync_interval: Duration::from_secs(5),
-            redial_interval: Duration::from_secs(5),
+            redial_interval: Duration::from_millis(500),
+            forget_after: Duration::from_secs(3600),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(2),
+            dial_timeout: Duration::from_secs(5),
             republish_interval: Duration::from_secs(1),
             key_package_wait: Duration::from_secs(10),
             request_timeout: Duration::from_secs(20),

@@ -9,13 +9,15 @@
 
 use crate::config::Config;
 use crate::error::NodeError;
+use crate::liveness::Liveness;
+use crate::redial::{Redial, Target};
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{core::ConnectedPoint, identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{core::ConnectedPoint, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use mmls_core::sync::{SyncMessage, MAX_FETCH_ENVELOPES};
 use mmls_core::{
     Delivered, Envelope, Event, ExportReport, FetchRequest, FetchResponse, Id32, ImportReport,
@@ -157,8 +159,8 @@ pub(crate) struct Driver {
     rr: usize,
     peers: BTreeMap<PeerId, PeerState>,
     buckets: HashMap<PeerId, Buckets>,
-    dial_addrs: Vec<Multiaddr>,
-    addr_peer: HashMap<Multiaddr, PeerId>,
+    redial: Redial,
+    liveness: Liveness,
     blocked: HashSet<PeerId>,
     kp_cache: VecDeque<(String, Vec<u8>)>,
     kp_seen: HashSet<[u8; 32]>,
@@ -181,7 +183,13 @@ impl Driver {
     pub(crate) fn new(parts: DriverParts) -> Driver {
         let me = parts.participant.me().clone();
         let peer_id = *parts.swarm.local_peer_id();
-        let dial_addrs = parts.cfg.peers.clone();
+        let t = parts.cfg.timing.clone();
+        let redial = Redial::new(
+            parts.cfg.peers.clone(),
+            t.redial_interval,
+            t.forget_after,
+            t.dial_timeout,
+        );
         Driver {
             swarm: parts.swarm,
             p: parts.participant,
@@ -201,8 +209,8 @@ impl Driver {
             rr: 0,
             peers: BTreeMap::new(),
             buckets: HashMap::new(),
-            dial_addrs,
-            addr_peer: HashMap::new(),
+            redial,
+            liveness: Liveness::new(t.ping_interval, t.ping_timeout),
             blocked: HashSet::new(),
             kp_cache: VecDeque::new(),
             kp_seen: HashSet::new(),
@@ -224,9 +232,7 @@ impl Driver {
         // The outbox of a previous run and our announcement: queued until a
         // peer subscribes.
         self.handle_outputs(startup, None);
-        for a in self.dial_addrs.clone() {
-            self.dial_addr(&a);
-        }
+        self.redial();
         let t = self.cfg.timing.clone();
         let mut tick = tokio::time::interval(t.tick);
         let mut sync = tokio::time::interval(t.sync_interval);
@@ -248,7 +254,10 @@ impl Driver {
                     self.handle_outputs(outs, None);
                 }
                 _ = sync.tick() => self.sync_all(),
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.close_dead();
+                    self.redial();
+                }
                 _ = republish.tick() => {
                     self.retry_queue();
                     self.gc();
@@ -698,38 +707,61 @@ impl Driver {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let now = Instant::now();
                 for (peer, addr) in found {
-                    if !self.peers.contains_key(&peer) && !self.blocked.contains(&peer) {
-                        tracing::debug!(%peer, %addr, "mDNS: dialling");
-                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
-                    }
+                    tracing::debug!(%peer, %addr, "mDNS: found");
+                    self.redial.found(peer, addr, now);
                 }
+                self.redial();
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            })) => match result {
+                Ok(_) => self.liveness.pong(connection, Instant::now()),
+                // Not dead, only older: never closed for missing pings.
+                Err(ping::Failure::Unsupported) => self.liveness.unsupported(connection),
+                Err(error) => {
+                    tracing::info!(%peer, %error, "ping failed: closing the connection");
+                    self.liveness.closed(connection);
+                    self.swarm.close_connection(connection);
+                }
+            },
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 let st = self.peers.entry(peer_id).or_default();
                 st.conn_addrs.insert(endpoint.get_remote_address().clone());
-                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
-                    self.addr_peer.insert(address.clone(), peer_id);
-                }
+                self.redial.ended(connection_id);
+                self.liveness.opened(connection_id, peer_id, Instant::now());
+                let dialled = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => Some(address),
+                    ConnectedPoint::Listener { .. } => None,
+                };
+                self.redial.connected(peer_id, dialled, Instant::now());
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
-                    self.send_summary(peer_id);
                     self.push_key_packages(peer_id);
                     let ann = self.p.announcement();
                     self.handle_outputs(vec![ann], None);
                 }
+                // On every new connection, not only the first: an older one
+                // may be dead and not yet noticed (its pings still pending).
+                self.send_summary(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                self.liveness.closed(connection_id);
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.peers.remove(&peer_id);
@@ -755,7 +787,12 @@ impl Driver {
                 tracing::debug!(?reason, "listener closed");
                 self.listeners_ready.send_modify(|n| *n += 1);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
+                self.redial.ended(connection_id);
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -772,6 +809,7 @@ impl Driver {
                 message_id,
                 message,
             } => {
+                self.liveness.heard(propagation_source, Instant::now());
                 if !self.gossip_token(propagation_source) {
                     self.node_rejected += 1;
                     self.swarm
@@ -826,6 +864,9 @@ impl Driver {
     }
 
     fn on_sync(&mut self, e: request_response::Event<SyncMessage, SyncMessage>) {
+        if let request_response::Event::Message { peer, .. } = &e {
+            self.liveness.heard(*peer, Instant::now());
+        }
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -912,20 +953,38 @@ impl Driver {
 
     // ----------------------------------------------------------- dialling --
 
-    fn dial_addr(&mut self, addr: &Multiaddr) {
-        if let Some(p) = peer_in(addr).or_else(|| self.addr_peer.get(addr).copied()) {
-            if self.peers.contains_key(&p) || self.blocked.contains(&p) || p == self.peer_id {
-                return;
-            }
-        }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
-            tracing::debug!(%addr, error = %e, "dial refused");
+    /// Closes the connections whose pings went unanswered (see
+    /// [`Liveness`]): over a dead link the close is local and immediate, and
+    /// the peer is re-dialled from then on.
+    fn close_dead(&mut self) {
+        for (c, peer) in self.liveness.dead(Instant::now()) {
+            tracing::info!(%peer, connection = %c, "no answer to pings: closing the connection");
+            self.swarm.close_connection(c);
         }
     }
 
+    /// Dials the known peers that are not connected and are due (see
+    /// [`Redial`]: one dial per peer per `redial_interval`).
     fn redial(&mut self) {
-        for a in self.dial_addrs.clone() {
-            self.dial_addr(&a);
+        let (peers, blocked, me) = (&self.peers, &self.blocked, self.peer_id);
+        let due = self.redial.due(Instant::now(), |p| {
+            peers.contains_key(p) || blocked.contains(p) || *p == me
+        });
+        for d in due {
+            let opts = match &d.target {
+                Target::Peer(p) => DialOpts::peer_id(*p)
+                    .addresses(d.addrs.clone())
+                    // Dials may overlap: one started while the link was
+                    // down must not hold up the next.
+                    .condition(PeerCondition::Disconnected)
+                    .build(),
+                Target::Addr(a) => DialOpts::unknown_peer_id().address(a.clone()).build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.redial.started(d.target, id, Instant::now()),
+                Err(e) => tracing::debug!(target = ?d.target, error = %e, "dial refused"),
+            }
         }
     }
 
@@ -984,10 +1043,8 @@ impl Driver {
     }
 
     pub(crate) fn cmd_dial(&mut self, addr: Multiaddr) -> Result<(), NodeError> {
-        if !self.dial_addrs.contains(&addr) {
-            self.dial_addrs.push(addr.clone());
-        }
-        if let Some(p) = peer_in(&addr) {
+        self.redial.add_static(addr.clone());
+        if let Some(p) = crate::redial::peer_in(&addr) {
             if self.peers.contains_key(&p) {
                 return Ok(());
             }
@@ -1135,13 +1192,6 @@ fn verdict<T>(r: &Result<T, MmlsError>, lobby: bool) -> MessageAcceptance {
         Relay::Drop => MessageAcceptance::Ignore,
         Relay::Penalise => MessageAcceptance::Reject,
     }
-}
-
-fn peer_in(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub mod datadir;
 mod driver;
 pub mod error;
 mod handle;
+mod liveness;
 pub mod offline;
+mod redial;
 pub mod swarm;
 pub mod types;
 

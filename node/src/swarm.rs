@@ -1,6 +1,6 @@
 //! The libp2p side: transports (TCP and QUIC, Noise, Yamux), the network
 //! behaviour (gossipsub, catch-up sync over request-response, identify,
-//! mDNS, block list, connection limits) and the sync codec.
+//! mDNS, ping, block list, connection limits) and the sync codec.
 
 use crate::config::Config;
 use crate::error::NodeError;
@@ -8,7 +8,7 @@ use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise,
+    allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise, ping,
     request_response, tcp, yamux, StreamProtocol, Swarm,
 };
 use mmls_core::envelope::MAX_ENVELOPE_BYTES;
@@ -25,6 +25,10 @@ pub const IDENTIFY_PROTOCOL: &str = "/mmls/id/1";
 pub const LOBBY_TOPIC: &str = "mmls/lobby";
 /// Largest sync message on the wire (what `SyncMessage::decode` accepts).
 pub const MAX_SYNC_BYTES: usize = MAX_FETCH_BYTES + 4096;
+/// How often mDNS asks the LAN who is there. libp2p's default (5 min)
+/// leaves a peer whose address changed unseen for minutes; a query is one
+/// small multicast packet.
+pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Gossip frames carry an envelope plus the RPC framing (topic, signature,
 /// key, sequence number): this much room on top of the envelope limit.
 pub const GOSSIP_FRAMING: usize = 4096;
@@ -55,6 +59,9 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<SyncCodec>,
     pub identify: identify::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Liveness: the driver closes a connection whose ping fails, so a dead
+    /// link is noticed in seconds and the peer re-dialled.
+    pub ping: ping::Behaviour,
 }
 
 /// Builds the swarm for `key` (the node's identity key).
@@ -95,7 +102,11 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
     );
     let peer_id = key.public().to_peer_id();
     let mdns = if cfg.mdns {
-        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|e| net(&e))?)
+        let mcfg = mdns::Config {
+            query_interval: MDNS_QUERY_INTERVAL,
+            ..mdns::Config::default()
+        };
+        Some(mdns::tokio::Behaviour::new(mcfg, peer_id).map_err(|e| net(&e))?)
     } else {
         None
     };
@@ -104,7 +115,7 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
             .with_max_established(Some(cfg.limits.max_connections))
             .with_max_established_per_peer(Some(cfg.limits.max_connections_per_peer))
             .with_max_pending_incoming(Some(64))
-            .with_max_pending_outgoing(Some(64)),
+            .with_max_pending_outgoing(Some(256)),
     );
     let behaviour = Behaviour {
         blocked: Default::default(),
@@ -113,6 +124,11 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
         sync,
         identify,
         mdns: mdns.into(),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(cfg.timing.ping_interval)
+                .with_timeout(cfg.timing.ping_timeout),
+        ),
     };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -125,7 +141,14 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
         .with_quic()
         .with_behaviour(|_| behaviour)
         .map_err(|e| net(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        // Smart dial: of a peer's addresses, QUIC goes first (no
+        // head-of-line blocking between streams, its own loss detection),
+        // TCP a moment later if QUIC has not connected.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(60))
+                .with_smart_dial()
+        })
+        .with_connection_timeout(cfg.timing.dial_timeout)
         .build();
     Ok(swarm)
 }

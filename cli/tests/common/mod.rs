@@ -33,6 +33,30 @@ type Shared = Arc<Mutex<Child>>;
 /// (for the watchdog).
 static LIVE: Mutex<Vec<Weak<Mutex<Child>>>> = Mutex::new(Vec::new());
 
+/// Commands the watchdog runs after killing the children, before it aborts
+/// (an abort skips every `Drop`): removing the network namespaces a test
+/// made.
+static AT_ABORT: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+
+/// Registers a command (program and arguments) for the watchdog to run if
+/// it has to abort the test binary.
+pub fn at_abort(cmd: &[&str]) {
+    lock(&AT_ABORT).push(cmd.iter().map(|s| s.to_string()).collect());
+}
+
+/// The command that runs `mmls`: in network namespace `netns` (through
+/// `ip netns exec`, which execs, so the child's pid is mmls's), or here.
+pub fn mmls_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, MMLS]);
+            c
+        }
+        None => Command::new(MMLS),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -122,6 +146,11 @@ impl Watchdog {
                             let _ = c.kill();
                             let _ = c.wait();
                         }
+                    }
+                }
+                for cmd in lock(&AT_ABORT).iter() {
+                    if let Some((prog, args)) = cmd.split_first() {
+                        let _ = std::process::Command::new(prog).args(args).status();
                     }
                 }
                 std::process::abort();
@@ -247,7 +276,18 @@ pub fn mmls_limit(args: &[&str], stdin: Option<&str>, limit: Duration) -> Out {
 /// [`mmls_limit`] with extra environment variables (`MMLS_DATA_DIR` is
 /// removed from the inherited environment unless given here).
 pub fn mmls_env(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>, limit: Duration) -> Out {
-    let mut cmd = Command::new(MMLS);
+    mmls_in(None, args, env, stdin, limit)
+}
+
+/// [`mmls_env`] in network namespace `netns` (if given).
+pub fn mmls_in(
+    netns: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Out {
+    let mut cmd = mmls_command(netns);
     cmd.args(args)
         .env_remove("MMLS_DATA_DIR")
         .env("NO_COLOR", "1");
@@ -401,11 +441,19 @@ pub struct NodeProc {
     pub api: Option<String>,
     /// `/ip4/127.0.0.1/tcp/PORT/p2p/ID` of the running node.
     pub addr: Option<String>,
+    /// The network namespace it runs in (and its commands run in).
+    pub netns: Option<String>,
 }
 
 impl NodeProc {
     /// `mmls init --name NAME` in `root/NAME` (logs go to `root/logs`).
     pub fn init(root: &Path, name: &str) -> NodeProc {
+        Self::init_in(root, name, None)
+    }
+
+    /// [`NodeProc::init`] for a node that runs in network namespace
+    /// `netns` (if given).
+    pub fn init_in(root: &Path, name: &str, netns: Option<&str>) -> NodeProc {
         let dir = root.join(name);
         let d = dir.to_str().expect("utf-8 path");
         let out = mmls(&["--data-dir", d, "init", "--name", name]).ok();
@@ -426,6 +474,7 @@ impl NodeProc {
             child: None,
             api: None,
             addr: None,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -441,7 +490,7 @@ impl NodeProc {
     pub fn cmd_limit(&self, args: &[&str], stdin: Option<&str>, limit: Duration) -> Out {
         let mut all = vec!["--data-dir", self.dir_str()];
         all.extend_from_slice(args);
-        mmls_limit(&all, stdin, limit)
+        mmls_in(self.netns.as_deref(), &all, &[], stdin, limit)
     }
 
     fn log_paths(&self, run: u32) -> (PathBuf, PathBuf) {
@@ -464,25 +513,30 @@ impl NodeProc {
     /// listen and API addresses (stdout and stderr go to log files, so a
     /// full pipe can never block it).
     pub fn start(&mut self, peers: &[String]) {
-        assert!(!self.running(), "{} is already running", self.name);
-        self.runs += 1;
-        let (out_path, err_path) = self.log_paths(self.runs);
-        let out = std::fs::File::create(&out_path).expect("stdout log");
-        let err = std::fs::File::create(&err_path).expect("stderr log");
-        let mut cmd = Command::new(MMLS);
-        cmd.args([
-            "--data-dir",
-            self.dir_str(),
-            "run",
+        let mut args = vec![
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--no-mdns",
             "--api",
             "127.0.0.1:0",
-        ]);
+        ];
         for p in peers {
-            cmd.args(["--peer", p]);
+            args.extend(["--peer", p.as_str()]);
         }
+        self.start_with(&args);
+    }
+
+    /// `mmls run RUN_ARGS` (in the node's namespace, if any); returns once
+    /// it printed its API address and a listen address on 127.0.0.1.
+    pub fn start_with(&mut self, run_args: &[&str]) {
+        assert!(!self.running(), "{} is already running", self.name);
+        self.runs += 1;
+        let (out_path, err_path) = self.log_paths(self.runs);
+        let out = std::fs::File::create(&out_path).expect("stdout log");
+        let err = std::fs::File::create(&err_path).expect("stderr log");
+        let mut cmd = mmls_command(self.netns.as_deref());
+        cmd.args(["--data-dir", self.dir_str(), "run"]);
+        cmd.args(run_args);
         cmd.env_remove("MMLS_DATA_DIR")
             .env("NO_COLOR", "1")
             .env(
