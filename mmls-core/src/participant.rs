@@ -36,6 +36,9 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod psk;
+mod resend;
+
 /// Policy knobs. Times are in the driver's milliseconds.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -45,17 +48,16 @@ pub struct Config {
     /// Issue an own MMLS update (commit with path) this often; None = only
     /// when asked.
     pub update_interval_ms: Option<u64>,
-    /// How many epochs' exported PSKs are kept per group (forward secrecy
-    /// bound: a commit importing an older one can no longer be processed and
-    /// its reader must rejoin).
-    pub psk_window: u64,
-    /// ... but no exported PSK is deleted before it is this old (ms): with
-    /// fast updates `psk_window` epochs can pass in seconds, while a commit
-    /// importing an old epoch may still be on its way. At most
-    /// `PSK_HARD_CAP` epochs per group are kept either way.
-    pub psk_min_age_ms: u64,
+    /// Forward-secrecy bound (ms): an exported PSK is kept while a member
+    /// may still import it (see `participant::psk`), but never longer than
+    /// this after its epoch ended, whoever still lags. A commit importing
+    /// an older one cannot be processed; its reader rejoins that group.
+    pub psk_max_age_ms: u64,
     /// Envelopes kept per send group in the log peers fetch from.
     pub log_retention: u64,
+    /// Own texts kept per universe to re-send to a member we re-add (a
+    /// rejoin after pruned history or state loss).
+    pub sent_retention: u64,
     /// Out-of-order envelopes held per group.
     pub max_buffer_per_group: usize,
     /// Re-ask a peer for missing stream entries after this long.
@@ -78,9 +80,9 @@ impl Default for Config {
         Config {
             commit_delay_ms: 500,
             update_interval_ms: None,
-            psk_window: 128,
-            psk_min_age_ms: 600_000,
+            psk_max_age_ms: 24 * 3_600_000,
             log_retention: 100_000,
+            sent_retention: 100_000,
             max_buffer_per_group: 4096,
             fetch_retry_ms: 1_000,
             rejoin_after_ms: 30_000,
@@ -240,7 +242,8 @@ struct GroupState {
     /// the history is gone.
     #[serde(default)]
     pruned_below: u64,
-    /// Coarse (epoch, time exported) checkpoints, for `psk_min_age_ms`.
+    /// Coarse (epoch, time) checkpoints: at that time that epoch was
+    /// current, so every older one had ended (for `psk_max_age_ms`).
     #[serde(default)]
     psk_marks: Vec<(u64, u64)>,
     /// The epoch our last own commit's frontier named for this group: the
@@ -283,6 +286,12 @@ struct UniverseState {
     /// Policy: an own MMLS update is due (after rejoining).
     #[serde(default)]
     update_due: bool,
+    /// The highest text number delivered from each owner.
+    #[serde(default)]
+    received_from: BTreeMap<MemberId, u64>,
+    /// Rejoiners to re-send our texts to once re-added: after this number.
+    #[serde(default)]
+    resend_after: BTreeMap<MemberId, u64>,
 }
 
 impl UniverseState {
@@ -310,6 +319,8 @@ impl UniverseState {
             own_proposals: vec![],
             leaf_updates: BTreeSet::new(),
             update_due: false,
+            received_from: BTreeMap::new(),
+            resend_after: BTreeMap::new(),
         }
     }
     fn has_pending(&self) -> bool {
@@ -369,6 +380,9 @@ pub struct Participant {
     /// successful step rather than on their own: a flood of garbage must not
     /// turn into a flood of disk writes.
     rejected_pending: u64,
+    /// When PSK retention was last evaluated per universe (in memory: after
+    /// a restart it simply runs at the first tick).
+    psk_pruned_at: HashMap<Id32, u64>,
 }
 
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
@@ -377,8 +391,6 @@ const AUTH_HISTORY: usize = 16;
 /// Candidates kept per stream position besides the buffered one, and in all.
 const MAX_ALTERNATES_PER_POSITION: usize = 4;
 const MAX_ALTERNATES: usize = 4096;
-/// Exported PSKs kept per group at most, whatever `psk_min_age_ms` says.
-const PSK_HARD_CAP: u64 = 4096;
 
 fn gid(id: &Id32) -> GroupId {
     GroupId::from_slice(id.as_bytes())
@@ -516,6 +528,7 @@ impl Participant {
             fail_next_commit: false,
             committed_state: vec![],
             rejected_pending: 0,
+            psk_pruned_at: HashMap::new(),
             alternates: BTreeMap::new(),
         };
         p.committed_state = to_cbor(&p.state);
@@ -865,6 +878,7 @@ impl Participant {
                 body: ByteBuf::from(body.to_vec()),
             };
             p.send_payload(*universe, &payload)?;
+            p.remember_sent(universe, seq, body);
             Ok(seq)
         })?;
         Ok((seq, self.take_outputs()))
@@ -1148,6 +1162,8 @@ impl Participant {
             }
         }
         self.prune_log(uid)?;
+        self.prune_sent(uid)?;
+        self.prune_psks(uid)?;
         Ok(())
     }
 
@@ -1676,6 +1692,9 @@ impl Participant {
                 MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10),
                 added,
             )?;
+            for m in &readded {
+                self.resend_history(uid, m)?;
+            }
         }
         self.emit(Event::Committed {
             universe: uid,
@@ -1696,76 +1715,6 @@ impl Participant {
                     .map(|id| (m.index, id))
             })
             .collect())
-    }
-
-    /// Exports and stores the PSK of `g`'s current epoch (it cannot be
-    /// exported later), and forgets the one that left the window.
-    fn export_psk(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
-        let def = self.uni(&uid)?.def.clone();
-        let (profile, export_len) = def
-            .map(|d| (d.profile, d.export_len as usize))
-            .unwrap_or((Profile::Mmls00, 32));
-        self.group(&g)?;
-        let group = self.groups.get(&g).ok_or(MmlsError::UnknownGroup(g))?;
-        let epoch = group.epoch().as_u64();
-        let secret = profile.export_psk(self.provider.crypto(), group, &uid, export_len)?;
-        let id = Profile::psk_id(&g, epoch);
-        // The nonce is not stored; it is chosen fresh by each importer.
-        PreSharedKeyId::external(id, vec![0; CS.hash_length()])
-            .store(&self.provider, &secret)
-            .map_err(MmlsError::mls)?;
-        let window = self.config.psk_window.max(1);
-        let min_age = self.config.psk_min_age_ms;
-        let now = self.now;
-        let gs = self
-            .uni_mut(&uid)?
-            .groups
-            .get_mut(&g)
-            .ok_or(MmlsError::UnknownGroup(g))?;
-        // Delete below the epoch window, but only what is older than the
-        // time floor (every epoch below a checkpoint that old is), and
-        // always beyond the hard cap.
-        let aged_below = if min_age == 0 {
-            epoch + 1
-        } else {
-            if gs
-                .psk_marks
-                .last()
-                .is_none_or(|(_, t)| now >= t.saturating_add(min_age / 16))
-            {
-                gs.psk_marks.push((epoch, now));
-                if gs.psk_marks.len() > 64 {
-                    gs.psk_marks.remove(0);
-                }
-            }
-            gs.psk_marks
-                .iter()
-                .rev()
-                .find(|(_, t)| now >= t.saturating_add(min_age))
-                .map(|(e, _)| *e)
-                .unwrap_or(0)
-        };
-        let keep_from = (epoch + 1)
-            .saturating_sub(window)
-            .min(aged_below)
-            .max((epoch + 1).saturating_sub(PSK_HARD_CAP));
-        gs.psk_marks.retain(|(e, _)| *e >= keep_from);
-        let mut old = vec![];
-        while gs.psk_min < keep_from {
-            old.push(gs.psk_min);
-            gs.psk_min += 1;
-        }
-        if gs.psk_min > epoch {
-            gs.psk_min = epoch;
-        }
-        for e in old {
-            let psk = Psk::External(ExternalPsk::new(Profile::psk_id(&g, e)));
-            self.provider
-                .storage()
-                .delete_psk(&psk)
-                .map_err(MmlsError::mls)?;
-        }
-        Ok(())
     }
 
     fn request_kp(&mut self, m: &MemberId) {
@@ -1809,6 +1758,11 @@ impl Participant {
             lost_state,
             any_key_package: any,
             nonce: now.max(1),
+            received: if lost_state {
+                vec![]
+            } else {
+                self.received_acks(&uid)
+            },
         };
         let bytes = to_cbor(&req);
         let signed = SignedRejoin {
@@ -2065,6 +2019,12 @@ impl Participant {
         let u = self.uni_mut(&uid)?;
         u.rejoin_nonces.insert(req.member.clone(), req.nonce);
         u.readds.insert(req.member.clone(), kp);
+        let acked = req
+            .received
+            .iter()
+            .find(|(o, _)| *o == me)
+            .map_or(0, |(_, s)| *s);
+        u.resend_after.insert(req.member.clone(), acked);
         // A member that lost its state also lost its send group.
         if req.lost_state {
             if let Some(old) = u.owner_group.get(&req.member).copied() {
@@ -2726,25 +2686,9 @@ impl Participant {
             .map(|s| s.owner.clone())
             .ok_or(MmlsError::UnknownGroup(g))?;
         match payload {
-            Payload::Text { seq, body } => {
-                let cursor = self.state.delivered_next;
-                self.state.delivered_next += 1;
-                let d = Delivered {
-                    universe: uid,
-                    sender: owner,
-                    seq,
-                    body,
-                    cursor,
-                    group: g,
-                    epoch,
-                    received_at: self.now,
-                };
-                self.provider
-                    .store()
-                    .put(Table::Delivered, &log_key(&uid, cursor), &to_cbor(&d));
-                self.emit(Event::Message(d));
-            }
+            Payload::Text { seq, body } => self.deliver_text(uid, g, &owner, epoch, seq, body)?,
             Payload::Hello { def, roster } => self.on_hello(uid, &owner, def, roster)?,
+            Payload::Resend { to, texts } => self.on_resend(uid, g, &owner, epoch, &to, texts)?,
         }
         Ok(())
     }
@@ -3041,6 +2985,7 @@ impl Participant {
                 epoch: ee,
             });
         }
+        self.record_psk_views(&owner, &g, &aad);
         self.export_psk(uid, g)?;
         if wants_update && !my_update_committed {
             self.propose_leaf_update(uid, g)?;

@@ -32,17 +32,24 @@ pub enum Table {
     Delivered,
     Buffer,
     KeyPackages,
+    /// Per (send group, member): the newest epoch of that group the member's
+    /// own commits have named, i.e. the oldest epoch it could still import.
+    PskViews,
+    /// Own texts by (universe, per-sender seq), for re-sends to rejoiners.
+    Sent,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Log,
         Table::Outbox,
         Table::Delivered,
         Table::Buffer,
         Table::KeyPackages,
+        Table::PskViews,
+        Table::Sent,
     ];
 
     /// The redb table name.
@@ -54,6 +61,8 @@ impl Table {
             Table::Delivered => "delivered",
             Table::Buffer => "buffer",
             Table::KeyPackages => "key_packages",
+            Table::PskViews => "psk_views",
+            Table::Sent => "sent",
         }
     }
 
@@ -129,7 +138,7 @@ impl From<redb::StorageError> for StoreError {
 /// Pending writes of the current step, per table (`None`: delete).
 #[derive(Default)]
 struct Pending {
-    tables: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 6],
+    tables: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Table::ALL.len()],
 }
 
 impl Pending {

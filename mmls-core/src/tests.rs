@@ -7,6 +7,9 @@ use crate::participant::{Event, Output};
 use crate::profile::Profile;
 use crate::testkit::{config, Net};
 
+mod psk;
+mod rejoin;
+
 fn everyone_reads_everyone(n: usize, profile: Profile) {
     let mut net = Net::new(n);
     let uid = net.universe(profile);
@@ -800,55 +803,6 @@ fn catch_up_through_a_peer_that_is_not_the_owner() {
     assert!(resp.oldest.is_some_and(|o| o > 0));
 }
 
-/// A member that stops acknowledging (here: goes silent) must not hold back
-/// forward secrecy: every node deletes exported PSKs once they leave the
-/// window, whatever the silent member has or has not seen.
-#[test]
-fn a_silent_member_does_not_hold_back_key_deletion() {
-    let mut cfg = config();
-    cfg.psk_window = 3;
-    cfg.psk_min_age_ms = 5_000;
-    let mut net = Net::with_config(3, cfg);
-    let uid = net.universe(Profile::Mmls00);
-    net.offline[2] = true;
-    let round = |net: &mut Net| {
-        for _ in 0..6 {
-            net.update(0, &uid);
-            net.update(1, &uid);
-            net.run();
-            net.tick(100);
-        }
-    };
-    round(&mut net);
-    let m1 = net.member(1);
-    let g1 = net.node(0).group_of(&uid, &m1).unwrap();
-    let epoch = |net: &mut Net| {
-        let st = net.node(0).status(&uid).unwrap();
-        st.groups.iter().find(|g| g.group == g1).unwrap().epoch
-    };
-    let e = epoch(&mut net);
-    assert!(e >= 8, "group of node 1 at epoch {e}");
-    // Out of the epoch window but younger than the time floor: kept, so a
-    // commit importing it that is still under way can be processed.
-    assert!(
-        net.node(0).holds_psk(&g1, e - 4),
-        "deleted before psk_min_age_ms"
-    );
-    // Past both bounds they go, whatever the silent member has seen.
-    net.tick(6_000);
-    round(&mut net);
-    let e = epoch(&mut net);
-    let p = net.node(0);
-    assert!(p.holds_psk(&g1, e), "the current epoch's PSK is kept");
-    assert!(p.holds_psk(&g1, e - 2), "inside the window");
-    for old in 1..=e - 20 {
-        assert!(
-            !p.holds_psk(&g1, old),
-            "PSK of epoch {old} outlived both bounds"
-        );
-    }
-}
-
 /// Lobby messages are not inside any MLS group, so each carries its own
 /// proof: a KeyPackage whose credential names someone else's PeerId, a
 /// rejoin request signed by the wrong key, and a replayed rejoin request are
@@ -890,6 +844,7 @@ fn lobby_forgeries_and_replays_are_refused() {
         lost_state: true,
         any_key_package: None,
         nonce: u64::MAX,
+        received: vec![],
     };
     let bytes = to_cbor(&req);
     let signed = SignedRejoin {

@@ -32,6 +32,12 @@ pub enum Payload {
         def: UniverseDef,
         roster: Vec<MemberId>,
     },
+    /// The owner's own earlier texts, re-sent after it re-added `to` (a
+    /// rejoin), with their original numbers; other members step over it.
+    Resend {
+        to: MemberId,
+        texts: Vec<(u64, ByteBuf)>,
+    },
 }
 
 /// Authenticated data of every commit and application message (MLS
@@ -75,6 +81,10 @@ pub struct RejoinRequest {
     /// Milliseconds (driver clock); owners ignore requests older than the last
     /// one they served, so a replay cannot kick a member out again.
     pub nonce: u64,
+    /// The highest text number received from each owner: an owner re-adding
+    /// the member re-sends its own texts after that one.
+    #[serde(default)]
+    pub received: Vec<(MemberId, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -235,8 +235,10 @@ impl Default for Workload {
 pub struct EngineSpec {
     #[serde(default = "d_commit_delay")]
     pub commit_delay_ms: u64,
-    #[serde(default = "d_psk_window")]
-    pub psk_window: u64,
+    /// Forward-secrecy bound on exported PSKs (hours of virtual time); they
+    /// are otherwise kept while a member may still import them.
+    #[serde(default = "d_psk_max_age_h")]
+    pub psk_max_age_h: f64,
     #[serde(default = "d_log_retention")]
     pub log_retention: u64,
     #[serde(default = "d_fetch_retry")]
@@ -260,8 +262,8 @@ fn d_true() -> bool {
 fn d_commit_delay() -> u64 {
     500
 }
-fn d_psk_window() -> u64 {
-    128
+fn d_psk_max_age_h() -> f64 {
+    24.0
 }
 fn d_log_retention() -> u64 {
     100_000
@@ -280,7 +282,7 @@ impl Default for EngineSpec {
     fn default() -> Self {
         EngineSpec {
             commit_delay_ms: d_commit_delay(),
-            psk_window: d_psk_window(),
+            psk_max_age_h: d_psk_max_age_h(),
             log_retention: d_log_retention(),
             fetch_retry_ms: d_fetch_retry(),
             rejoin_after_ms: d_rejoin_after(),
@@ -585,8 +587,8 @@ impl Scenario {
         if self.engine.log_retention < 1 {
             return Err("engine.log_retention must be at least 1".into());
         }
-        if self.engine.psk_window < 1 {
-            return Err("engine.psk_window must be at least 1".into());
+        if !(self.engine.psk_max_age_h.is_finite() && self.engine.psk_max_age_h > 0.0) {
+            return Err("engine.psk_max_age_h must be a positive number of hours".into());
         }
         let nodes = self.nodes();
         let in_range = |m: usize, what: &str| -> Result<(), String> {

@@ -270,7 +270,7 @@ impl Sim {
         let cfg = Config {
             commit_delay_ms: sc.engine.commit_delay_ms,
             update_interval_ms: None,
-            psk_window: sc.engine.psk_window,
+            psk_max_age_ms: (sc.engine.psk_max_age_h * 3_600_000.0) as u64,
             log_retention: sc.engine.log_retention,
             fetch_retry_ms: sc.engine.fetch_retry_ms,
             rejoin_after_ms: sc.engine.rejoin_after_ms,
