@@ -422,6 +422,16 @@ fn the_shipped_split_offline_scenario_converges_without_psk_errors_or_rejoins() 
         Ok(m) => m,
         Err(e) => panic!("{e}"),
     };
+    println!(
+        "split-offline: {}/{} delivered, {} duplicates, {} PSK errors, {} rejoins, converged {}, {:.1} s wall",
+        m.deliveries,
+        m.deliveries_expected,
+        m.duplicates,
+        m.psk_errors,
+        m.rejoins,
+        m.converged,
+        m.wall_seconds
+    );
     // The split it ships: 600 s to 2400 s.
     let problems = violations(&m, 1800.0);
     assert!(problems.is_empty(), "split-offline: {problems:?}");
