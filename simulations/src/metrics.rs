@@ -161,6 +161,10 @@ pub struct Metrics {
     pub rejected_entries: u64,
     /// Those rejections by reason (numbers and ids masked as `#`).
     pub rejections: BTreeMap<String, u64>,
+    /// Rejections and input errors naming a PSK (openmls's `PskError`): a
+    /// commit imported an exported PSK this member no longer (or never)
+    /// held. Must be 0 when no member lost its state.
+    pub psk_errors: u64,
     /// What the participants published (each envelope once, before
     /// flooding), by envelope kind: what an update or a message costs.
     pub published: BTreeMap<String, Published>,

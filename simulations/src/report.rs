@@ -154,8 +154,9 @@ pub fn summary(out: &SimOutput, files: &[PathBuf]) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "  engine      {} rejected entries, {} stale, {} rejoins, {} equivocations; input errors: {}",
+        "  engine      {} rejected entries, {} PSK errors, {} stale, {} rejoins, {} equivocations; input errors: {}",
         m.rejected_entries,
+        m.psk_errors,
         m.stale_events,
         m.rejoins,
         m.equivocations,

@@ -421,6 +421,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("churn", include_str!("../scenarios/churn.toml")),
     ("compromise", include_str!("../scenarios/compromise.toml")),
     ("scale-64", include_str!("../scenarios/scale-64.toml")),
+    (
+        "split-offline",
+        include_str!("../scenarios/split-offline.toml"),
+    ),
 ];
 
 impl Scenario {

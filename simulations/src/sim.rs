@@ -174,6 +174,7 @@ struct Counters {
     input_errors: BTreeMap<String, u64>,
     rejected_entries: u64,
     rejections: BTreeMap<String, u64>,
+    psk_errors: u64,
     published: BTreeMap<String, crate::metrics::Published>,
     stale_events: u64,
     rejoins: u64,
@@ -680,6 +681,9 @@ impl Sim {
 
     fn input_error(&mut self, e: &mmls_core::MmlsError) {
         let d = format!("{e:?}");
+        if names_a_psk(&d) {
+            self.c.psk_errors += 1;
+        }
         let kind = d
             .split(|c: char| !c.is_alphanumeric())
             .next()
@@ -1048,6 +1052,9 @@ impl Sim {
                     self.watch_deps(x, owner, group, seq);
                 }
                 self.c.rejected_entries += 1;
+                if names_a_psk(&reason) {
+                    self.c.psk_errors += 1;
+                }
                 *self.c.rejections.entry(reason_kind(&reason)).or_insert(0) += 1;
             }
             Event::Equivocation { .. } => self.c.equivocations += 1,
@@ -1641,6 +1648,7 @@ impl Sim {
             input_errors: c.input_errors.clone(),
             rejected_entries: c.rejected_entries,
             rejections: c.rejections.clone(),
+            psk_errors: c.psk_errors,
             published: c.published.clone(),
             stale_events: c.stale_events,
             rejoins: c.rejoins,
@@ -1722,6 +1730,14 @@ fn watched(x: usize) -> bool {
 
 /// A rejection reason with its numbers and ids masked, so that reasons of
 /// one kind count together (and do not depend on random group ids).
+/// An engine error caused by a PSK the commit imports and the store does
+/// not hold (openmls's `PskError`): counted on its own because the
+/// rejection map truncates reasons, and because with no state lost it must
+/// never happen (an exported PSK deleted while a peer still needs it).
+fn names_a_psk(error: &str) -> bool {
+    error.contains("PskError")
+}
+
 fn reason_kind(reason: &str) -> String {
     let mut out = String::new();
     let mut in_num = false;
