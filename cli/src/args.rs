@@ -185,7 +185,7 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub commit_delay_ms: u64,
     /// How often every connection is pinged. With --ping-timeout-ms, how
-    /// fast a dead link is noticed (and its peer re-dialled, every second,
+    /// fast a dead link is noticed (and its peer re-dialled, every 500 ms,
     /// until the link is back)
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -195,6 +195,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub ping_timeout_ms: u64,
+    /// Forward-secrecy bound on exported PSKs: they are kept while another
+    /// member may still import them (a commit from across a partition), but
+    /// never longer than this after their epoch ended. A partition longer
+    /// than this heals by rejoins instead (SECURITY.md)
+    #[arg(long, value_name = "HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u64).range(1..=8_760))]
+    pub psk_max_age_hours: u64,
 }
 
 #[derive(Debug, Subcommand)]

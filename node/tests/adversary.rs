@@ -124,9 +124,15 @@ async fn a_flooding_peer_is_refused_and_honest_traffic_flows() {
             answered < 200 + 50 * 12,
             "{answered} of {requests} sync requests were served"
         );
+        // `published` counts publish calls: the attacker's gossipsub drops
+        // what its send queue to A cannot hold ("Send Queue full"), so how
+        // much reaches A depends on how fast A drains it (451 to over 1,000
+        // on this 2-core machine, the same with the code before this
+        // threshold was lowered). A few hundred refused shows the
+        // validation; B below shows none of it was forwarded.
         let st_a = a.h.status().await.unwrap();
         assert!(
-            st_a.rejected_inputs > rejected_before + 1_000,
+            st_a.rejected_inputs > rejected_before + 200,
             "A counted {} rejected inputs",
             st_a.rejected_inputs - rejected_before
         );

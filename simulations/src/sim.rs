@@ -1728,8 +1728,6 @@ fn watched(x: usize) -> bool {
     })
 }
 
-/// A rejection reason with its numbers and ids masked, so that reasons of
-/// one kind count together (and do not depend on random group ids).
 /// An engine error caused by a PSK the commit imports and the store does
 /// not hold (openmls's `PskError`): counted on its own because the
 /// rejection map truncates reasons, and because with no state lost it must
@@ -1738,6 +1736,8 @@ fn names_a_psk(error: &str) -> bool {
     error.contains("PskError")
 }
 
+/// A rejection reason with its numbers and ids masked, so that reasons of
+/// one kind count together (and do not depend on random group ids).
 fn reason_kind(reason: &str) -> String {
     let mut out = String::new();
     let mut in_num = false;
