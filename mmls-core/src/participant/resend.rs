@@ -23,6 +23,14 @@ fn sent_key(uid: &Id32, seq: u64) -> Vec<u8> {
     log_key(uid, seq)
 }
 
+/// The text number in a `sent_key`.
+fn sent_seq(key: &[u8]) -> Result<u64, MmlsError> {
+    key.get(32..40)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| MmlsError::Internal("bad sent-message key".into()))
+}
+
 impl Participant {
     /// Keeps an own text for a later re-send (same step as its send).
     pub(super) fn remember_sent(&mut self, uid: &Id32, seq: u64, body: &[u8]) {
@@ -84,31 +92,22 @@ impl Participant {
                 Some(&sent_key(&uid, next)),
                 MAX_TEXTS_PER_ENTRY,
             )?;
-            let Some((last_key, _)) = rows.last() else {
+            if rows.is_empty() {
                 return Ok(());
-            };
-            let last = last_key
-                .get(32..40)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| MmlsError::Internal("bad sent-message key".into()))?;
+            }
             let mut texts = vec![];
             let mut size = 0;
             for (k, body) in rows {
-                let seq = k
-                    .get(32..40)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| MmlsError::Internal("bad sent-message key".into()))?;
+                let seq = sent_seq(&k)?;
                 if !texts.is_empty() && size + body.len() + 16 > limit {
                     self.send_resend(uid, member, std::mem::take(&mut texts))?;
                     size = 0;
                 }
                 size += body.len() + 16;
+                from = seq + 1;
                 texts.push((seq, ByteBuf::from(body)));
             }
             self.send_resend(uid, member, texts)?;
-            from = last + 1;
         }
     }
 
