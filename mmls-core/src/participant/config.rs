@@ -1,0 +1,55 @@
+//! Policy knobs of the engine: every timeout and bound a deployment may tune.
+
+/// Policy knobs. Times are in the driver's milliseconds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Commit pending PSK imports at the latest this long after they arose
+    /// (they are also committed before every send).
+    pub commit_delay_ms: u64,
+    /// Issue an own MMLS update (commit with path) this often; None = only
+    /// when asked.
+    pub update_interval_ms: Option<u64>,
+    /// Forward-secrecy bound (ms): an exported PSK is kept while a member
+    /// may still import it (see `participant::psk`), but never longer than
+    /// this after its epoch ended, whoever still lags. A commit importing
+    /// an older one cannot be processed; its reader rejoins that group.
+    pub psk_max_age_ms: u64,
+    /// Envelopes kept per send group in the log peers fetch from.
+    pub log_retention: u64,
+    /// Own texts kept per universe to re-send to a member we re-add (a
+    /// rejoin after pruned history or state loss).
+    pub sent_retention: u64,
+    /// Out-of-order envelopes held per group.
+    pub max_buffer_per_group: usize,
+    /// Re-ask a peer for missing stream entries after this long.
+    pub fetch_retry_ms: u64,
+    /// A group blocked on missing history for this long is rejoined.
+    pub rejoin_after_ms: u64,
+    /// Re-ask for a missing KeyPackage after this long.
+    pub kp_retry_ms: u64,
+    /// Remove members whose send group has been silent this long (None = never).
+    pub silent_removal_ms: Option<u64>,
+    /// Leaf rotation: an MMLS update also sends an Update proposal in every
+    /// other send group (DESIGN "Leaf rotation everywhere"). Costs one path
+    /// commit per other member per update; large simulations may turn it off
+    /// to study the PSK mechanism alone.
+    pub rotate_leaves: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            commit_delay_ms: 500,
+            update_interval_ms: None,
+            psk_max_age_ms: 24 * 3_600_000,
+            log_retention: 100_000,
+            sent_retention: 100_000,
+            max_buffer_per_group: 4096,
+            fetch_retry_ms: 1_000,
+            rejoin_after_ms: 30_000,
+            kp_retry_ms: 2_000,
+            silent_removal_ms: None,
+            rotate_leaves: true,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Fault injection and test-only accessors: compiled only for tests and the
+//! `testkit` feature, never in a production build.
+
+use super::*;
+
+impl Participant {
+    /// Test only: whether the exported PSK of `g` at `epoch` is still in
+    /// the store (the forward-secrecy window deletes old ones).
+    #[cfg(test)]
+    pub(crate) fn holds_psk(&self, g: &Id32, epoch: u64) -> bool {
+        use openmls_traits::storage::{traits, Entity, CURRENT_VERSION};
+        #[derive(Serialize, Deserialize)]
+        #[serde(transparent)]
+        struct AnyBundle(serde_json::Value);
+        impl Entity<CURRENT_VERSION> for AnyBundle {}
+        impl traits::PskBundle<CURRENT_VERSION> for AnyBundle {}
+        let psk = Psk::External(ExternalPsk::new(Profile::psk_id(g, epoch)));
+        matches!(
+            self.provider.storage().psk::<AnyBundle, Psk>(&psk),
+            Ok(Some(_))
+        )
+    }
+
+    /// Test only: a malicious owner drops `member` from its own send group
+    /// without being an admin.
+    #[cfg(test)]
+    pub(crate) fn drop_from_own_group(
+        &mut self,
+        uid: &Id32,
+        member: &MemberId,
+    ) -> Result<Vec<Output>, MmlsError> {
+        self.step(|p| {
+            p.uni_mut(uid)?.pending_removes.insert(member.clone());
+            p.commit_own(*uid, false).map(|_| ())
+        })?;
+        Ok(self.take_outputs())
+    }
+
+    /// Fault injection: the next step's store commit fails (as on a full
+    /// disk) and the process carries on.
+    #[doc(hidden)]
+    pub fn inject_commit_failure(&mut self) {
+        self.fail_next_commit = true;
+    }
+
+    /// Fault injection for crash tests: the next step's transaction is
+    /// dropped as if the process died just before committing it.
+    #[doc(hidden)]
+    pub fn inject_crash_before_commit(&mut self) {
+        self.crash_next_commit = true;
+    }
+
+    /// Test only: builds a message a *non-owner* member could send in send
+    /// group `g` (an application message, or a commit when `commit`), as a
+    /// malicious member would, without changing our own state.
+    #[cfg(test)]
+    pub(crate) fn forge_in_group(
+        &mut self,
+        uid: &Id32,
+        g: &Id32,
+        commit: bool,
+    ) -> Result<Vec<u8>, MmlsError> {
+        let seq = self
+            .uni(uid)?
+            .groups
+            .get(g)
+            .map(|s| s.next_seq)
+            .ok_or(MmlsError::UnknownGroup(*g))?;
+        let identity = self.identity.clone();
+        self.group(g)?;
+        let provider = &self.provider;
+        let group = self.groups.get_mut(g).ok_or(MmlsError::UnknownGroup(*g))?;
+        let aad = Aad {
+            seq,
+            deps: vec![],
+            frontier: vec![],
+        };
+        group.set_aad(to_cbor(&aad));
+        let epoch = group.epoch().as_u64();
+        let msg = if commit {
+            group
+                .commit_builder()
+                .force_self_update(true)
+                .load_psks(provider.storage())
+                .map_err(MmlsError::mls)?
+                .build(provider.rand(), provider.crypto(), &identity, |_| true)
+                .map_err(MmlsError::mls)?
+                .stage_commit(provider)
+                .map_err(MmlsError::mls)?
+                .into_commit()
+        } else {
+            let payload = Payload::Text {
+                seq: 99,
+                body: ByteBuf::from(b"forged".to_vec()),
+            };
+            group
+                .create_message(provider, &identity, &to_cbor(&payload))
+                .map_err(MmlsError::mls)?
+        };
+        let mut e = Envelope::new(
+            if commit {
+                Kind::Commit
+            } else {
+                Kind::Application
+            },
+            tls(&msg)?,
+        );
+        e.universe = Some(*uid);
+        e.group = Some(*g);
+        e.epoch = epoch;
+        e.seq = seq;
+        self.provider.store().rollback();
+        self.groups.clear();
+        Ok(e.encode())
+    }
+}

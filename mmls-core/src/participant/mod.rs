@@ -1,0 +1,320 @@
+//! The MMLS participant: one node's whole protocol state, as a sans-IO state
+//! machine.
+//!
+//! Every public method is one or more *steps*. A step runs one openmls call
+//! plus the engine's bookkeeping and ends in exactly one store transaction
+//! (`Store::commit`), or, on any error, in a rollback that restores the
+//! in-memory state too. Outputs (envelopes to publish, events) are only
+//! handed to the driver after their step is durable, so nothing announced is
+//! ever lost, and an own commit is on disk before anyone can see it (no fork
+//! after a crash: the commit we published is the one we merged).
+//!
+//! Each send group is a single ordered *stream* numbered by its owner
+//! (commits, Welcomes and application messages share one `seq`), so
+//! receivers process it strictly in order, dedupe by position, and sync is
+//! "give me group G from seq n". Commits additionally wait for the PSKs they
+//! import (their `deps`): the cross-group causal order of the drafts.
+
+use crate::envelope::{Envelope, Kind};
+use crate::error::MmlsError;
+use crate::id::Id32;
+use crate::identity::{verify_binding, Identity, MemberId};
+use crate::profile::Profile;
+use crate::store::{MmlsProvider, Store, Table};
+use crate::sync::{
+    self, FetchRequest, FetchResponse, SyncSummary, MAX_FETCH_BYTES, MAX_FETCH_ENVELOPES,
+};
+use crate::universe::{
+    auth8, from_cbor, to_cbor, Aad, FrontierEntry, Payload, RejoinRequest, SignedRejoin,
+    UniverseDef,
+};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
+use openmls_traits::storage::StorageProvider as _;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+mod catch_up;
+mod commands;
+mod commit_builder;
+mod commit_processing;
+mod config;
+mod creation;
+#[cfg(any(test, feature = "testkit"))]
+mod hooks;
+mod incoming;
+mod join;
+mod key_packages;
+mod leaf_rotation;
+mod membership;
+mod output;
+mod processing;
+mod psk;
+mod rejoin;
+mod resend;
+mod state;
+mod step;
+mod stream;
+mod stream_buffer;
+mod tick;
+mod views;
+
+pub use config::Config;
+pub use output::{Delivered, Event, GroupStatus, Output, Publish, Topic, UniverseStatus};
+use state::{EngineState, GroupState, UniverseState};
+
+/// One node's MMLS engine.
+pub struct Participant {
+    identity: Identity,
+    me: MemberId,
+    provider: MmlsProvider,
+    config: Config,
+    state: EngineState,
+    /// Out-of-order stream entries per group (also for groups not joined
+    /// yet), mirrored in `Table::Buffer`.
+    buffers: BTreeMap<Id32, BTreeMap<u64, Vec<u8>>>,
+    buffer_undo: Vec<(Id32, u64, Option<Vec<u8>>)>,
+    groups: HashMap<Id32, MlsGroup>,
+    now: u64,
+    outputs: Vec<Output>,
+    acked: Vec<u64>,
+    crash_next_commit: bool,
+    fail_next_commit: bool,
+    /// CBOR of `state` as of the last committed step.
+    committed_state: Vec<u8>,
+    /// Other candidates for buffered stream positions (see `on_stream`):
+    /// in memory only, bounded; peers serve the real entry again.
+    alternates: BTreeMap<(Id32, u64), Vec<Vec<u8>>>,
+    /// Rejections counted since the last committed step. Kept out of
+    /// `state`, which a failed step rolls back, and written with the next
+    /// successful step rather than on their own: a flood of garbage must not
+    /// turn into a flood of disk writes.
+    rejected_pending: u64,
+    /// When PSK retention was last evaluated per universe (in memory: after
+    /// a restart it simply runs at the first tick).
+    psk_pruned_at: HashMap<Id32, u64>,
+}
+
+const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
+const STATE_KEY: &[u8] = b"engine";
+const AUTH_HISTORY: usize = 16;
+/// Candidates kept per stream position besides the buffered one, and in all.
+const MAX_ALTERNATES_PER_POSITION: usize = 4;
+const MAX_ALTERNATES: usize = 4096;
+
+fn gid(id: &Id32) -> GroupId {
+    GroupId::from_slice(id.as_bytes())
+}
+
+/// Leaf capabilities: last-resort KeyPackages need their extension listed.
+fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[CS]),
+        Some(&[ExtensionType::LastResort]),
+        None,
+        None,
+    )
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .capabilities(capabilities())
+        .ciphersuite(CS)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(0)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(64, 10_000))
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(0)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(64, 10_000))
+        .build()
+}
+
+/// The in-memory copy of a group, loaded from the store on first use. A free
+/// function so callers can borrow the provider alongside.
+fn cached<'a>(
+    groups: &'a mut HashMap<Id32, MlsGroup>,
+    storage: &crate::store::MlsStorage,
+    id: &Id32,
+) -> Result<&'a mut MlsGroup, MmlsError> {
+    match groups.entry(*id) {
+        std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let g = MlsGroup::load(storage, &gid(id))
+                .map_err(MmlsError::mls)?
+                .ok_or(MmlsError::UnknownGroup(*id))?;
+            Ok(v.insert(g))
+        }
+    }
+}
+
+fn log_key(group: &Id32, seq: u64) -> Vec<u8> {
+    let mut k = group.as_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Members may send exactly one kind of proposal in a send group: an Update
+/// of their own leaf, keeping their identity.
+fn check_update_proposal(q: &QueuedProposal) -> Result<(), MmlsError> {
+    let Proposal::Update(upd) = q.proposal() else {
+        return Err(MmlsError::Unexpected(
+            "only Update proposals may be sent in another member's send group".into(),
+        ));
+    };
+    match q.sender() {
+        Sender::Member(i) if *i != LeafNodeIndex::new(0) => {}
+        _ => {
+            return Err(MmlsError::Unexpected(
+                "Update proposal from a non-member or the owner".into(),
+            ))
+        }
+    }
+    let leaf = upd.leaf_node();
+    verify_binding(leaf.credential(), leaf.signature_key().as_slice())?;
+    Ok(())
+}
+
+fn tls<T: tls_codec::Serialize>(v: &T) -> Result<Vec<u8>, MmlsError> {
+    v.tls_serialize_detached()
+        .map_err(|e| MmlsError::Internal(format!("tls encode: {e:?}")))
+}
+
+impl Participant {
+    /// Opens (or initialises) the participant stored in `store`. Returns the
+    /// envelopes that were durably queued but maybe not published before a
+    /// crash, plus our KeyPackage announcement.
+    pub fn open(
+        identity: Identity,
+        store: Store,
+        config: Config,
+        now: u64,
+    ) -> Result<(Participant, Vec<Output>), MmlsError> {
+        let me = identity.member_id();
+        let state: EngineState = match store.get(Table::Meta, STATE_KEY)? {
+            Some(b) => {
+                from_cbor(&b).map_err(|e| MmlsError::Store(crate::store::StoreError::Corrupt(e)))?
+            }
+            None => EngineState::default(),
+        };
+        if let Some(m) = &state.member {
+            if m != &me {
+                return Err(MmlsError::Internal(format!(
+                    "this store belongs to {m}, not to {me}"
+                )));
+            }
+        }
+        let mut buffers: BTreeMap<Id32, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+        for (k, v) in store.range(Table::Buffer, &[], None, usize::MAX)? {
+            if k.len() == 40 {
+                if let Some(g) = Id32::from_slice(&k[..32]) {
+                    let seq = u64::from_be_bytes(k[32..].try_into().unwrap_or([0; 8]));
+                    buffers.entry(g).or_default().insert(seq, v);
+                }
+            }
+        }
+        let mut p = Participant {
+            identity,
+            me: me.clone(),
+            provider: MmlsProvider::new(store),
+            config,
+            state,
+            buffers,
+            buffer_undo: vec![],
+            groups: HashMap::new(),
+            now,
+            outputs: vec![],
+            acked: vec![],
+            crash_next_commit: false,
+            fail_next_commit: false,
+            committed_state: vec![],
+            rejected_pending: 0,
+            psk_pruned_at: HashMap::new(),
+            alternates: BTreeMap::new(),
+        };
+        p.committed_state = to_cbor(&p.state);
+        p.step(|p| {
+            p.state.member = Some(me.clone());
+            if p.state.my_kp.is_none() {
+                p.refresh_key_package()?;
+            }
+            Ok(())
+        })?;
+        // Re-publish whatever a crash may have kept from the network.
+        let mut outs = vec![];
+        for (k, v) in p
+            .provider
+            .store()
+            .range(Table::Outbox, &[], None, usize::MAX)?
+        {
+            let id = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
+            if let Ok((topic, bytes)) = from_cbor::<(Topic, ByteBuf)>(&v) {
+                outs.push(Output::Publish(Publish {
+                    topic,
+                    bytes: bytes.into_vec(),
+                    outbox_id: Some(id),
+                }));
+            }
+        }
+        outs.push(p.announcement());
+        Ok((p, outs))
+    }
+
+    pub fn me(&self) -> &MemberId {
+        &self.me
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        self.provider.store()
+    }
+
+    /// Our KeyPackage, to publish on the lobby (at start, on request, and
+    /// whenever a peer connects).
+    pub fn announcement(&self) -> Output {
+        let mut e = Envelope::new(
+            Kind::KeyPackage,
+            self.state
+                .my_kp
+                .clone()
+                .map(|b| b.into_vec())
+                .unwrap_or_default(),
+        );
+        e.sender = Some(self.me.to_string());
+        Output::Publish(Publish {
+            topic: Topic::Lobby,
+            bytes: e.encode(),
+            outbox_id: None,
+        })
+    }
+
+    pub(crate) fn group(&mut self, id: &Id32) -> Result<&mut MlsGroup, MmlsError> {
+        cached(&mut self.groups, self.provider.storage(), id)
+    }
+
+    fn uni(&self, u: &Id32) -> Result<&UniverseState, MmlsError> {
+        self.state
+            .universes
+            .get(u)
+            .ok_or(MmlsError::UnknownUniverse(*u))
+    }
+
+    fn uni_mut(&mut self, u: &Id32) -> Result<&mut UniverseState, MmlsError> {
+        self.state
+            .universes
+            .get_mut(u)
+            .ok_or(MmlsError::UnknownUniverse(*u))
+    }
+}

@@ -1,0 +1,131 @@
+//! Rejoin (draft REJOIN): asking owners to re-add us to groups we fell out
+//! of, and answering such requests for our own group.
+
+use super::*;
+
+impl Participant {
+    pub(super) fn send_rejoin(&mut self, uid: Id32, lost_state: bool) -> Result<(), MmlsError> {
+        let now = self.now;
+        let u = self.uni(&uid)?;
+        let stale: Vec<(Id32, MemberId)> = u
+            .groups
+            .iter()
+            .filter(|(_, g)| g.stale && g.owner != self.me)
+            .map(|(id, g)| (*id, g.owner.clone()))
+            .collect();
+        if stale.is_empty() && !lost_state {
+            return Ok(());
+        }
+        let mut kps = vec![];
+        for (_, owner) in &stale {
+            kps.push((owner.clone(), ByteBuf::from(self.fresh_key_package()?)));
+        }
+        let any = if lost_state {
+            self.state.my_kp.clone()
+        } else {
+            None
+        };
+        let req = RejoinRequest {
+            universe: uid,
+            member: self.me.clone(),
+            key_packages: kps,
+            lost_state,
+            any_key_package: any,
+            nonce: now.max(1),
+            received: if lost_state {
+                vec![]
+            } else {
+                self.received_acks(&uid)
+            },
+        };
+        let bytes = to_cbor(&req);
+        let signed = SignedRejoin {
+            signature: ByteBuf::from(self.identity.sign_detached(&bytes)),
+            request: ByteBuf::from(bytes),
+        };
+        let mut e = Envelope::new(Kind::Rejoin, to_cbor(&signed));
+        e.universe = Some(uid);
+        e.sender = Some(self.me.to_string());
+        self.publish_lobby(e);
+        self.uni_mut(&uid)?.rejoin_requested_at = Some(now);
+        for (g, owner) in stale {
+            self.emit(Event::Stale {
+                universe: uid,
+                group: g,
+                owner,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_rejoin(&mut self, env: &Envelope) -> Result<(), MmlsError> {
+        let signed: SignedRejoin = from_cbor(&env.body).map_err(MmlsError::Unexpected)?;
+        let req: RejoinRequest = from_cbor(&signed.request).map_err(MmlsError::Unexpected)?;
+        req.member.verify(&signed.request, &signed.signature)?;
+        let uid = req.universe;
+        let me = self.me.clone();
+        let u = self.uni(&uid).map_err(|_| MmlsError::NotInUniverse(uid))?;
+        if req.member == me || u.removed {
+            return Ok(());
+        }
+        if !u.roster.contains(&req.member) {
+            return Err(MmlsError::NotAMember(req.member.to_string()));
+        }
+        if u.own_group.is_none() {
+            return Ok(());
+        }
+        if u.rejoin_nonces
+            .get(&req.member)
+            .is_some_and(|n| *n >= req.nonce)
+        {
+            return Err(MmlsError::Duplicate {
+                group: uid,
+                seq: req.nonce,
+            });
+        }
+        let kp = req
+            .key_packages
+            .iter()
+            .find(|(o, _)| *o == me)
+            .map(|(_, k)| k.clone())
+            .or(if req.lost_state {
+                req.any_key_package.clone()
+            } else {
+                None
+            });
+        let Some(kp) = kp else { return Ok(()) };
+        let k = self.validate_kp(&kp, Some(&req.member))?;
+        if !k.last_resort() {
+            let r = k.hash_ref(self.provider.crypto()).map_err(MmlsError::mls)?;
+            if !self
+                .state
+                .used_kp_refs
+                .insert(ByteBuf::from(r.as_slice().to_vec()))
+            {
+                return Err(MmlsError::Duplicate {
+                    group: uid,
+                    seq: req.nonce,
+                });
+            }
+        }
+        let u = self.uni_mut(&uid)?;
+        u.rejoin_nonces.insert(req.member.clone(), req.nonce);
+        u.readds.insert(req.member.clone(), kp);
+        let acked = req
+            .received
+            .iter()
+            .find(|(o, _)| *o == me)
+            .map_or(0, |(_, s)| *s);
+        u.resend_after.insert(req.member.clone(), acked);
+        // A member that lost its state also lost its send group.
+        if req.lost_state {
+            if let Some(old) = u.owner_group.get(&req.member).copied() {
+                if let Some(gs) = u.groups.get_mut(&old) {
+                    gs.stale = true;
+                }
+            }
+        }
+        self.commit_own(uid, false)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! The ordered stream of each send group: accept an entry, buffer it when
+//! early, and drain everything that became ready, across groups.
+
+use super::*;
+
+impl Participant {
+    /// A stream entry: buffer it, then process everything that is ready.
+    pub(super) fn on_stream(&mut self, env: Envelope, bytes: &[u8]) -> Result<(), MmlsError> {
+        let uid = env
+            .universe
+            .ok_or(crate::envelope::EnvelopeError::MissingField(
+                env.kind, "universe",
+            ))?;
+        let g = env
+            .group
+            .ok_or(crate::envelope::EnvelopeError::MissingField(
+                env.kind, "group",
+            ))?;
+        // A Welcome for us may open a universe or group we do not know yet.
+        if env.kind == Kind::Welcome && self.welcome_is_for_me(&env)? {
+            let known = self
+                .state
+                .universes
+                .get(&uid)
+                .and_then(|u| u.groups.get(&g))
+                .map(|s| (s.stale, s.epoch));
+            let can_join = match known {
+                None => true,
+                Some((stale, epoch)) => {
+                    stale
+                        || env.epoch > epoch
+                            && self
+                                .state
+                                .universes
+                                .get(&uid)
+                                .is_some_and(|u| u.owner_group.get(&self.me) != Some(&g))
+                }
+            };
+            // Otherwise it waits with the group's stream for its PSKs.
+            if can_join && self.deps_ready(&uid, &env.deps)? {
+                self.step(|p| p.join(uid, g, &env, bytes))?;
+                self.drain(uid, g);
+                return Ok(());
+            }
+        }
+        let u = self
+            .state
+            .universes
+            .get(&uid)
+            .ok_or(MmlsError::NotInUniverse(uid))?;
+        if u.removed {
+            return Err(MmlsError::NotInUniverse(uid));
+        }
+        if let Some(gs) = u.groups.get(&g) {
+            if env.seq < gs.next_seq && !gs.stale {
+                return Err(MmlsError::Duplicate {
+                    group: g,
+                    seq: env.seq,
+                });
+            }
+            if gs.owner == self.me {
+                return Err(MmlsError::Duplicate {
+                    group: g,
+                    seq: env.seq,
+                });
+            }
+        }
+        let buffered = self.buffers.get(&g);
+        if let Some(held) = buffered.and_then(|b| b.get(&env.seq)) {
+            // A *different* entry for a position we hold: one of the two is
+            // forged, and we cannot tell which before MLS does. Keep it
+            // aside, so a forgery that got here first (say, one waiting for
+            // PSKs that never come) cannot lock the real entry out.
+            let dup = Err(MmlsError::Duplicate {
+                group: g,
+                seq: env.seq,
+            });
+            if held.as_slice() == bytes || !self.add_alternate(g, env.seq, bytes) {
+                return dup;
+            }
+            self.drain(uid, g);
+            return Ok(());
+        }
+        // A full buffer keeps the *lowest* positions: they are the ones the
+        // stream waits for. A later entry is evicted (peers serve it again);
+        // refusing this one could refuse the very entry that unblocks all.
+        let mut evict = None;
+        if let Some(b) = buffered.filter(|b| b.len() >= self.config.max_buffer_per_group) {
+            match b.last_key_value() {
+                Some((&highest, _)) if highest > env.seq => evict = Some(highest),
+                _ => return Err(MmlsError::BufferFull(g)),
+            }
+        }
+        let owned = bytes.to_vec();
+        self.step(|p| {
+            if let Some(h) = evict {
+                p.buffer_remove(g, h);
+            }
+            p.buffer_put(g, env.seq, owned);
+            Ok(())
+        })?;
+        // Process the new entry directly when it is next, so that its own
+        // rejection comes back as this call's error.
+        let next = self
+            .state
+            .universes
+            .get(&uid)
+            .and_then(|u| u.groups.get(&g))
+            .map(|s| (s.next_seq, s.stale));
+        if let Some((n, false)) = next {
+            if n == env.seq && self.deps_ready(&uid, &env.deps)? {
+                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, bytes)) {
+                    self.drop_entry(uid, g, env.seq, &e);
+                    return Err(e);
+                }
+            }
+        }
+        self.drain(uid, g);
+        Ok(())
+    }
+
+    /// A stream entry failed: drop it (the real one may still come), and
+    /// record an equivocation it revealed.
+    pub(super) fn drop_entry(&mut self, uid: Id32, g: Id32, seq: u64, e: &MmlsError) {
+        let reason = e.to_string();
+        let eq = match e {
+            MmlsError::Equivocation {
+                owner,
+                group,
+                epoch,
+            } => Some((owner.clone(), *group, *epoch)),
+            _ => None,
+        };
+        let _ = self.step(|p| {
+            p.buffer_remove(g, seq);
+            if let Some((owner, group, epoch)) = eq {
+                let u = p.uni_mut(&uid)?;
+                if !u.equivocations.contains(&(owner.clone(), group, epoch)) {
+                    u.equivocations.push((owner.clone(), group, epoch));
+                }
+                p.emit(Event::Equivocation {
+                    universe: uid,
+                    owner,
+                    group,
+                    epoch,
+                });
+            }
+            p.emit(Event::Rejected {
+                universe: uid,
+                group: g,
+                seq,
+                reason,
+            });
+            Ok(())
+        });
+    }
+
+    /// Whether every PSK in `deps` is in our store (or can never be).
+    pub(super) fn deps_ready(&self, uid: &Id32, deps: &[(Id32, u64)]) -> Result<bool, MmlsError> {
+        let Some(u) = self.state.universes.get(uid) else {
+            return Ok(deps.is_empty());
+        };
+        Ok(deps
+            .iter()
+            .all(|(g, e)| u.groups.get(g).is_some_and(|s| s.epoch >= *e && !s.stale)))
+    }
+
+    /// Processes buffered entries of `g` (and of groups they unblock) in
+    /// stream order, each in its own step.
+    pub(super) fn drain(&mut self, uid: Id32, first: Id32) {
+        let mut work = vec![first];
+        let mut rounds = 0;
+        while let Some(g) = work.pop() {
+            rounds += 1;
+            if rounds > 100_000 {
+                break;
+            }
+            // The caller may just have processed an entry of `first`.
+            let mut progressed = rounds == 1;
+            while let Some(gs) = self
+                .state
+                .universes
+                .get(&uid)
+                .and_then(|u| u.groups.get(&g))
+            {
+                if gs.stale {
+                    break;
+                }
+                let next = gs.next_seq;
+                // Drop what is already behind us.
+                if !self.alternates.is_empty() {
+                    self.alternates.retain(|(ag, s), _| *ag != g || *s >= next);
+                }
+                let behind: Vec<u64> = self
+                    .buffers
+                    .get(&g)
+                    .map(|b| b.range(..next).map(|(k, _)| *k).collect())
+                    .unwrap_or_default();
+                if !behind.is_empty() {
+                    let _ = self.step(|p| {
+                        for s in behind {
+                            p.buffer_remove(g, s);
+                        }
+                        Ok(())
+                    });
+                }
+                let Some(bytes) = self.buffers.get(&g).and_then(|b| b.get(&next)).cloned() else {
+                    let has_later = self.buffers.get(&g).is_some_and(|b| !b.is_empty());
+                    self.set_blocked(uid, g, has_later);
+                    break;
+                };
+                let Ok(env) = Envelope::decode(&bytes) else {
+                    let _ = self.step(|p| {
+                        p.buffer_remove(g, next);
+                        Ok(())
+                    });
+                    continue;
+                };
+                if !self.deps_ready(&uid, &env.deps).unwrap_or(false) {
+                    if self.try_alternates(uid, g, next) {
+                        progressed = true;
+                        continue;
+                    }
+                    self.set_blocked(uid, g, true);
+                    break;
+                }
+                match self.step(|p| p.process_entry(uid, g, &env, &bytes)) {
+                    Ok(()) => {
+                        progressed = true;
+                    }
+                    Err(e) => {
+                        self.drop_entry(uid, g, next, &e);
+                        if self.try_alternates(uid, g, next) {
+                            progressed = true;
+                            continue;
+                        }
+                        self.set_blocked(uid, g, true);
+                        break;
+                    }
+                }
+            }
+            if progressed {
+                // Our progress may unblock other groups' heads.
+                if let Some(u) = self.state.universes.get(&uid) {
+                    for (og, gs) in &u.groups {
+                        if *og != g
+                            && !gs.stale
+                            && self
+                                .buffers
+                                .get(og)
+                                .is_some_and(|b| b.contains_key(&gs.next_seq))
+                            && !work.contains(og)
+                        {
+                            work.push(*og);
+                        }
+                    }
+                }
+                // Groups we are not in yet may hold our Welcome.
+                let pending: Vec<Id32> = self
+                    .buffers
+                    .iter()
+                    .filter(|(bg, b)| {
+                        !b.is_empty()
+                            && self
+                                .state
+                                .universes
+                                .get(&uid)
+                                .is_some_and(|u| !u.groups.contains_key(*bg))
+                    })
+                    .map(|(bg, _)| *bg)
+                    .collect();
+                for bg in pending {
+                    self.retry_orphan_welcomes(uid, bg);
+                }
+            }
+        }
+    }
+
+    /// Welcomes buffered for groups we are not in (waiting for PSKs).
+    pub(super) fn retry_orphan_welcomes(&mut self, uid: Id32, g: Id32) {
+        let entries: Vec<Vec<u8>> = self
+            .buffers
+            .get(&g)
+            .map(|b| b.values().cloned().collect())
+            .unwrap_or_default();
+        for bytes in entries {
+            let Ok(env) = Envelope::decode(&bytes) else {
+                continue;
+            };
+            if env.kind == Kind::Welcome
+                && env.universe == Some(uid)
+                && self.welcome_is_for_me(&env).unwrap_or(false)
+                && self.deps_ready(&uid, &env.deps).unwrap_or(false)
+            {
+                if self.step(|p| p.join(uid, g, &env, &bytes)).is_ok() {
+                    self.drain(uid, g);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Processes the first alternate for position `seq` of `g` that is ready
+    /// and valid, in place of the buffered entry. True if one went through.
+    pub(super) fn try_alternates(&mut self, uid: Id32, g: Id32, seq: u64) -> bool {
+        let Some(alts) = self.alternates.get(&(g, seq)).cloned() else {
+            return false;
+        };
+        for a in alts {
+            let ready = Envelope::decode(&a).ok().filter(|e| {
+                e.group == Some(g)
+                    && e.seq == seq
+                    && self.deps_ready(&uid, &e.deps).unwrap_or(false)
+            });
+            let Some(env) = ready else { continue };
+            match self.step(|p| p.process_entry(uid, g, &env, &a)) {
+                Ok(()) => {
+                    self.alternates.remove(&(g, seq));
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(group = %g.short(), seq, error = %e, "alternate entry rejected");
+                    if let Some(list) = self.alternates.get_mut(&(g, seq)) {
+                        list.retain(|x| *x != a);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    pub(super) fn set_blocked(&mut self, uid: Id32, g: Id32, blocked: bool) {
+        let now = self.now;
+        let retry = self.config.fetch_retry_ms;
+        let mut fetch = false;
+        if let Some(gs) = self
+            .state
+            .universes
+            .get_mut(&uid)
+            .and_then(|u| u.groups.get_mut(&g))
+        {
+            if blocked {
+                if gs.blocked_since.is_none() {
+                    gs.blocked_since = Some(now);
+                    // A fetch asked moments ago reads up to the peer's head
+                    // and so covers this gap too (after a partition heals,
+                    // gossip replays arrive out of order and would open a
+                    // new gap per entry: hundreds of overlapping fetches).
+                    // The tick asks again if it did not.
+                    fetch = gs.last_fetch_at == 0 || now >= gs.last_fetch_at.saturating_add(retry);
+                }
+            } else {
+                gs.blocked_since = None;
+            }
+        }
+        if fetch {
+            self.fetch_blocked(uid, g);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Time: delayed commits, periodic updates, fetch retries, rejoins after
+//! long blocks, silent-member removal and log retention.
+
+use super::*;
+
+impl Participant {
+    /// Advances time: commits imports whose delay passed, periodic updates,
+    /// retries fetches and KeyPackage requests, starts rejoins, prunes logs.
+    pub fn tick(&mut self, now: u64) -> Vec<Output> {
+        self.now = self.now.max(now);
+        let ids: Vec<Id32> = self.state.universes.keys().cloned().collect();
+        for u in ids {
+            let r = self.step(|p| p.tick_universe(u));
+            if let Err(e) = r {
+                tracing::debug!(universe = %u.short(), error = %e, "tick step failed");
+            }
+        }
+        if !self.acked.is_empty() {
+            let _ = self.step(|_| Ok(()));
+        }
+        self.take_outputs()
+    }
+
+    pub(super) fn tick_universe(&mut self, uid: Id32) -> Result<(), MmlsError> {
+        let now = self.now;
+        let cfg = self.config.clone();
+        let u = self.uni(&uid)?;
+        if u.removed {
+            return Ok(());
+        }
+        // Own send group not created yet (joined, but KeyPackages missing).
+        if u.own_group.is_none() && u.def.is_some() && u.roster.contains(&self.me) {
+            self.try_create_own_group(uid)?;
+        }
+        let u = self.uni(&uid)?;
+        if u.own_group.is_some() {
+            let due_update = cfg
+                .update_interval_ms
+                .is_some_and(|iv| now >= u.last_update_at.saturating_add(iv));
+            let due_commit = u.has_pending()
+                && u.pending_since
+                    .is_some_and(|t| now >= t.saturating_add(cfg.commit_delay_ms));
+            if due_update || u.update_due {
+                self.mmls_update(uid)?;
+            } else if due_commit {
+                self.commit_own(uid, false)?;
+            }
+        }
+        // Missing history: fetch again, and rejoin if it does not come.
+        let u = self.uni(&uid)?;
+        let mut fetch = vec![];
+        let mut rejoin = false;
+        for (g, gs) in &u.groups {
+            if gs.stale {
+                if gs
+                    .stale_since
+                    .is_some_and(|t| now >= t.saturating_add(cfg.rejoin_after_ms))
+                    && u.rejoin_requested_at
+                        .is_none_or(|t| now >= t.saturating_add(cfg.rejoin_after_ms))
+                {
+                    rejoin = true;
+                }
+                continue;
+            }
+            if let Some(since) = gs.blocked_since {
+                if now >= gs.last_fetch_at.saturating_add(cfg.fetch_retry_ms) {
+                    fetch.push(*g);
+                }
+                if now >= since.saturating_add(cfg.rejoin_after_ms) {
+                    rejoin = true;
+                }
+            }
+        }
+        for g in fetch {
+            self.fetch_blocked(uid, g);
+        }
+        if rejoin {
+            let u = self.uni_mut(&uid)?;
+            let blocked: Vec<Id32> = u
+                .groups
+                .iter()
+                .filter(|(_, g)| g.blocked_since.is_some())
+                .map(|(g, _)| *g)
+                .collect();
+            for g in blocked {
+                if let Some(gs) = u.groups.get_mut(&g) {
+                    if now
+                        >= gs
+                            .blocked_since
+                            .unwrap_or(now)
+                            .saturating_add(cfg.rejoin_after_ms)
+                    {
+                        gs.stale = true;
+                        gs.stale_since.get_or_insert(now);
+                    }
+                }
+            }
+            self.send_rejoin(uid, false)?;
+        }
+        // Members we owe an Add but have no KeyPackage for.
+        let u = self.uni(&uid)?;
+        let wanted: Vec<MemberId> = u
+            .pending_adds
+            .iter()
+            .filter(|m| !self.state.known_kps.contains_key(*m))
+            .cloned()
+            .collect();
+        for m in wanted {
+            self.request_kp(&m);
+        }
+        // Silent members.
+        if let Some(limit) = cfg.silent_removal_ms {
+            let u = self.uni(&uid)?;
+            if u.def.as_ref().is_some_and(|d| d.is_admin(&self.me)) {
+                let silent: Vec<MemberId> = u
+                    .groups
+                    .values()
+                    .filter(|g| g.owner != self.me && now >= g.last_commit_at.saturating_add(limit))
+                    .map(|g| g.owner.clone())
+                    .filter(|m| u.roster.contains(m))
+                    .collect();
+                if !silent.is_empty() {
+                    let u = self.uni_mut(&uid)?;
+                    for m in &silent {
+                        u.roster.remove(m);
+                        u.pending_removes.insert(m.clone());
+                    }
+                    u.pending_since.get_or_insert(now);
+                }
+            }
+        }
+        self.prune_log(uid)?;
+        self.prune_sent(uid)?;
+        self.prune_psks(uid)?;
+        Ok(())
+    }
+
+    pub(super) fn prune_log(&mut self, uid: Id32) -> Result<(), MmlsError> {
+        let keep = self.config.log_retention;
+        let u = self.uni(&uid)?;
+        let heads: Vec<(Id32, u64)> = u.groups.iter().map(|(g, s)| (*g, s.next_seq)).collect();
+        for (g, next) in heads {
+            if next <= keep {
+                continue;
+            }
+            let cut = next - keep;
+            let old = self.provider.store().range(
+                Table::Log,
+                &log_key(&g, 0),
+                Some(&log_key(&g, cut)),
+                256,
+            )?;
+            // Bounded work per tick: what is left goes at the next one.
+            let done_to = if old.len() == 256 {
+                old.last()
+                    .and_then(|(k, _)| k.get(32..40))
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+            } else {
+                cut
+            };
+            for (k, _) in old {
+                self.provider.store().delete(Table::Log, &k);
+            }
+            if let Some(gs) = self.uni_mut(&uid)?.groups.get_mut(&g) {
+                gs.pruned_below = gs.pruned_below.max(done_to);
+            }
+        }
+        Ok(())
+    }
+}
