@@ -607,14 +607,9 @@ fn slow_rounds() -> usize {
 }
 const SLOW_ROUND: Duration = Duration::from_secs(5);
 
-/// Size of a node's serialized engine state (written on every step).
+/// Size of a node's engine state rows (a step writes only those it touched).
 fn state_bytes(net: &Net, i: usize) -> usize {
-    net.nodes[i]
-        .store()
-        .get(mmls_core::store::Table::Meta, b"engine")
-        .ok()
-        .flatten()
-        .map_or(0, |v| v.len())
+    net.nodes[i].state_size()
 }
 
 fn universe_of(n: usize, durable: bool) -> (Net, Id32) {

@@ -26,22 +26,29 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 /// The engine's tables. Each is its own redb table of `&[u8] -> &[u8]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
+    /// The engine's node row and small per-member sets (see
+    /// `participant::state`).
     Meta,
     Log,
     Outbox,
     Delivered,
     Buffer,
+    /// The latest KeyPackage heard from each member, by member id.
     KeyPackages,
     /// Per (send group, member): the newest epoch of that group the member's
     /// own commits have named, i.e. the oldest epoch it could still import.
     PskViews,
     /// Own texts by (universe, per-sender seq), for re-sends to rejoiners.
     Sent,
+    /// Per universe: the engine's universe state, by universe id.
+    Universes,
+    /// Per send group: its engine state, by (universe id, group id).
+    Groups,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Log,
         Table::Outbox,
@@ -50,6 +57,8 @@ impl Table {
         Table::KeyPackages,
         Table::PskViews,
         Table::Sent,
+        Table::Universes,
+        Table::Groups,
     ];
 
     /// The redb table name.
@@ -63,6 +72,8 @@ impl Table {
             Table::KeyPackages => "key_packages",
             Table::PskViews => "psk_views",
             Table::Sent => "sent",
+            Table::Universes => "universes",
+            Table::Groups => "groups",
         }
     }
 

@@ -1427,14 +1427,9 @@ impl Sim {
                     t / *c as f64 * 1e6
                 );
             }
-            let state = self.nodes[0]
-                .store
-                .get(mmls_core::store::Table::Meta, b"engine")
-                .ok()
-                .flatten();
             eprintln!(
                 "  engine state of member 0: {} bytes",
-                state.map(|s| s.len()).unwrap_or(0)
+                self.nodes[0].p.state_size()
             );
         }
         let mut conv = Convergence::default();

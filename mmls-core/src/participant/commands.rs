@@ -201,8 +201,7 @@ impl Participant {
         self.step(|p| {
             p.state
                 .universes
-                .entry(*universe)
-                .or_insert_with(|| UniverseState::new(*universe));
+                .get_or_insert_with(*universe, || UniverseState::new(*universe));
             p.send_rejoin(*universe, true)
         })?;
         Ok(self.take_outputs())

@@ -3,7 +3,28 @@
 
 use super::*;
 
+/// A fault injected into the next step's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The commit fails (as on a full disk) and the process carries on.
+    CommitFails,
+    /// The process "dies" just before the commit: the transaction is dropped
+    /// without restoring memory (reopen the store to go on).
+    CrashBeforeCommit,
+}
+
 impl Participant {
+    /// The injected fault of this step's commit, if any.
+    pub(super) fn injected_fault(&mut self) -> Option<MmlsError> {
+        match self.fault.take()? {
+            Fault::CommitFails => Some(MmlsError::Internal("injected commit failure".into())),
+            Fault::CrashBeforeCommit => {
+                self.provider.store().crash_discard();
+                Some(MmlsError::Internal("injected crash".into()))
+            }
+        }
+    }
+
     /// Test only: whether the exported PSK of `g` at `epoch` is still in
     /// the store (the forward-secrecy window deletes old ones).
     #[cfg(test)]
@@ -38,16 +59,14 @@ impl Participant {
 
     /// Fault injection: the next step's store commit fails (as on a full
     /// disk) and the process carries on.
-    #[doc(hidden)]
     pub fn inject_commit_failure(&mut self) {
-        self.fail_next_commit = true;
+        self.fault = Some(Fault::CommitFails);
     }
 
     /// Fault injection for crash tests: the next step's transaction is
     /// dropped as if the process died just before committing it.
-    #[doc(hidden)]
     pub fn inject_crash_before_commit(&mut self) {
-        self.crash_next_commit = true;
+        self.fault = Some(Fault::CrashBeforeCommit);
     }
 
     /// Test only: builds a message a *non-owner* member could send in send

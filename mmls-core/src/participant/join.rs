@@ -15,7 +15,7 @@ impl Participant {
         Ok(w.secrets().iter().any(|s| {
             self.state
                 .my_kp_refs
-                .contains(&ByteBuf::from(s.new_member().as_slice().to_vec()))
+                .contains_key(&ByteBuf::from(s.new_member().as_slice().to_vec()))
         }))
     }
 
@@ -41,7 +41,7 @@ impl Participant {
         let via_last_resort = w.secrets().iter().any(|s| {
             self.state
                 .last_resort_refs
-                .contains(&ByteBuf::from(s.new_member().as_slice().to_vec()))
+                .contains_key(&ByteBuf::from(s.new_member().as_slice().to_vec()))
         });
         let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), w)
             .map_err(MmlsError::mls)?
@@ -101,8 +101,7 @@ impl Participant {
         let u = self
             .state
             .universes
-            .entry(uid)
-            .or_insert_with(|| UniverseState::new(uid));
+            .get_or_insert_with(uid, || UniverseState::new(uid));
         let rejoined = u.groups.get(&g).is_some_and(|s| s.stale);
         // The owner's previous send group is abandoned (it lost its state).
         if let Some(old) = u.owner_group.insert(owner.clone(), g) {

@@ -19,13 +19,10 @@ impl Participant {
         let r = kp
             .hash_ref(self.provider.crypto())
             .map_err(MmlsError::mls)?;
-        self.state
-            .my_kp_refs
-            .insert(ByteBuf::from(r.as_slice().to_vec()));
-        self.state
-            .last_resort_refs
-            .insert(ByteBuf::from(r.as_slice().to_vec()));
-        self.state.my_kp = Some(ByteBuf::from(tls(kp)?));
+        let r = ByteBuf::from(r.as_slice().to_vec());
+        self.state.my_kp_refs.insert(r.clone(), ());
+        self.state.last_resort_refs.insert(r, ());
+        self.state.node.get_mut().my_kp = Some(ByteBuf::from(tls(kp)?));
         Ok(())
     }
 
@@ -46,7 +43,7 @@ impl Participant {
             .map_err(MmlsError::mls)?;
         self.state
             .my_kp_refs
-            .insert(ByteBuf::from(r.as_slice().to_vec()));
+            .insert(ByteBuf::from(r.as_slice().to_vec()), ());
         tls(kp)
     }
 

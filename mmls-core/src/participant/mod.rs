@@ -54,6 +54,7 @@ mod processing;
 mod psk;
 mod rejoin;
 mod resend;
+mod rows;
 mod state;
 mod step;
 mod stream;
@@ -80,10 +81,9 @@ pub struct Participant {
     now: u64,
     outputs: Vec<Output>,
     acked: Vec<u64>,
-    crash_next_commit: bool,
-    fail_next_commit: bool,
-    /// CBOR of `state` as of the last committed step.
-    committed_state: Vec<u8>,
+    /// A fault the next step's commit runs into (tests only).
+    #[cfg(any(test, feature = "testkit"))]
+    fault: Option<hooks::Fault>,
     /// Other candidates for buffered stream positions (see `on_stream`):
     /// in memory only, bounded; peers serve the real entry again.
     alternates: BTreeMap<(Id32, u64), Vec<Vec<u8>>>,
@@ -98,7 +98,6 @@ pub struct Participant {
 }
 
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
-const STATE_KEY: &[u8] = b"engine";
 const AUTH_HISTORY: usize = 16;
 /// Candidates kept per stream position besides the buffered one, and in all.
 const MAX_ALTERNATES_PER_POSITION: usize = 4;
@@ -200,13 +199,8 @@ impl Participant {
         now: u64,
     ) -> Result<(Participant, Vec<Output>), MmlsError> {
         let me = identity.member_id();
-        let state: EngineState = match store.get(Table::Meta, STATE_KEY)? {
-            Some(b) => {
-                from_cbor(&b).map_err(|e| MmlsError::Store(crate::store::StoreError::Corrupt(e)))?
-            }
-            None => EngineState::default(),
-        };
-        if let Some(m) = &state.member {
+        let state = EngineState::load(&store)?;
+        if let Some(m) = &state.node.get().member {
             if m != &me {
                 return Err(MmlsError::Internal(format!(
                     "this store belongs to {m}, not to {me}"
@@ -234,17 +228,17 @@ impl Participant {
             now,
             outputs: vec![],
             acked: vec![],
-            crash_next_commit: false,
-            fail_next_commit: false,
-            committed_state: vec![],
+            #[cfg(any(test, feature = "testkit"))]
+            fault: None,
             rejected_pending: 0,
             psk_pruned_at: HashMap::new(),
             alternates: BTreeMap::new(),
         };
-        p.committed_state = to_cbor(&p.state);
         p.step(|p| {
-            p.state.member = Some(me.clone());
-            if p.state.my_kp.is_none() {
+            if p.state.node.get().member.as_ref() != Some(&me) {
+                p.state.node.get_mut().member = Some(me.clone());
+            }
+            if p.state.node.get().my_kp.is_none() {
                 p.refresh_key_package()?;
             }
             Ok(())
@@ -287,6 +281,8 @@ impl Participant {
         let mut e = Envelope::new(
             Kind::KeyPackage,
             self.state
+                .node
+                .get()
                 .my_kp
                 .clone()
                 .map(|b| b.into_vec())

@@ -21,7 +21,7 @@ impl Participant {
             kps.push((owner.clone(), ByteBuf::from(self.fresh_key_package()?)));
         }
         let any = if lost_state {
-            self.state.my_kp.clone()
+            self.state.node.get().my_kp.clone()
         } else {
             None
         };
@@ -97,16 +97,14 @@ impl Participant {
         let k = self.validate_kp(&kp, Some(&req.member))?;
         if !k.last_resort() {
             let r = k.hash_ref(self.provider.crypto()).map_err(MmlsError::mls)?;
-            if !self
-                .state
-                .used_kp_refs
-                .insert(ByteBuf::from(r.as_slice().to_vec()))
-            {
+            let r = ByteBuf::from(r.as_slice().to_vec());
+            if self.state.used_kp_refs.contains_key(&r) {
                 return Err(MmlsError::Duplicate {
                     group: uid,
                     seq: req.nonce,
                 });
             }
+            self.state.used_kp_refs.insert(r, ());
         }
         let u = self.uni_mut(&uid)?;
         u.rejoin_nonces.insert(req.member.clone(), req.nonce);

@@ -140,8 +140,9 @@ impl Participant {
         let u = self.uni_mut(&uid)?;
         let high = u.received_from.entry(owner.clone()).or_insert(0);
         *high = (*high).max(seq);
-        let cursor = self.state.delivered_next;
-        self.state.delivered_next += 1;
+        let node = self.state.node.get_mut();
+        let cursor = node.delivered_next;
+        node.delivered_next += 1;
         let d = Delivered {
             universe: uid,
             sender: owner.clone(),

@@ -1,7 +1,9 @@
 //! The engine's protocol state beside openmls' own: per universe, per send
 //! group, and node-wide (KeyPackages, counters).
 
+use super::rows::{plain_row, Cell, Journal, Row, RowKey, Rows};
 use super::*;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct GroupState {
@@ -39,7 +41,11 @@ pub(super) struct UniverseState {
     pub(super) def: Option<UniverseDef>,
     pub(super) roster: BTreeSet<MemberId>,
     pub(super) own_group: Option<Id32>,
-    pub(super) groups: BTreeMap<Id32, GroupState>,
+    /// Its send groups: rows of their own (`Table::Groups`), journaled
+    /// apart from the universe's row. A legacy whole-state blob carries them
+    /// inline; they are read from it once, when it is migrated.
+    #[serde(default, skip_serializing, deserialize_with = "legacy_groups")]
+    pub(super) groups: Rows<Id32, GroupState>,
     pub(super) owner_group: BTreeMap<MemberId, Id32>,
     /// Groups that made an MMLS update since our last commit.
     pub(super) pending_imports: BTreeSet<Id32>,
@@ -82,7 +88,7 @@ impl UniverseState {
             def: None,
             roster: BTreeSet::new(),
             own_group: None,
-            groups: BTreeMap::new(),
+            groups: Rows::default(),
             owner_group: BTreeMap::new(),
             pending_imports: BTreeSet::new(),
             pending_adds: BTreeSet::new(),
@@ -113,23 +119,396 @@ impl UniverseState {
     }
 }
 
+fn legacy_groups<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Rows<Id32, GroupState>, D::Error> {
+    Ok(Rows::fresh(BTreeMap::deserialize(d)?))
+}
+
+plain_row!(GroupState);
+
+impl Row for UniverseState {
+    fn undo_image(&mut self) -> Self {
+        // Its groups have their own journal: leave them out of the image.
+        let groups = std::mem::take(&mut self.groups);
+        let image = self.clone();
+        self.groups = groups;
+        image
+    }
+    fn restore(&mut self, image: Self) {
+        let groups = std::mem::take(&mut self.groups);
+        *self = image;
+        self.groups = groups;
+    }
+}
+
+/// Node-wide state that is small and changes often (counters).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub(super) struct EngineState {
+pub(super) struct NodeState {
     pub(super) member: Option<MemberId>,
-    pub(super) universes: BTreeMap<Id32, UniverseState>,
-    /// Latest last-resort KeyPackage heard from each member (TLS bytes).
-    pub(super) known_kps: BTreeMap<MemberId, ByteBuf>,
     /// Our own current last-resort KeyPackage.
     pub(super) my_kp: Option<ByteBuf>,
-    /// Hash refs of KeyPackages we made (to recognise our Welcomes).
-    pub(super) my_kp_refs: BTreeSet<ByteBuf>,
-    /// Those of them that are last-resort (reused across Welcomes).
-    #[serde(default)]
-    pub(super) last_resort_refs: BTreeSet<ByteBuf>,
-    /// Non-last-resort KeyPackages others gave us, once used (never twice).
-    pub(super) used_kp_refs: BTreeSet<ByteBuf>,
-    pub(super) kp_requested: BTreeMap<MemberId, u64>,
     pub(super) outbox_next: u64,
     pub(super) delivered_next: u64,
     pub(super) rejected_inputs: u64,
+}
+
+plain_row!(NodeState);
+
+/// The engine's state, one store row per entity (see `rows`).
+#[derive(Debug, Default)]
+pub(super) struct EngineState {
+    pub(super) node: Cell<NodeState>,
+    pub(super) universes: Rows<Id32, UniverseState>,
+    /// Latest last-resort KeyPackage heard from each member (TLS bytes).
+    pub(super) known_kps: Rows<MemberId, ByteBuf>,
+    /// Hash refs of KeyPackages we made (to recognise our Welcomes).
+    pub(super) my_kp_refs: Rows<ByteBuf, ()>,
+    /// Those of them that are last-resort (reused across Welcomes).
+    pub(super) last_resort_refs: Rows<ByteBuf, ()>,
+    /// Non-last-resort KeyPackages others gave us, once used (never twice).
+    pub(super) used_kp_refs: Rows<ByteBuf, ()>,
+    pub(super) kp_requested: Rows<MemberId, u64>,
+}
+
+/// The whole-state blob of stores written before state was kept in rows.
+#[derive(Deserialize)]
+struct LegacyState {
+    member: Option<MemberId>,
+    universes: BTreeMap<Id32, UniverseState>,
+    known_kps: BTreeMap<MemberId, ByteBuf>,
+    my_kp: Option<ByteBuf>,
+    my_kp_refs: BTreeSet<ByteBuf>,
+    #[serde(default)]
+    last_resort_refs: BTreeSet<ByteBuf>,
+    used_kp_refs: BTreeSet<ByteBuf>,
+    kp_requested: BTreeMap<MemberId, u64>,
+    outbox_next: u64,
+    delivered_next: u64,
+    rejected_inputs: u64,
+}
+
+/// Where each part lives: `Table::Meta` holds the node row and the small
+/// per-member sets under these prefixes.
+const NODE_KEY: &[u8] = b"node";
+const LEGACY_KEY: &[u8] = b"engine";
+const KP_REQUESTED: &[u8] = b"kp-requested/";
+const MY_KP_REFS: &[u8] = b"kp-ref/mine/";
+const LAST_RESORT_REFS: &[u8] = b"kp-ref/last-resort/";
+const USED_KP_REFS: &[u8] = b"kp-ref/used/";
+
+fn set(refs: BTreeSet<ByteBuf>) -> Rows<ByteBuf, ()> {
+    Rows::fresh(refs.into_iter().map(|r| (r, ())).collect())
+}
+
+impl EngineState {
+    /// Loads the state from its rows, migrating a legacy blob if the store
+    /// has one (the migrated rows are written with the first step).
+    pub(super) fn load(store: &Store) -> Result<EngineState, StoreError> {
+        if let Some(b) = store.get(Table::Meta, LEGACY_KEY)? {
+            let old: LegacyState = from_cbor(&b).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "the engine state of this data dir (an older format) does not parse: {e}"
+                ))
+            })?;
+            store.delete(Table::Meta, LEGACY_KEY);
+            let mut node = Cell::new(NodeState {
+                member: old.member,
+                my_kp: old.my_kp,
+                outbox_next: old.outbox_next,
+                delivered_next: old.delivered_next,
+                rejected_inputs: old.rejected_inputs,
+            });
+            node.get_mut();
+            return Ok(EngineState {
+                node,
+                universes: Rows::fresh(old.universes),
+                known_kps: Rows::fresh(old.known_kps),
+                my_kp_refs: set(old.my_kp_refs),
+                last_resort_refs: set(old.last_resort_refs),
+                used_kp_refs: set(old.used_kp_refs),
+                kp_requested: Rows::fresh(old.kp_requested),
+            });
+        }
+        let node = match store.get(Table::Meta, NODE_KEY)? {
+            Some(b) => {
+                from_cbor(&b).map_err(|e| StoreError::Corrupt(format!("engine node row: {e}")))?
+            }
+            None => NodeState::default(),
+        };
+        let mut universes: Rows<Id32, UniverseState> = Rows::load(store, Table::Universes, &[])?;
+        let groups: Rows<GroupKey, GroupState> = Rows::load(store, Table::Groups, &[])?;
+        let mut by_universe: BTreeMap<Id32, BTreeMap<Id32, GroupState>> = BTreeMap::new();
+        for (k, g) in groups.iter() {
+            by_universe.entry(k.0).or_default().insert(k.1, g.clone());
+        }
+        for (uid, gs) in by_universe {
+            if let Some(u) = universes.get_untracked_mut(&uid) {
+                u.groups = Rows::from_committed(gs);
+            }
+        }
+        Ok(EngineState {
+            node: Cell::new(node),
+            universes,
+            known_kps: Rows::load(store, Table::KeyPackages, &[])?,
+            my_kp_refs: Rows::load(store, Table::Meta, MY_KP_REFS)?,
+            last_resort_refs: Rows::load(store, Table::Meta, LAST_RESORT_REFS)?,
+            used_kp_refs: Rows::load(store, Table::Meta, USED_KP_REFS)?,
+            kp_requested: Rows::load(store, Table::Meta, KP_REQUESTED)?,
+        })
+    }
+
+    /// The state from its rows alone, ignoring a legacy blob (tests).
+    #[cfg(test)]
+    fn load_rows_only(store: &Store) -> EngineState {
+        let mut universes: Rows<Id32, UniverseState> =
+            Rows::load(store, Table::Universes, &[]).expect("rows");
+        universes.settle();
+        EngineState {
+            universes,
+            ..EngineState::default()
+        }
+    }
+
+    /// Writes the rows this step touched into the store's pending step.
+    pub(super) fn write(&self, store: &Store) {
+        if self.node.is_touched() {
+            store.put(Table::Meta, NODE_KEY, &to_cbor(self.node.get()));
+        }
+        if self.universes.is_touched() {
+            self.universes.write(store, Table::Universes, &[]);
+            for gone in self.universes.removed() {
+                for g in gone.groups.keys() {
+                    store.delete(Table::Groups, &GroupKey(gone.id, *g).to_key());
+                }
+            }
+        }
+        for (uid, u) in self.universes.iter() {
+            if u.groups.is_touched() {
+                u.groups.write(store, Table::Groups, uid.as_bytes());
+            }
+        }
+        self.known_kps.write(store, Table::KeyPackages, &[]);
+        self.my_kp_refs.write(store, Table::Meta, MY_KP_REFS);
+        self.last_resort_refs
+            .write(store, Table::Meta, LAST_RESORT_REFS);
+        self.used_kp_refs.write(store, Table::Meta, USED_KP_REFS);
+        self.kp_requested.write(store, Table::Meta, KP_REQUESTED);
+    }
+
+    /// Serialized size of every row (metrics only: serializes everything).
+    pub(super) fn size(&self) -> usize {
+        let mut n = to_cbor(self.node.get()).len();
+        for u in self.universes.values() {
+            n += to_cbor(u).len();
+            n += u.groups.values().map(|g| to_cbor(g).len()).sum::<usize>();
+        }
+        n += self.known_kps.values().map(|k| k.len() + 50).sum::<usize>();
+        n + self.kp_requested.values().count() * 60
+            + (self.my_kp_refs.keys().count()
+                + self.last_resort_refs.keys().count()
+                + self.used_kp_refs.keys().count())
+                * 40
+    }
+
+    fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
+        f(&mut self.node);
+        f(&mut self.universes);
+        for (_, u) in self.universes.iter_untracked_mut() {
+            f(&mut u.groups);
+        }
+        f(&mut self.known_kps);
+        f(&mut self.my_kp_refs);
+        f(&mut self.last_resort_refs);
+        f(&mut self.used_kp_refs);
+        f(&mut self.kp_requested);
+    }
+
+    /// The step is durable.
+    pub(super) fn settle(&mut self) {
+        self.each_journal(|j| j.settle());
+    }
+
+    /// The step failed: every touched row back to its committed value.
+    pub(super) fn rollback(&mut self) {
+        // Universes first: a universe removed in the step comes back with
+        // its groups, whose own journal then rolls back too.
+        self.universes.rollback();
+        self.each_journal(|j| j.rollback());
+    }
+}
+
+/// A send group's row key: universe, then group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct GroupKey(pub(super) Id32, pub(super) Id32);
+
+impl RowKey for GroupKey {
+    fn to_key(&self) -> Vec<u8> {
+        let mut k = self.0.as_bytes().to_vec();
+        k.extend_from_slice(self.1.as_bytes());
+        k
+    }
+    fn from_key(k: &[u8]) -> Option<Self> {
+        Some(GroupKey(
+            Id32::from_slice(k.get(..32)?)?,
+            Id32::from_slice(k.get(32..)?)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::participant::Participant;
+    use crate::profile::Profile;
+    use crate::testkit::{config, view, Net};
+    use ciborium::Value;
+
+    /// The whole-state blob an older engine wrote for `store`'s rows.
+    fn legacy_blob(store: &Store) -> Vec<u8> {
+        let st = EngineState::load(store).expect("rows load");
+        let node = st.node.get();
+        let cbor = |v: &dyn erased::Ser| -> Value { v.value() };
+        let mut universes = vec![];
+        for (uid, u) in st.universes.iter() {
+            let Value::Map(mut fields) = cbor(u) else {
+                panic!("a universe row is a map")
+            };
+            let groups: Vec<(Value, Value)> =
+                u.groups.iter().map(|(g, s)| (cbor(g), cbor(s))).collect();
+            fields.push((Value::Text("groups".into()), Value::Map(groups)));
+            universes.push((cbor(uid), Value::Map(fields)));
+        }
+        let set = |r: &Rows<ByteBuf, ()>| Value::Array(r.keys().map(|k| cbor(k)).collect());
+        let blob = Value::Map(vec![
+            (Value::Text("member".into()), cbor(&node.member)),
+            (Value::Text("universes".into()), Value::Map(universes)),
+            (
+                Value::Text("known_kps".into()),
+                Value::Map(
+                    st.known_kps
+                        .iter()
+                        .map(|(m, k)| (cbor(m), cbor(k)))
+                        .collect(),
+                ),
+            ),
+            (Value::Text("my_kp".into()), cbor(&node.my_kp)),
+            (Value::Text("my_kp_refs".into()), set(&st.my_kp_refs)),
+            (
+                Value::Text("last_resort_refs".into()),
+                set(&st.last_resort_refs),
+            ),
+            (Value::Text("used_kp_refs".into()), set(&st.used_kp_refs)),
+            (
+                Value::Text("kp_requested".into()),
+                Value::Map(
+                    st.kp_requested
+                        .iter()
+                        .map(|(m, t)| (cbor(m), cbor(t)))
+                        .collect(),
+                ),
+            ),
+            (Value::Text("outbox_next".into()), cbor(&node.outbox_next)),
+            (
+                Value::Text("delivered_next".into()),
+                cbor(&node.delivered_next),
+            ),
+            (
+                Value::Text("rejected_inputs".into()),
+                cbor(&node.rejected_inputs),
+            ),
+        ]);
+        let mut out = vec![];
+        ciborium::into_writer(&blob, &mut out).expect("encode");
+        out
+    }
+
+    mod erased {
+        pub trait Ser {
+            fn value(&self) -> ciborium::Value;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn value(&self) -> ciborium::Value {
+                ciborium::Value::serialized(self).expect("serializable")
+            }
+        }
+    }
+
+    /// Removes every engine row, as a store written by an older engine
+    /// would have none.
+    fn drop_rows(store: &Store) {
+        for t in [
+            Table::Universes,
+            Table::Groups,
+            Table::KeyPackages,
+            Table::Meta,
+        ] {
+            for (k, _) in store.range(t, &[], None, usize::MAX).expect("range") {
+                store.delete(t, &k);
+            }
+        }
+    }
+
+    #[test]
+    fn a_legacy_state_blob_is_migrated_to_rows_and_the_node_carries_on() {
+        let mut net = Net::new(3);
+        let uid = net.universe(Profile::Mmls00);
+        net.send(1, &uid, "before");
+        net.run();
+        net.settle();
+        let before = view(net.node(0), &uid);
+        let status_before = net.node(0).status(&uid).expect("status");
+
+        let store = net.stores[0].clone();
+        let blob = legacy_blob(&store);
+        drop_rows(&store);
+        store.put(Table::Meta, LEGACY_KEY, &blob);
+        store.commit().expect("commit");
+        net.nodes[0] = None;
+        // Nothing of the rows is left: only the blob can bring the state back.
+        assert!(EngineState::load_rows_only(&store)
+            .universes
+            .iter()
+            .next()
+            .is_none());
+
+        let (p, outs) = Participant::open(net.ids[0].clone(), store.clone(), config(), net.now)
+            .expect("a legacy store opens");
+        net.nodes[0] = Some(p);
+        net.absorb(0, outs);
+        assert_eq!(net.node(0).status(&uid).expect("status"), status_before);
+        assert_eq!(view(net.node(0), &uid), before);
+        // The blob is gone and the rows are written.
+        assert!(store.get(Table::Meta, LEGACY_KEY).expect("get").is_none());
+        assert!(store
+            .get(Table::Universes, uid.as_bytes())
+            .expect("get")
+            .is_some());
+
+        // It keeps working: messages both ways, and after another restart.
+        net.send(0, &uid, "after, from 0");
+        net.send(2, &uid, "after, from 2");
+        net.run();
+        net.settle();
+        assert!(net.texts(0).contains(&"after, from 2".to_string()));
+        assert!(net.texts(1).contains(&"after, from 0".to_string()));
+        net.nodes[0] = None;
+        let (p, _) = Participant::open(net.ids[0].clone(), store, config(), net.now)
+            .expect("reopen from rows");
+        net.nodes[0] = Some(p);
+        assert_eq!(
+            net.node(0).status(&uid).expect("status").groups.len(),
+            status_before.groups.len()
+        );
+        net.assert_consistent(&uid);
+    }
+
+    #[test]
+    fn an_unreadable_legacy_blob_is_a_typed_error_saying_what_it_is() {
+        let store = Store::in_memory().expect("store");
+        store.put(Table::Meta, LEGACY_KEY, b"\xa1\x66member\x05garbage");
+        store.commit().expect("commit");
+        let err = EngineState::load(&store).expect_err("garbage must not load");
+        assert!(err.to_string().contains("older format"), "{err}");
+    }
 }

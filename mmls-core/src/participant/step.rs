@@ -12,63 +12,60 @@ impl Participant {
     ) -> Result<T, MmlsError> {
         let mark = self.outputs.len();
         self.buffer_undo.clear();
-        let r = f(self).and_then(|v| {
-            for id in std::mem::take(&mut self.acked) {
-                self.provider
-                    .store()
-                    .delete(Table::Outbox, &id.to_be_bytes());
-            }
-            let pending = std::mem::take(&mut self.rejected_pending);
-            self.state.rejected_inputs += pending;
-            let bytes = to_cbor(&self.state);
-            let changed = bytes != self.committed_state;
-            if changed {
-                self.provider.store().put(Table::Meta, STATE_KEY, &bytes);
-            }
-            if std::mem::take(&mut self.crash_next_commit) {
-                // Fault injection: the process "dies" before the commit.
-                self.provider.store().crash_discard();
-                self.rejected_pending += pending;
-                return Err(MmlsError::Internal("injected crash".into()));
-            }
-            let commit = if std::mem::take(&mut self.fail_next_commit) {
-                Err(MmlsError::Internal("injected commit failure".into()))
-            } else {
-                self.provider.store().commit().map_err(MmlsError::from)
-            };
-            if let Err(e) = commit {
-                self.rejected_pending += pending;
-                return Err(e);
-            }
-            // Only now is this the state to roll back to.
-            if changed {
-                self.committed_state = bytes;
-            }
-            Ok(v)
-        });
+        let r = f(self).and_then(|v| self.commit_step().map(|()| v));
         if r.is_err() {
-            // Back to the state of the last committed step (no per-step
-            // clone: failures are rare, successes are the hot path).
-            if let Ok(st) = from_cbor(&self.committed_state) {
-                self.state = st;
-            }
-            self.provider.store().rollback();
-            for (g, seq, old) in std::mem::take(&mut self.buffer_undo).into_iter().rev() {
-                let b = self.buffers.entry(g).or_default();
-                match old {
-                    Some(v) => {
-                        b.insert(seq, v);
-                    }
-                    None => {
-                        b.remove(&seq);
-                    }
-                }
-            }
-            // openmls may have changed its in-memory group before failing.
-            self.groups.clear();
-            self.outputs.truncate(mark);
+            self.rollback_step(mark);
         }
         r
+    }
+
+    /// Writes the rows the step touched and commits the store transaction.
+    fn commit_step(&mut self) -> Result<(), MmlsError> {
+        for id in std::mem::take(&mut self.acked) {
+            self.provider
+                .store()
+                .delete(Table::Outbox, &id.to_be_bytes());
+        }
+        let pending = std::mem::take(&mut self.rejected_pending);
+        if pending > 0 {
+            self.state.node.get_mut().rejected_inputs += pending;
+        }
+        self.state.write(self.provider.store());
+        let r = match self.injected_fault() {
+            Some(e) => Err(e),
+            None => self.provider.store().commit().map_err(MmlsError::from),
+        };
+        match r {
+            Ok(()) => self.state.settle(),
+            Err(_) => self.rejected_pending += pending,
+        }
+        r
+    }
+
+    /// Back to the state of the last committed step: the touched rows, the
+    /// store's pending writes and openmls's state, the buffers, the outputs.
+    fn rollback_step(&mut self, outputs_mark: usize) {
+        self.state.rollback();
+        self.provider.store().rollback();
+        for (g, seq, old) in std::mem::take(&mut self.buffer_undo).into_iter().rev() {
+            let b = self.buffers.entry(g).or_default();
+            match old {
+                Some(v) => {
+                    b.insert(seq, v);
+                }
+                None => {
+                    b.remove(&seq);
+                }
+            }
+        }
+        // openmls may have changed its in-memory group before failing.
+        self.groups.clear();
+        self.outputs.truncate(outputs_mark);
+    }
+
+    #[cfg(not(any(test, feature = "testkit")))]
+    fn injected_fault(&mut self) -> Option<MmlsError> {
+        None
     }
 
     pub(super) fn take_outputs(&mut self) -> Vec<Output> {
@@ -102,8 +99,9 @@ impl Participant {
                 .store()
                 .put(Table::Log, &log_key(&g, env.seq), &bytes);
         }
-        let id = self.state.outbox_next;
-        self.state.outbox_next += 1;
+        let node = self.state.node.get_mut();
+        let id = node.outbox_next;
+        node.outbox_next += 1;
         self.provider.store().put(
             Table::Outbox,
             &id.to_be_bytes(),

@@ -91,9 +91,15 @@ impl Participant {
             .collect()
     }
 
+    /// Bytes of the engine's own state rows (openmls's state and the logs
+    /// not counted): what a step writes at most, for metrics.
+    pub fn state_size(&self) -> usize {
+        self.state.size()
+    }
+
     /// Inputs rejected since this node's store was created.
     pub fn rejected_inputs(&self) -> u64 {
-        self.state.rejected_inputs + self.rejected_pending
+        self.state.node.get().rejected_inputs + self.rejected_pending
     }
 
     /// Exports the current epoch's secret of a group under a test label: lets
