@@ -195,17 +195,15 @@ impl Participant {
                 .is_some_and(|s| s.next_seq < resp.oldest.unwrap_or(u64::MAX) && !s.stale);
             if pruned && still_behind {
                 let now = self.now;
-                if let Some(gs) = self
-                    .state
-                    .universes
-                    .get_mut(universe)
-                    .and_then(|u| u.groups.get_mut(group))
-                {
-                    gs.stale = true;
-                    gs.stale_since = Some(now);
-                }
-                let u = *universe;
-                if self.step(|p| p.send_rejoin(u, false)).is_ok() {
+                let (u, g) = (*universe, *group);
+                let rejoin = self.step(|p| {
+                    if let Some(gs) = p.group_state_mut(&u, &g) {
+                        gs.stale = true;
+                        gs.stale_since = Some(now);
+                    }
+                    p.send_rejoin(u, false)
+                });
+                if rejoin.is_ok() {
                     outs.extend(self.take_outputs());
                 }
             } else if resp.more {

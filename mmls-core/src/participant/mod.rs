@@ -234,6 +234,11 @@ impl Participant {
             psk_pruned_at: HashMap::new(),
             alternates: BTreeMap::new(),
         };
+        if p.state.is_touched() {
+            // A migrated legacy blob: its rows are written, and the blob
+            // deleted, in one transaction before anything else.
+            p.commit_step()?;
+        }
         p.step(|p| {
             if p.state.node.get().member.as_ref() != Some(&me) {
                 p.state.node.get_mut().member = Some(me.clone());
@@ -305,6 +310,15 @@ impl Participant {
             .universes
             .get(u)
             .ok_or(MmlsError::UnknownUniverse(*u))
+    }
+
+    /// A send group's state, journaled alone (its universe's row is not
+    /// touched).
+    fn group_state_mut(&mut self, u: &Id32, g: &Id32) -> Option<&mut GroupState> {
+        self.state
+            .universes
+            .get_untracked_mut(u)
+            .and_then(|u| u.groups.get_mut(g))
     }
 
     fn uni_mut(&mut self, u: &Id32) -> Result<&mut UniverseState, MmlsError> {

@@ -61,9 +61,7 @@ impl Participant {
 
     pub(super) fn advance(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
         let gs = self
-            .uni_mut(&uid)?
-            .groups
-            .get_mut(&g)
+            .group_state_mut(&uid, &g)
             .ok_or(MmlsError::UnknownGroup(g))?;
         gs.next_seq = gs.next_seq.saturating_add(1);
         gs.blocked_since = None;

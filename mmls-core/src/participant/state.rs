@@ -311,6 +311,18 @@ impl EngineState {
                 * 40
     }
 
+    /// Whether any row was touched since the last commit or rollback.
+    pub(super) fn is_touched(&self) -> bool {
+        self.node.is_touched()
+            || self.universes.is_touched()
+            || self.universes.values().any(|u| u.groups.is_touched())
+            || self.known_kps.is_touched()
+            || self.my_kp_refs.is_touched()
+            || self.last_resort_refs.is_touched()
+            || self.used_kp_refs.is_touched()
+            || self.kp_requested.is_touched()
+    }
+
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
         f(&mut self.node);
         f(&mut self.universes);

@@ -10,6 +10,13 @@ impl Participant {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, MmlsError>,
     ) -> Result<T, MmlsError> {
+        // Every change is made inside a step: one made outside would be
+        // written by whichever step comes next, or lost if that one fails.
+        #[cfg(test)]
+        assert!(
+            !self.state.is_touched(),
+            "engine state changed outside a step"
+        );
         let mark = self.outputs.len();
         self.buffer_undo.clear();
         let r = f(self).and_then(|v| self.commit_step().map(|()| v));
@@ -20,7 +27,7 @@ impl Participant {
     }
 
     /// Writes the rows the step touched and commits the store transaction.
-    fn commit_step(&mut self) -> Result<(), MmlsError> {
+    pub(super) fn commit_step(&mut self) -> Result<(), MmlsError> {
         for id in std::mem::take(&mut self.acked) {
             self.provider
                 .store()

@@ -81,6 +81,23 @@ impl Participant {
             self.drain(uid, g);
             return Ok(());
         }
+        // The next entry of its stream is processed in the step that
+        // received it: one transaction, and its own rejection comes back as
+        // this call's error.
+        let next = self
+            .state
+            .universes
+            .get(&uid)
+            .and_then(|u| u.groups.get(&g))
+            .map(|s| (s.next_seq, s.stale));
+        if next == Some((env.seq, false)) && self.deps_ready(&uid, &env.deps)? {
+            if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, bytes)) {
+                self.drop_entry(uid, g, env.seq, &e);
+                return Err(e);
+            }
+            self.drain(uid, g);
+            return Ok(());
+        }
         // A full buffer keeps the *lowest* positions: they are the ones the
         // stream waits for. A later entry is evicted (peers serve it again);
         // refusing this one could refuse the very entry that unblocks all.
@@ -99,22 +116,6 @@ impl Participant {
             p.buffer_put(g, env.seq, owned);
             Ok(())
         })?;
-        // Process the new entry directly when it is next, so that its own
-        // rejection comes back as this call's error.
-        let next = self
-            .state
-            .universes
-            .get(&uid)
-            .and_then(|u| u.groups.get(&g))
-            .map(|s| (s.next_seq, s.stale));
-        if let Some((n, false)) = next {
-            if n == env.seq && self.deps_ready(&uid, &env.deps)? {
-                if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, bytes)) {
-                    self.drop_entry(uid, g, env.seq, &e);
-                    return Err(e);
-                }
-            }
-        }
         self.drain(uid, g);
         Ok(())
     }
@@ -329,32 +330,42 @@ impl Participant {
         false
     }
 
+    /// Records whether `g`'s stream waits for something, in a step of its
+    /// own: a block must outlive a later step that fails, or the group would
+    /// never be fetched for or rejoined.
     pub(super) fn set_blocked(&mut self, uid: Id32, g: Id32, blocked: bool) {
-        let now = self.now;
-        let retry = self.config.fetch_retry_ms;
-        let mut fetch = false;
-        if let Some(gs) = self
+        let current = self
             .state
             .universes
-            .get_mut(&uid)
-            .and_then(|u| u.groups.get_mut(&g))
-        {
-            if blocked {
-                if gs.blocked_since.is_none() {
-                    gs.blocked_since = Some(now);
-                    // A fetch asked moments ago reads up to the peer's head
-                    // and so covers this gap too (after a partition heals,
-                    // gossip replays arrive out of order and would open a
-                    // new gap per entry: hundreds of overlapping fetches).
-                    // The tick asks again if it did not.
-                    fetch = gs.last_fetch_at == 0 || now >= gs.last_fetch_at.saturating_add(retry);
-                }
-            } else {
-                gs.blocked_since = None;
-            }
+            .get(&uid)
+            .and_then(|u| u.groups.get(&g))
+            .map(|s| s.blocked_since.is_some());
+        if current.is_none() || current == Some(blocked) {
+            return;
         }
-        if fetch {
-            self.fetch_blocked(uid, g);
+        let now = self.now;
+        let retry = self.config.fetch_retry_ms;
+        let r = self.step(|p| {
+            let gs = p
+                .group_state_mut(&uid, &g)
+                .ok_or(MmlsError::UnknownGroup(g))?;
+            if !blocked {
+                gs.blocked_since = None;
+                return Ok(());
+            }
+            gs.blocked_since = Some(now);
+            // A fetch asked moments ago reads up to the peer's head and so
+            // covers this gap too (after a partition heals, gossip replays
+            // arrive out of order and would open a new gap per entry:
+            // hundreds of overlapping fetches). The tick asks again if it
+            // did not.
+            if gs.last_fetch_at == 0 || now >= gs.last_fetch_at.saturating_add(retry) {
+                p.fetch_blocked(uid, g);
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::debug!(group = %g.short(), error = %e, "recording a blocked stream failed");
         }
     }
 }
