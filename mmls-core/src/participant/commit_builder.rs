@@ -3,6 +3,48 @@
 
 use super::*;
 
+/// What an own commit carries, decided from the engine state before
+/// openmls is called.
+struct CommitPlan {
+    force_path: bool,
+    adds: Vec<KeyPackage>,
+    /// Members the adds are for (new and re-added).
+    added: Vec<MemberId>,
+    /// Those of them re-added after a rejoin request.
+    readded: Vec<MemberId>,
+    removals: Vec<LeafNodeIndex>,
+    /// Pending adds still waiting for a KeyPackage.
+    waiting_kp: Vec<MemberId>,
+    /// PSKs imported now, as (group, epoch).
+    imports: Vec<(Id32, u64)>,
+    /// Pending imports left for a later commit.
+    deferred: BTreeSet<Id32>,
+    /// Update proposals of other members this commit covers (TLS bytes).
+    proposals_in: Vec<ByteBuf>,
+    /// What readers must hold before processing it (imports, admin epochs).
+    deps: Vec<(Id32, u64)>,
+}
+
+impl CommitPlan {
+    /// Nothing that needs a commit.
+    fn is_empty(&self) -> bool {
+        !self.force_path
+            && self.imports.is_empty()
+            && self.adds.is_empty()
+            && self.removals.is_empty()
+            && self.proposals_in.is_empty()
+    }
+}
+
+/// An own commit staged and merged in openmls.
+struct BuiltCommit {
+    commit: MlsMessageOut,
+    welcome: Option<Welcome>,
+    epoch: u64,
+    auth: [u8; 8],
+    path: bool,
+}
+
 impl Participant {
     /// The frontier for our next commit's AAD: the groups whose epoch moved
     /// since our previous commit named them (all of them the first time).
@@ -11,84 +53,105 @@ impl Participant {
     /// full one is ~55 bytes per group in every commit (3.5 KB of a 4.4 KB
     /// commit at 64 members, flooded to everyone and kept in every log).
     pub(super) fn frontier(&mut self, uid: &Id32) -> Vec<FrontierEntry> {
-        let Some(u) = self.state.universes.get_mut(uid) else {
+        let Some(u) = self.state.universes.get(uid) else {
             return vec![];
         };
-        let mut out = vec![];
-        for (g, s) in u.groups.iter_mut() {
-            if s.named_epoch == Some(s.epoch) {
-                continue;
-            }
-            s.named_epoch = Some(s.epoch);
-            out.push(FrontierEntry {
+        let moved: Vec<FrontierEntry> = u
+            .groups
+            .iter()
+            .filter(|(_, s)| s.named_epoch != Some(s.epoch))
+            .map(|(g, s)| FrontierEntry {
                 group: *g,
                 epoch: s.epoch,
                 auth: s.auth.get(&s.epoch).copied().unwrap_or_default(),
-            });
+            })
+            .collect();
+        // Only the groups named are touched (and written).
+        for f in &moved {
+            if let Some(s) = self.group_state_mut(uid, &f.group) {
+                s.named_epoch = Some(f.epoch);
+            }
         }
-        out
+        moved
     }
 
     /// COMMIT: one commit in our send group with a PSK proposal for every
     /// group that made an MMLS update since our last commit, plus pending
-    /// adds, removes and re-adds; with a path if `force_path`.
+    /// adds, removes and re-adds; with a path if `force_path`. False if
+    /// there was nothing to commit.
     pub(super) fn commit_own(&mut self, uid: Id32, force_path: bool) -> Result<bool, MmlsError> {
         let own = self
             .uni(&uid)?
             .own_group
             .ok_or(MmlsError::UniverseNotReady(uid))?;
-        let now = self.now;
-        let u = self.uni(&uid)?.clone();
-        let own_members: BTreeSet<MemberId> = self
-            .group_members(&own)?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
+        let plan = self.plan_commit(uid, own, force_path)?;
+        if plan.is_empty() {
+            self.defer_pending(uid, &plan)?;
+            return Ok(false);
+        }
+        let built = self.build_commit(uid, own, &plan)?;
+        self.apply_own_commit(uid, own, plan, built)?;
+        Ok(true)
+    }
 
-        // Adds and removes.
-        let mut adds: Vec<KeyPackage> = vec![];
-        let mut added: Vec<MemberId> = vec![];
-        let mut removals: Vec<LeafNodeIndex> = vec![];
-        let leaf_of = |members: &[(LeafNodeIndex, MemberId)], m: &MemberId| {
-            members.iter().find(|(_, x)| x == m).map(|(i, _)| *i)
-        };
+    /// Plans the commit: membership changes, then the PSK imports that
+    /// every reader can derive, then the deps readers wait for.
+    fn plan_commit(
+        &mut self,
+        uid: Id32,
+        own: Id32,
+        force_path: bool,
+    ) -> Result<CommitPlan, MmlsError> {
         let members = self.group_members(&own)?;
+        let leaf_of = |m: &MemberId| members.iter().find(|(_, x)| x == m).map(|(i, _)| *i);
+        let mut plan = CommitPlan {
+            force_path,
+            adds: vec![],
+            added: vec![],
+            readded: vec![],
+            removals: vec![],
+            waiting_kp: vec![],
+            imports: vec![],
+            deferred: BTreeSet::new(),
+            proposals_in: vec![],
+            deps: vec![],
+        };
+        let u = self.uni(&uid)?;
         for m in &u.pending_removes {
-            if let Some(i) = leaf_of(&members, m) {
-                removals.push(i);
+            if let Some(i) = leaf_of(m) {
+                plan.removals.push(i);
             }
         }
-        let mut readded = vec![];
         for (m, kp) in &u.readds {
             match self.validate_kp(kp, Some(m)) {
                 Ok(kp) => {
-                    if let Some(i) = leaf_of(&members, m) {
-                        if !removals.contains(&i) {
-                            removals.push(i);
+                    if let Some(i) = leaf_of(m) {
+                        if !plan.removals.contains(&i) {
+                            plan.removals.push(i);
                         }
                     }
-                    adds.push(kp);
-                    added.push(m.clone());
-                    readded.push(m.clone());
+                    plan.adds.push(kp);
+                    plan.added.push(m.clone());
+                    plan.readded.push(m.clone());
                 }
                 Err(e) => {
                     tracing::debug!(member = %m.short(), error = %e, "rejoin KeyPackage unusable")
                 }
             }
         }
-        let mut waiting_kp = vec![];
         for m in &u.pending_adds {
-            if own_members.contains(m) || added.contains(m) {
+            if members.iter().any(|(_, x)| x == m) || plan.added.contains(m) {
                 continue;
             }
             match self.key_package_of(m) {
                 Ok(kp) => {
-                    adds.push(kp);
-                    added.push(m.clone());
+                    plan.adds.push(kp);
+                    plan.added.push(m.clone());
                 }
-                Err(_) => waiting_kp.push(m.clone()),
+                Err(_) => plan.waiting_kp.push(m.clone()),
             }
         }
+        plan.proposals_in = u.own_proposals.clone();
         // PSK imports: only where every reader of our group can derive the
         // PSK, i.e. is a member of that group now (we import its current
         // epoch, which every current member has reached or will reach), and
@@ -96,63 +159,85 @@ impl Participant {
         // removals (the removed member must still process this commit to
         // learn it is out, and may never reach the imported epoch). Deferred
         // imports go with the next commit.
-        let mut imports: Vec<(Id32, u64)> = vec![];
-        let mut deferred = BTreeSet::new();
-        if adds.is_empty() && removals.is_empty() {
+        let pending: Vec<Id32> = u.pending_imports.iter().copied().collect();
+        if !plan.adds.is_empty() || !plan.removals.is_empty() {
+            plan.deferred = pending.into_iter().collect();
+        } else {
+            let removing: BTreeSet<LeafNodeIndex> = members
+                .iter()
+                .filter(|(_, id)| u.pending_removes.contains(id))
+                .map(|(i, _)| *i)
+                .collect();
             // Compared by signature key: bound 1:1 to the member id.
-            let removed_keys: BTreeSet<Vec<u8>> = {
-                let group = self.group(&own)?;
-                group
-                    .members()
-                    .filter(|m| {
-                        members
-                            .iter()
-                            .any(|(i, id)| *i == m.index && u.pending_removes.contains(id))
-                    })
-                    .map(|m| m.signature_key)
-                    .collect()
-            };
             let readers: BTreeSet<Vec<u8>> = self
                 .group(&own)?
                 .members()
+                .filter(|m| !removing.contains(&m.index))
                 .map(|m| m.signature_key)
-                .filter(|k| !removed_keys.contains(k))
                 .collect();
-            for g in &u.pending_imports {
-                let Some(gs) = u.groups.get(g) else { continue };
-                if *g == own || gs.stale {
+            for g in pending {
+                let Some((epoch, psk_min, stale)) = self
+                    .uni(&uid)?
+                    .groups
+                    .get(&g)
+                    .map(|s| (s.epoch, s.psk_min, s.stale))
+                else {
+                    continue;
+                };
+                if g == own || stale {
                     continue;
                 }
-                let e = gs.epoch;
                 let theirs: BTreeSet<Vec<u8>> =
-                    self.group(g)?.members().map(|m| m.signature_key).collect();
-                let ok = gs.psk_min <= e && readers.is_subset(&theirs);
-                if ok {
-                    imports.push((*g, e));
+                    self.group(&g)?.members().map(|m| m.signature_key).collect();
+                if psk_min <= epoch && readers.is_subset(&theirs) {
+                    plan.imports.push((g, epoch));
                 } else {
-                    deferred.insert(*g);
+                    plan.deferred.insert(g);
                 }
             }
-        } else {
-            deferred = u.pending_imports.clone();
         }
-        let proposals_in = u.own_proposals.clone();
-        if !force_path
-            && imports.is_empty()
-            && adds.is_empty()
-            && removals.is_empty()
-            && proposals_in.is_empty()
-        {
-            let u = self.uni_mut(&uid)?;
-            u.pending_imports = deferred;
-            if u.pending_imports.is_empty() && u.pending_adds.iter().all(|m| waiting_kp.contains(m))
-            {
-                u.pending_since = None;
+        // Adding a member the admin added: our readers must have processed
+        // the admin's commit (their roster) first, or they would refuse ours
+        // as a non-admin's add. A dependency on the admin's send group at the
+        // epoch we hold makes them wait (and fetch) instead. Commits with
+        // adds carry no PSK imports, so the two kinds of deps never mix.
+        plan.deps = plan.imports.clone();
+        let u = self.uni(&uid)?;
+        let is_admin = |m: &MemberId| u.def.as_ref().is_some_and(|d| d.is_admin(m));
+        if !is_admin(&self.me) && plan.added.iter().any(|m| !plan.readded.contains(m)) {
+            for (g, gs) in &u.groups {
+                if is_admin(&gs.owner) && !gs.stale && gs.owner != self.me {
+                    plan.deps.push((*g, gs.epoch));
+                }
             }
-            return Ok(false);
         }
+        Ok(plan)
+    }
+
+    /// Nothing to commit now: imports that cannot go yet wait, and the
+    /// commit timer stops if nothing else is pending.
+    fn defer_pending(&mut self, uid: Id32, plan: &CommitPlan) -> Result<(), MmlsError> {
+        let u = self.uni_mut(&uid)?;
+        u.pending_imports = plan.deferred.clone();
+        if u.pending_imports.is_empty()
+            && u.pending_adds.iter().all(|m| plan.waiting_kp.contains(m))
+        {
+            u.pending_since = None;
+        }
+        Ok(())
+    }
+
+    /// Builds the commit in openmls (PSK proposals, adds, removals, the
+    /// covered Update proposals, the AAD with our stream position), stages
+    /// and merges it.
+    fn build_commit(
+        &mut self,
+        uid: Id32,
+        own: Id32,
+        plan: &CommitPlan,
+    ) -> Result<BuiltCommit, MmlsError> {
         let mut proposals = vec![];
-        for (g, e) in &imports {
+        for (g, e) in &plan.imports {
             let mut nonce = vec![0u8; CS.hash_length()];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
             let psk = PreSharedKeyId::external(Profile::psk_id(g, *e), nonce);
@@ -160,41 +245,28 @@ impl Participant {
                 psk,
             ))));
         }
-        // Adding a member the admin added: our readers must have processed
-        // the admin's commit (their roster) first, or they would refuse ours
-        // as a non-admin's add. A dependency on the admin's send group at the
-        // epoch we hold makes them wait (and fetch) instead. Commits with
-        // adds carry no PSK imports, so the two kinds of deps never mix.
-        let mut deps = imports.clone();
-        let me_admin = u.def.as_ref().is_some_and(|d| d.is_admin(&self.me));
-        if !me_admin && added.iter().any(|m| !readded.contains(m)) {
-            for (g, gs) in &u.groups {
-                let admin = u.def.as_ref().is_some_and(|d| d.is_admin(&gs.owner));
-                if admin && !gs.stale && gs.owner != self.me {
-                    deps.push((*g, gs.epoch));
-                }
-            }
-        }
-        let seq = u.groups.get(&own).map(|s| s.next_seq).unwrap_or(0);
+        let seq = self
+            .uni(&uid)?
+            .groups
+            .get(&own)
+            .map(|s| s.next_seq)
+            .unwrap_or(0);
         let aad = Aad {
             seq,
-            deps: deps.clone(),
+            deps: plan.deps.clone(),
             frontier: self.frontier(&uid),
         };
         let identity = self.identity.clone();
-        let group = self.group(&own)?;
-        group.set_aad(to_cbor(&aad));
         let provider = &self.provider;
-        let group = self
-            .groups
-            .get_mut(&own)
-            .ok_or(MmlsError::UnknownGroup(own))?;
+        let group = cached(&mut self.groups, provider.storage(), &own)?;
+        group.set_aad(to_cbor(&aad));
+        let removals = &plan.removals;
         let bundle = group
             .commit_builder()
-            .propose_removals(removals.clone())
-            .propose_adds(adds)
+            .propose_removals(removals.iter().copied())
+            .propose_adds(plan.adds.iter().cloned())
             .add_proposals(proposals)
-            .force_self_update(force_path)
+            .force_self_update(plan.force_path)
             .load_psks(provider.storage())
             .map_err(MmlsError::mls)?
             // An Update from a member we remove in this commit is void.
@@ -214,53 +286,80 @@ impl Participant {
         group
             .merge_pending_commit(provider)
             .map_err(MmlsError::mls)?;
-        let epoch = group.epoch().as_u64();
-        let prev_epoch = epoch - 1;
-        let auth = auth8(group.epoch_authenticator().as_slice());
+        Ok(BuiltCommit {
+            commit,
+            welcome,
+            epoch: group.epoch().as_u64(),
+            auth: auth8(group.epoch_authenticator().as_slice()),
+            path,
+        })
+    }
+
+    /// Applies a merged own commit: our group's state, what is no longer
+    /// pending, the new PSK, then the stream entries (commit, Welcome,
+    /// Hello, re-sends) and the event.
+    fn apply_own_commit(
+        &mut self,
+        uid: Id32,
+        own: Id32,
+        plan: CommitPlan,
+        built: BuiltCommit,
+    ) -> Result<(), MmlsError> {
+        let now = self.now;
+        let epoch = built.epoch;
         {
-            let u = self.uni_mut(&uid)?;
-            let gs = u.groups.get_mut(&own).ok_or(MmlsError::UnknownGroup(own))?;
+            let gs = self
+                .group_state_mut(&uid, &own)
+                .ok_or(MmlsError::UnknownGroup(own))?;
             gs.epoch = epoch;
-            gs.auth.insert(epoch, auth);
+            gs.auth.insert(epoch, built.auth);
             while gs.auth.len() > AUTH_HISTORY {
                 gs.auth.pop_first();
             }
             gs.last_commit_at = now;
-            u.pending_imports = deferred;
+            let u = self.uni_mut(&uid)?;
+            u.pending_imports = plan.deferred;
             u.own_proposals.clear();
-            u.pending_adds.retain(|m| waiting_kp.contains(m));
+            u.pending_adds.retain(|m| plan.waiting_kp.contains(m));
             u.pending_removes.clear();
-            for m in &readded {
+            for m in &plan.readded {
                 u.readds.remove(m);
             }
             u.pending_since = if u.has_pending() { Some(now) } else { None };
             u.last_commit_at = now;
-            if path {
+            if built.path {
                 u.last_update_at = now;
             }
         }
         self.export_psk(uid, own)?;
-        let mut env = self.own_envelope(uid, own, Kind::Commit, prev_epoch, tls(&commit)?, deps)?;
-        env.proposals = proposals_in;
+        let mut env = self.own_envelope(
+            uid,
+            own,
+            Kind::Commit,
+            epoch - 1,
+            tls(&built.commit)?,
+            plan.deps,
+        )?;
+        env.proposals = plan.proposals_in;
         self.emit_stream(Topic::Universe(uid), &env);
-        if let Some(w) = welcome {
+        if let Some(w) = built.welcome {
             self.emit_welcome(
                 uid,
                 own,
                 epoch,
                 MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10),
-                added,
+                plan.added,
             )?;
-            for m in &readded {
+            for m in &plan.readded {
                 self.resend_history(uid, m)?;
             }
         }
         self.emit(Event::Committed {
             universe: uid,
             epoch,
-            imports: imports.len(),
-            path,
+            imports: plan.imports.len(),
+            path: built.path,
         });
-        Ok(true)
+        Ok(())
     }
 }

@@ -260,15 +260,6 @@ impl<K: RowKey, V: Row> Rows<K, V> {
         self.rows.entry(k).or_insert_with(f)
     }
 
-    /// Every row, mutably (all count as touched).
-    pub(super) fn iter_mut(&mut self) -> std::collections::btree_map::IterMut<'_, K, V> {
-        let keys: Vec<K> = self.rows.keys().cloned().collect();
-        for k in keys {
-            self.note(&k);
-        }
-        self.rows.iter_mut()
-    }
-
     /// Whether this step touched any row.
     pub(super) fn is_touched(&self) -> bool {
         !self.journal.is_empty()
