@@ -18,3 +18,56 @@ impl Participant {
             .collect())
     }
 }
+
+impl Participant {
+    /// Mirrors a peer owner's adds and removals into our own send group.
+    /// Only an admin's removals are the universe's; any other owner's only
+    /// shape who reads that owner (else any member could evict anyone).
+    pub(super) fn mirror_membership(
+        &mut self,
+        uid: Id32,
+        added: &[MemberId],
+        removed: &[MemberId],
+        by_admin: bool,
+    ) -> Result<(), MmlsError> {
+        let now = self.now;
+        let me = self.me.clone();
+        let mut events = vec![];
+        let u = self.uni_mut(&uid)?;
+        for m in removed {
+            if added.contains(m) || *m == me || !by_admin {
+                continue;
+            }
+            if u.roster.remove(m) {
+                events.push(Event::MemberRemoved {
+                    universe: uid,
+                    member: m.clone(),
+                });
+            }
+            u.pending_removes.insert(m.clone());
+            u.pending_adds.remove(m);
+            u.pending_since.get_or_insert(now);
+            if let Some(og) = u.owner_group.remove(m) {
+                u.groups.remove(&og);
+                u.pending_imports.remove(&og);
+            }
+        }
+        for m in added {
+            if removed.contains(m) || *m == me {
+                continue;
+            }
+            if u.roster.insert(m.clone()) {
+                events.push(Event::MemberAdded {
+                    universe: uid,
+                    member: m.clone(),
+                });
+            }
+            u.pending_adds.insert(m.clone());
+            u.pending_since.get_or_insert(now);
+        }
+        for e in events {
+            self.emit(e);
+        }
+        Ok(())
+    }
+}

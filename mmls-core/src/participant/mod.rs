@@ -42,6 +42,7 @@ mod commit_builder;
 mod commit_processing;
 mod config;
 mod creation;
+mod equivocation;
 #[cfg(any(test, feature = "testkit"))]
 mod hooks;
 mod incoming;

@@ -134,18 +134,7 @@ impl Participant {
         };
         let _ = self.step(|p| {
             p.buffer_remove(g, seq);
-            if let Some((owner, group, epoch)) = eq {
-                let u = p.uni_mut(&uid)?;
-                if !u.equivocations.contains(&(owner.clone(), group, epoch)) {
-                    u.equivocations.push((owner.clone(), group, epoch));
-                }
-                p.emit(Event::Equivocation {
-                    universe: uid,
-                    owner,
-                    group,
-                    epoch,
-                });
-            }
+            p.record_equivocations(uid, eq.into_iter().collect())?;
             p.emit(Event::Rejected {
                 universe: uid,
                 group: g,
