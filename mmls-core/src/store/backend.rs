@@ -1,0 +1,184 @@
+//! Where committed data lives: a redb database (a file: durable, checked on
+//! open) or plain ordered maps (simulations and tests).
+//!
+//! redb's in-memory backend used to stand in for the second: it gave no
+//! durability, yet every step paid for a B-tree write transaction (page
+//! allocation, checksums, copies), about a third of an application
+//! message's cost in the engine. The maps keep exactly what a memory store
+//! needs: committed values, atomic commits, and independent snapshots.
+
+use super::{lock, KeyValue, Pending, StoreError, Table};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+/// openmls's state (the `MlsStorage` key/value pairs).
+const MLS_TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> =
+    TableDefinition::new("mls");
+
+fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(t.name())
+}
+
+/// The committed tables of a memory store.
+#[derive(Clone, Default)]
+pub(super) struct Maps {
+    tables: [BTreeMap<Vec<u8>, Vec<u8>>; Table::ALL.len()],
+    mls: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+pub(super) enum Backend {
+    Redb(Arc<Database>),
+    Memory(Mutex<Maps>),
+}
+
+/// openmls's committed state, as one write to apply.
+pub(super) type MlsWrites<'a> = dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a;
+
+impl Backend {
+    /// Creates the tables if missing and returns openmls's committed state.
+    pub(super) fn init(&self) -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
+        match self {
+            Backend::Memory(m) => Ok(lock(m).mls.clone()),
+            Backend::Redb(db) => {
+                let txn = db.begin_write()?;
+                for t in Table::ALL {
+                    txn.open_table(def(t))?;
+                }
+                txn.open_table(MLS_TABLE)?;
+                txn.commit()?;
+                let read = db.begin_read()?;
+                let table = read.open_table(MLS_TABLE)?;
+                let mut values = HashMap::new();
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    values.insert(k.value().to_vec(), v.value().to_vec());
+                }
+                Ok(values)
+            }
+        }
+    }
+
+    /// The committed value at `key`.
+    pub(super) fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Backend::Memory(m) => Ok(lock(m).tables[t.index()].get(key).cloned()),
+            Backend::Redb(db) => {
+                let read = db.begin_read()?;
+                let table = read.open_table(def(t))?;
+                Ok(table.get(key)?.map(|v| v.value().to_vec()))
+            }
+        }
+    }
+
+    /// Runs `f` over the committed entries of `t` within `bounds`, in key
+    /// order.
+    pub(super) fn range<R>(
+        &self,
+        t: Table,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        f: impl FnOnce(&mut dyn Iterator<Item = Result<KeyValue, StoreError>>) -> R,
+    ) -> Result<R, StoreError> {
+        match self {
+            Backend::Memory(m) => {
+                let maps = lock(m);
+                let mut it = maps.tables[t.index()]
+                    .range::<[u8], _>(bounds)
+                    .map(|(k, v)| Ok((k.clone(), v.clone())));
+                Ok(f(&mut it))
+            }
+            Backend::Redb(db) => {
+                let read = db.begin_read()?;
+                let table = read.open_table(def(t))?;
+                let mut it = table.range::<&[u8]>(bounds)?.map(|entry| {
+                    let (k, v) = entry?;
+                    Ok((k.value().to_vec(), v.value().to_vec()))
+                });
+                Ok(f(&mut it))
+            }
+        }
+    }
+
+    /// Applies a step's writes atomically (one durable transaction on redb).
+    pub(super) fn apply(
+        &self,
+        pending: &Pending,
+        mls: &mut MlsWrites<'_>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(m) => {
+                let mut maps = lock(m);
+                for t in Table::ALL {
+                    let table = &mut maps.tables[t.index()];
+                    for (k, v) in &pending.tables[t.index()] {
+                        match v {
+                            Some(v) => table.insert(k.clone(), v.clone()),
+                            None => table.remove(k),
+                        };
+                    }
+                }
+                for (k, v) in mls {
+                    match v {
+                        Some(v) => maps.mls.insert(k.to_vec(), v.to_vec()),
+                        None => maps.mls.remove(k),
+                    };
+                }
+                Ok(())
+            }
+            Backend::Redb(db) => {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                for t in Table::ALL {
+                    let writes = &pending.tables[t.index()];
+                    if writes.is_empty() {
+                        continue;
+                    }
+                    let mut table = txn.open_table(def(t))?;
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => table.insert(k.as_slice(), v.as_slice())?,
+                            None => table.remove(k.as_slice())?,
+                        };
+                    }
+                }
+                {
+                    let mut table = txn.open_table(MLS_TABLE)?;
+                    for (k, v) in mls {
+                        match v {
+                            Some(v) => table.insert(k, v)?,
+                            None => table.remove(k)?,
+                        };
+                    }
+                }
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// An independent memory copy of the committed state.
+    pub(super) fn snapshot(&self) -> Result<Backend, StoreError> {
+        let maps = match self {
+            Backend::Memory(m) => lock(m).clone(),
+            Backend::Redb(db) => {
+                let mut maps = Maps::default();
+                let read = db.begin_read()?;
+                for t in Table::ALL {
+                    let src = read.open_table(def(t))?;
+                    for entry in src.iter()? {
+                        let (k, v) = entry?;
+                        maps.tables[t.index()].insert(k.value().to_vec(), v.value().to_vec());
+                    }
+                }
+                let src = read.open_table(MLS_TABLE)?;
+                for entry in src.iter()? {
+                    let (k, v) = entry?;
+                    maps.mls.insert(k.value().to_vec(), v.value().to_vec());
+                }
+                maps
+            }
+        };
+        Ok(Backend::Memory(Mutex::new(maps)))
+    }
+}
