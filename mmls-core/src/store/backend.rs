@@ -30,7 +30,7 @@ pub(super) struct Maps {
 
 pub(super) enum Backend {
     Redb(Arc<Database>),
-    Memory(Mutex<Maps>),
+    Memory(Box<Mutex<Maps>>),
 }
 
 /// openmls's committed state, as one write to apply.
@@ -179,6 +179,6 @@ impl Backend {
                 maps
             }
         };
-        Ok(Backend::Memory(Mutex::new(maps)))
+        Ok(Backend::Memory(Box::new(Mutex::new(maps))))
     }
 }

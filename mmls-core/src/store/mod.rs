@@ -239,7 +239,7 @@ impl Store {
 
     /// A fresh store in memory (for simulations and tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::with_backend(Backend::Memory(Mutex::default()), None)
+        Self::with_backend(Backend::Memory(Box::default()), None)
     }
 
     /// Creates the tables if missing and loads the openmls state.
