@@ -3,19 +3,34 @@
 use super::*;
 
 impl Participant {
+    /// The members of `g` by leaf, with verified ids. Remembered per
+    /// (epoch, epoch authenticator): membership only changes with a new
+    /// epoch, and checking every credential again on each commit was a
+    /// measurable share of an update round.
     pub(super) fn group_members(
         &mut self,
         g: &Id32,
     ) -> Result<Vec<(LeafNodeIndex, MemberId)>, MmlsError> {
-        let group = self.group(g)?;
-        Ok(group
+        let group = cached(&mut self.groups, self.provider.storage(), g)?;
+        let at = (
+            group.epoch().as_u64(),
+            auth8(group.epoch_authenticator().as_slice()),
+        );
+        if let Some((cached_at, members)) = self.members_cache.get(g) {
+            if *cached_at == at {
+                return Ok(members.clone());
+            }
+        }
+        let members: Vec<(LeafNodeIndex, MemberId)> = group
             .members()
             .filter_map(|m| {
                 verify_binding(&m.credential, &m.signature_key)
                     .ok()
                     .map(|id| (m.index, id))
             })
-            .collect())
+            .collect();
+        self.members_cache.insert(*g, (at, members.clone()));
+        Ok(members)
     }
 }
 

@@ -96,7 +96,11 @@ pub struct Participant {
     /// When PSK retention was last evaluated per universe (in memory: after
     /// a restart it simply runs at the first tick).
     psk_pruned_at: HashMap<Id32, u64>,
+    /// Verified members per send group at one (epoch, authenticator).
+    members_cache: HashMap<Id32, MembersAt>,
 }
+
+type MembersAt = ((u64, [u8; 8]), Vec<(LeafNodeIndex, MemberId)>);
 
 const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
 const AUTH_HISTORY: usize = 16;
@@ -233,6 +237,7 @@ impl Participant {
             fault: None,
             rejected_pending: 0,
             psk_pruned_at: HashMap::new(),
+            members_cache: HashMap::new(),
             alternates: BTreeMap::new(),
         };
         if p.state.is_touched() {
