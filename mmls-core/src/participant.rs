@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod psk;
 mod resend;
+mod views;
 
 /// Policy knobs. Times are in the driver's milliseconds.
 #[derive(Debug, Clone)]
