@@ -41,7 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Create the data dir with a fresh identity (identity.key) and API token
     Init {
-        /// A name for this node (shown in `status`; not sent to peers)
+        /// Your display name: `mmls run` announces it to the members of your universes
+        /// (only to them, inside MLS); the default `mmls-node` is not announced
         #[arg(long, default_value = "mmls-node")]
         name: String,
     },
