@@ -127,19 +127,29 @@ async function route() {
 
 // ------------------------------------------------------------------- home
 
-async function homeView() {
-  const [universes, contacts] = await Promise.all([api('GET', '/v1/universes'), api('GET', '/v1/contacts')]);
-  const list = universes.length === 0
+function universeList(universes) {
+  return universes.length === 0
     ? h('div', { class: 'empty', text: 'No universe yet. Create one below, or wait to be added by someone.' })
     : h('table', { id: 'universes' },
-        h('thead', {}, h('tr', {}, ['Universe', 'Id', 'Members', 'You sent', 'State'].map(t => h('th', { text: t })))),
+        h('thead', {}, h('tr', {}, ['Universe', 'Id', 'Members', 'State'].map(t => h('th', { text: t })))),
         h('tbody', {}, universes.map(u => h('tr', {},
           h('td', {}, h('a', { href: '#/u/' + u.id, class: 'universe-link', text: u.name || '(waiting for its definition)' })),
           h('td', { class: 'mono', title: u.id, text: shortHex(u.id) }),
           h('td', { text: String(u.roster.length) }),
-          h('td', { text: String(u.messages_sent) }),
           h('td', {}, healthBadges(u))))));
+}
 
+async function homeView() {
+  const [universes, contacts] = await Promise.all([api('GET', '/v1/universes'), api('GET', '/v1/contacts')]);
+  const list = h('div', { id: 'universe-list' }, universeList(universes));
+  let last = JSON.stringify(universes);
+  every(3000, async () => {
+    try {
+      const us = await api('GET', '/v1/universes');
+      const key = JSON.stringify(us);
+      if (key !== last) { last = key; list.replaceChildren(universeList(us)); }
+    } catch (_) { /* shown on the next navigation */ }
+  });
   const name = h('input', { id: 'new-name', placeholder: 'field-team', maxlength: 256, required: true });
   const members = h('textarea', { id: 'new-members', rows: 3, placeholder: 'member ids (12D3KooW…), one per line' });
   const chips = h('div', { class: 'chips' }, contacts.map(c => h('button', {
@@ -334,15 +344,14 @@ async function healthView(id, body) {
     const connected = others.filter(m => m.connected).length;
     const buffered = u.groups.reduce((a, g) => a + g.buffered, 0);
     const stat = (k, v, kind) => h('div', { class: 'stat', 'data-stat': k }, h('div', { class: 'v' + (kind ? ' ' + kind : ''), text: String(v) }), h('div', { class: 'k', text: k }));
-    body.replaceChildren(
+    body.replaceChildren(...[
       h('div', { class: 'grid', id: 'health' },
         stat('members connected', connected + ' of ' + others.length),
         stat('peers connected', peers.length),
         stat('send groups', u.groups.length),
         stat('buffered entries', buffered),
         stat('pending imports', u.pending_imports),
-        stat('equivocations', u.equivocations.length),
-        stat('you sent', u.messages_sent)),
+        stat('equivocations', u.equivocations.length)),
       u.removed ? h('p', {}, badge('this node was removed from the universe', 'bad')) : null,
       u.equivocations.length ? h('div', { class: 'card' }, h('h2', { text: 'Equivocations' }),
         h('ul', {}, u.equivocations.map(e => h('li', { text: names[e.owner] || e.owner, title: e.owner }, ' showed two states of its group at epoch ' + e.epoch)))) : null,
@@ -358,7 +367,8 @@ async function healthView(id, body) {
           h('td', { class: 'mono', text: g.waiting_for || '' }),
           h('td', { text: String(g.members) }),
           h('td', { class: 'mono', text: g.auth }))))),
-      h('p', { class: 'muted', text: 'Epoch lag per member (what it acknowledged of your group) is on the Members tab.' }));
+      h('p', { class: 'muted', text: 'Epoch lag per member (what it acknowledged of your group) is on the Members tab.' }),
+    ].filter(Boolean));
   };
   await load();
   every(3000, load);
