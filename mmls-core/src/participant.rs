@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod control;
 mod psk;
 mod resend;
 mod views;

@@ -134,8 +134,8 @@ impl Driver {
         let now = now_ms();
         let pending = std::mem::take(&mut self.ux.pending);
         for (u, since) in pending {
-            match self.p.send(&u, &body) {
-                Ok((_, outs)) => {
+            match self.p.send_control(&u, &body) {
+                Ok(outs) => {
                     tracing::debug!(universe = %u.short(), "name announced");
                     self.handle_outputs_pub(outs);
                 }
