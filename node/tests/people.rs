@@ -89,21 +89,24 @@ async fn names_own_texts_receipts_and_web_session() {
 
         // Alice's conversation: her two texts in send order, marked as hers,
         // then bob's, with names; both of hers reach "1 of 1".
-        let mut conv: Vec<ConversationEntry> = vec![];
-        wait_for("receipts 1 of 1 on alice", Duration::from_secs(30), || {
-            let h = a.h.clone();
-            let conv = &mut conv;
-            async move {
-                *conv = h.conversation(u, 100).await.unwrap();
-                conv.len() == 3
-                    && conv.iter().filter(|e| e.mine).all(|e| {
-                        e.receipt
-                            .as_ref()
-                            .is_some_and(|r| r.received_by == 1 && r.of == 1)
-                    })
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let conv: Vec<ConversationEntry> = loop {
+            let conv = a.h.conversation(u, 100).await.unwrap();
+            let done = conv.len() == 3
+                && conv.iter().filter(|e| e.mine).all(|e| {
+                    e.receipt
+                        .as_ref()
+                        .is_some_and(|r| r.received_by == 1 && r.of == 1)
+                });
+            if done {
+                break conv;
             }
-        })
-        .await;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no receipts 1 of 1 on alice: {conv:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let texts: Vec<(bool, &str)> = conv.iter().map(|e| (e.mine, e.text.as_str())).collect();
         assert_eq!(
             texts,
