@@ -25,6 +25,10 @@ pub struct SentMeta {
     pub epoch: u64,
     /// Unix milliseconds.
     pub at: u64,
+    /// The delivery cursor after the last text delivered here before this
+    /// send (orders our texts among the others' exactly, whatever the
+    /// clocks; None in lines of older versions).
+    pub seen: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -40,12 +44,14 @@ fn parse_line(l: &str) -> Option<((Id32, u64), SentMeta)> {
     let stream_seq = it.next()?.parse().ok()?;
     let epoch = it.next()?.parse().ok()?;
     let at = it.next()?.parse().ok()?;
+    let seen = it.next().and_then(|s| s.parse().ok());
     Some((
         (u, seq),
         SentMeta {
             stream_seq,
             epoch,
             at,
+            seen,
         },
     ))
 }
@@ -125,6 +131,7 @@ mod tests {
             stream_seq: 5,
             epoch: 2,
             at: 1000,
+            seen: Some(3),
         };
         ix.record(u, 1, m);
         let mut f = std::fs::OpenOptions::new()

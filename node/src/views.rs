@@ -60,6 +60,9 @@ pub(crate) struct Ux {
     /// Universes to announce our name in, since when.
     pending: BTreeMap<Id32, u64>,
     sent_tx: broadcast::Sender<SentText>,
+    /// The delivery cursor after the newest delivered text (cursors are
+    /// global and grow); None until known.
+    next_cursor: Option<u64>,
 }
 
 impl Ux {
@@ -77,6 +80,7 @@ impl Ux {
             last_seen: HashMap::new(),
             pending: BTreeMap::new(),
             sent_tx,
+            next_cursor: None,
         }
     }
 
@@ -98,6 +102,8 @@ impl Driver {
     pub(crate) fn observe(&mut self, e: &Event) -> bool {
         match e {
             Event::Message(d) => {
+                let next = d.cursor.saturating_add(1);
+                self.ux.next_cursor = Some(self.ux.next_cursor.map_or(next, |c| c.max(next)));
                 let seen = self.ux.last_seen.entry(d.sender.clone()).or_insert(0);
                 *seen = (*seen).max(d.received_at);
                 if names::is_control(&d.body) {
@@ -171,9 +177,24 @@ impl Driver {
         }
     }
 
+    /// The delivery cursor after the newest text delivered in `u` (learnt
+    /// once from the store, then from events).
+    fn next_cursor(&mut self, u: &Id32) -> Option<u64> {
+        if self.ux.next_cursor.is_none() {
+            let mut after = None;
+            while let Ok(page) = self.p.messages(u, after, 1000) {
+                let Some(last) = page.last() else { break };
+                after = Some(last.cursor);
+            }
+            self.ux.next_cursor = Some(after.map_or(0, |c| c.saturating_add(1)));
+        }
+        self.ux.next_cursor
+    }
+
     /// After a send: its position (for receipts) and the `sent` event.
     pub(crate) fn sent(&mut self, u: &Id32, seq: u64, body: &[u8]) {
         let at = now_ms();
+        let seen = self.next_cursor(u);
         let meta = self.p.status(u).ok().and_then(|st| {
             let own = st.own_group?;
             let g = st.groups.iter().find(|g| g.group == own)?;
@@ -181,6 +202,7 @@ impl Driver {
                 stream_seq: g.next_seq.checked_sub(1)?,
                 epoch: g.epoch,
                 at,
+                seen,
             })
         });
         if let Some(m) = meta {
@@ -284,11 +306,11 @@ impl Driver {
         }
         let r = self.receipts(u)?;
         let me = self.me.to_string();
-        let mine: Vec<ConversationEntry> = mine
+        let mine: Vec<(ConversationEntry, Option<u64>)> = mine
             .into_iter()
             .map(|(seq, body)| {
                 let meta = self.ux.own.get(u, seq);
-                ConversationEntry {
+                let e = ConversationEntry {
                     mine: true,
                     sender: me.clone(),
                     sender_name: Some(self.name.clone()),
@@ -297,7 +319,8 @@ impl Driver {
                     at: meta.map(|m| m.at).unwrap_or(0),
                     cursor: None,
                     receipt: meta.map(|m| r.receipt(&m)),
-                }
+                };
+                (e, meta.and_then(|m| m.seen))
             })
             .collect();
         Ok(merge(mine, theirs.into_iter().collect(), limit))
@@ -380,10 +403,12 @@ impl Receipts {
     }
 }
 
-/// Merges ours (send order) and theirs (delivery order) by time, keeping
-/// each side's order; the last `limit`.
+/// Merges ours (send order) and theirs (delivery order), keeping each
+/// side's order: one of ours goes before the first of theirs delivered at
+/// or after the cursor it saw when sent (by time when that is unknown);
+/// the last `limit`.
 fn merge(
-    mine: Vec<ConversationEntry>,
+    mine: Vec<(ConversationEntry, Option<u64>)>,
     theirs: Vec<ConversationEntry>,
     limit: usize,
 ) -> Vec<ConversationEntry> {
@@ -391,13 +416,19 @@ fn merge(
     let (mut a, mut b) = (mine.into_iter().peekable(), theirs.into_iter().peekable());
     loop {
         let take_a = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => x.at <= y.at,
+            (Some((x, seen)), Some(y)) => match (seen, y.cursor) {
+                (Some(s), Some(c)) => *s <= c,
+                _ => x.at <= y.at,
+            },
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => break,
         };
-        let next = if take_a { a.next() } else { b.next() };
-        out.extend(next);
+        if take_a {
+            out.extend(a.next().map(|(e, _)| e));
+        } else {
+            out.extend(b.next());
+        }
     }
     let skip = out.len().saturating_sub(limit);
     out.split_off(skip)
@@ -422,7 +453,11 @@ mod tests {
 
     #[test]
     fn merge_keeps_each_sides_order_and_the_last_ones() {
-        let mine = vec![e(true, 1, 10), e(true, 2, 30), e(true, 3, 30)];
+        let mine = vec![
+            (e(true, 1, 10), None),
+            (e(true, 2, 30), None),
+            (e(true, 3, 30), None),
+        ];
         let theirs = vec![e(false, 7, 20), e(false, 8, 30), e(false, 9, 40)];
         let m = merge(mine, theirs, 10);
         let order: Vec<(bool, u64)> = m.iter().map(|x| (x.mine, x.seq)).collect();
@@ -437,7 +472,16 @@ mod tests {
                 (false, 9)
             ]
         );
-        assert!(!merge(vec![e(true, 1, 1)], vec![e(false, 1, 2)], 1)[0].mine);
+        assert!(!merge(vec![(e(true, 1, 1), None)], vec![e(false, 1, 2)], 1)[0].mine);
+        // What we had seen when sending beats clocks: sent after cursor 4
+        // was delivered, though stamped earlier.
+        let mut t = e(false, 5, 100);
+        t.cursor = Some(4);
+        let mut t2 = e(false, 6, 101);
+        t2.cursor = Some(5);
+        let m = merge(vec![(e(true, 1, 50), Some(5))], vec![t, t2], 10);
+        let order: Vec<u64> = m.iter().map(|x| x.seq).collect();
+        assert_eq!(order, vec![5, 1, 6]);
     }
 
     #[test]
@@ -452,6 +496,7 @@ mod tests {
             stream_seq: s,
             epoch: ep,
             at: 0,
+            seen: None,
         };
         assert_eq!(r.receipt(&meta(4, 1)).received_by, 1);
         assert_eq!(r.receipt(&meta(5, 1)).received_by, 0);
