@@ -57,8 +57,9 @@ fn parse_line(l: &str) -> Option<((Id32, u64), SentMeta)> {
 }
 
 fn line(u: &Id32, seq: u64, m: &SentMeta) -> String {
+    let seen = m.seen.map(|c| format!(" {c}")).unwrap_or_default();
     format!(
-        "{} {} {} {} {}\n",
+        "{} {} {} {} {}{seen}\n",
         u.hex(),
         seq,
         m.stream_seq,
