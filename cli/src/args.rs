@@ -41,7 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Create the data dir with a fresh identity (identity.key) and API token
     Init {
-        /// A name for this node (shown in `status`; not sent to peers)
+        /// Your display name: `mmls run` announces it to the members of your universes
+        /// (only to them, inside MLS); the default `mmls-node` is not announced
         #[arg(long, default_value = "mmls-node")]
         name: String,
     },
@@ -70,17 +71,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the messages delivered in a universe (oldest first)
+    /// Print a universe's conversation: your texts and others', in order, with names and receipts
+    #[command(after_help = "\
+By default the conversation: your own texts (FROM `you`, in the order you sent them, with \
+`received by k of M`) merged by time with the texts others sent; --limit keeps the last N \
+(at most 1000). --delivered (implied by --after) prints the delivery log instead: only \
+others' texts, oldest first, paged by cursor, as it always was.")]
     Read {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
         universe: String,
-        /// Only messages after this cursor (the `cursor` of the last one you read)
+        /// The delivery log only after this cursor (the `cursor` of the last one you read)
         #[arg(long, value_name = "CURSOR")]
         after: Option<u64>,
-        /// At most this many messages
+        /// At most this many messages (the last N of the conversation; the first N of the log)
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
-        /// One JSON object per line (sender, universe, seq, text, received_at, cursor, ...)
+        /// The delivery log: others' texts only, with cursors (see below)
+        #[arg(long)]
+        delivered: bool,
+        /// One JSON object per line (conversation: mine, sender, sender_name, seq, text, at,
+        /// cursor, receipt; log: sender, universe, seq, text, received_at, cursor, ...)
         #[arg(long)]
         json: bool,
     },
@@ -117,8 +127,45 @@ pub enum Command {
     /// Sync by file when there is no network at all: carry bundles between nodes
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Open the web app: prints a one-time login link (and opens a browser if one is at hand)
+    Open {
+        /// Only print the link
+        #[arg(long)]
+        no_browser: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Names: list the people this node knows, give someone a local nickname
+    #[command(subcommand)]
+    Contact(ContactCmd),
     /// Run a demo universe of N nodes in this process: partition, heal, update
     Demo(DemoArgs),
+}
+
+/// Nicknames are local to this node (DIR/contacts.json) and override the
+/// name a member announced; neither is ever used to decide who someone is.
+#[derive(Debug, Subcommand)]
+pub enum ContactCmd {
+    /// Give a member a local nickname
+    Name {
+        /// The member id
+        member: String,
+        /// The nickname (several words are joined with spaces)
+        #[arg(required = true, num_args = 1..)]
+        name: Vec<String>,
+    },
+    /// Drop a member's local nickname (its announced name shows again)
+    Unname {
+        /// The member id
+        member: String,
+    },
+    /// Everyone with an announced name or a nickname
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Bundles work through the running node's API, or, when no node runs on

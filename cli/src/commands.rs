@@ -475,6 +475,145 @@ pub fn read(
     Ok(())
 }
 
+/// `read` (default): the conversation, own texts included.
+pub fn conversation(
+    dir: &Path,
+    universe: &str,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let u = resolve_universe(&c, dir, universe)?;
+    let limit = limit.unwrap_or(node::views::MAX_CONVERSATION);
+    let all = c
+        .conversation(&u, Some(limit))
+        .map_err(|e| api_error(dir, e))?;
+    if json {
+        let mut out = std::io::stdout().lock();
+        for m in &all {
+            let mut v = serde_json::to_value(m)?;
+            v["universe"] = serde_json::Value::String(u.clone());
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+        }
+        return Ok(());
+    }
+    if all.is_empty() {
+        eprintln!("(no messages)");
+        return Ok(());
+    }
+    let mut t = Table::new(&["TIME (UTC)", "FROM", "SEQ", "TEXT", "STATE"]);
+    for m in &all {
+        t.row(vec![
+            if m.at == 0 {
+                "-".to_string()
+            } else {
+                utc(m.at)
+            },
+            sender_label(m.mine, m.sender_name.as_deref(), &m.sender),
+            m.seq.to_string(),
+            one_line(&m.text),
+            receipt_label(m),
+        ]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+/// Who sent a text, for people: `you`, a name, or the member id's suffix.
+fn sender_label(mine: bool, name: Option<&str>, member: &str) -> String {
+    if mine {
+        return "you".into();
+    }
+    match name {
+        Some(n) => one_line(n),
+        None => short_member(member).to_string(),
+    }
+}
+
+fn receipt_label(m: &types::ConversationEntry) -> String {
+    match (&m.receipt, m.mine) {
+        (_, false) => String::new(),
+        (None, true) => "sent".into(),
+        (Some(r), true) if r.of == 0 => "sent".into(),
+        (Some(r), true) => format!("received by {} of {}", r.received_by, r.of),
+    }
+}
+
+/// `mmls open`: a one-time login link for the web app.
+pub fn open(dir: &Path, no_browser: bool, json: bool) -> anyhow::Result<()> {
+    let c = client(dir)?;
+    let link = c.web_login().map_err(|e| api_error(dir, e))?;
+    if json {
+        outln!("{}", serde_json::to_string(&link)?);
+        return Ok(());
+    }
+    outln!("{}", link.url);
+    eprintln!(
+        "(a one-time link, valid {} min; it logs this browser in for 12 h)",
+        link.expires_in / 60
+    );
+    let gui =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_browser && (gui || cfg!(target_os = "macos")) {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        let spawned = std::process::Command::new(opener)
+            .arg(&link.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if spawned.is_err() {
+            eprintln!("(no {opener}: open the link yourself)");
+        }
+    }
+    Ok(())
+}
+
+/// `mmls contact ...`
+pub fn contact(dir: &Path, cmd: crate::args::ContactCmd) -> anyhow::Result<()> {
+    use crate::args::ContactCmd;
+    let c = client(dir)?;
+    match cmd {
+        ContactCmd::Name { member, name } => {
+            let name = name.join(" ");
+            c.set_nickname(&member, Some(&name))
+                .map_err(|e| api_error(dir, e))?;
+            outln!("{member} is now {name:?} on this node");
+        }
+        ContactCmd::Unname { member } => {
+            c.set_nickname(&member, None)
+                .map_err(|e| api_error(dir, e))?;
+            outln!("nickname of {member} dropped");
+        }
+        ContactCmd::List { json } => {
+            let all = c.contacts().map_err(|e| api_error(dir, e))?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            if all.is_empty() {
+                eprintln!("(nobody named yet)");
+                return Ok(());
+            }
+            let mut t = Table::new(&["MEMBER", "NAME", "NICKNAME", "ANNOUNCED"]);
+            for x in &all {
+                t.row(vec![
+                    x.member.clone(),
+                    one_line(x.name.as_deref().unwrap_or("")),
+                    one_line(x.nickname.as_deref().unwrap_or("")),
+                    one_line(x.announced.as_deref().unwrap_or("")),
+                ]);
+            }
+            outln!("{t}");
+        }
+    }
+    Ok(())
+}
+
 pub fn tail(dir: &Path, universe: &str, json: bool) -> anyhow::Result<()> {
     let c = client(dir)?;
     let u = resolve_universe(&c, dir, universe)?;
@@ -492,7 +631,13 @@ pub fn tail(dir: &Path, universe: &str, json: bool) -> anyhow::Result<()> {
             StreamEvent::Message(m) => outln!(
                 "{}  {}  {}",
                 &utc(m.received_at)[11..],
-                short_member(&m.sender),
+                sender_label(false, m.sender_name.as_deref(), &m.sender),
+                m.text
+            ),
+            StreamEvent::Sent(m) => outln!(
+                "{}  {}  {}",
+                &utc(m.at)[11..],
+                sender_label(true, None, &m.sender),
                 m.text
             ),
             other => outln!("-- {}", describe_event(other)),
@@ -533,6 +678,7 @@ fn describe_event(e: &StreamEvent) -> String {
         StreamEvent::Lagged { missed } => {
             format!("fell behind: {missed} event(s) skipped (see `mmls read`)")
         }
+        StreamEvent::Sent(m) => format!("you sent #{}", m.seq),
     }
 }
 

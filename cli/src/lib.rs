@@ -71,8 +71,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             universe,
             after,
             limit,
+            delivered,
             json,
-        } => commands::read(&dir()?, &universe, after, limit, json)?,
+        } => {
+            if delivered || after.is_some() {
+                commands::read(&dir()?, &universe, after, limit, json)?
+            } else {
+                commands::conversation(&dir()?, &universe, limit, json)?
+            }
+        }
+        Command::Open { no_browser, json } => commands::open(&dir()?, no_browser, json)?,
+        Command::Contact(c) => commands::contact(&dir()?, c)?,
         Command::Tail { universe, json } => commands::tail(&dir()?, &universe, json)?,
         Command::Update { universe } => commands::update(&dir()?, &universe)?,
         Command::Status { json } => commands::status(&dir()?, json)?,

@@ -70,6 +70,9 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
                 dir.join("api.token").display()
             );
         }
+        if let Some(url) = h.web_login_url() {
+            outln!("web app: {url}  (one-time link; `mmls open` makes another)");
+        }
         outln!("press Ctrl-C to stop");
 
         // Listeners on 0.0.0.0 report one address per interface, some after

@@ -24,7 +24,7 @@ fn round(a: &NodeProc, b: &NodeProc, u: &str, dir: &std::path::Path) {
 }
 
 fn read(n: &NodeProc, u: &str) -> Vec<types::Message> {
-    n.cmd(&["read", u, "--json"])
+    n.cmd(&["read", u, "--json", "--delivered"])
         .ok()
         .json_lines()
         .into_iter()

@@ -248,7 +248,7 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
             },
         );
         // Raw `read --json`: one object per line with the documented fields.
-        let out = n.cmd(&["read", "team", "--json"]).ok();
+        let out = n.cmd(&["read", "team", "--json", "--delivered"]).ok();
         let lines = out.json_lines();
         assert_eq!(lines.len(), 2, "{}: {}", n.name, out.stdout);
         let mut got = vec![];
@@ -275,7 +275,7 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
         assert_eq!(got, want, "{}", n.name);
         // Paging: --limit and --after a cursor.
         let first = n
-            .cmd(&["read", &u, "--json", "--limit", "1"])
+            .cmd(&["read", &u, "--json", "--delivered", "--limit", "1"])
             .ok()
             .json_lines();
         assert_eq!(first.len(), 1);
@@ -286,9 +286,22 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
             .json_lines();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0], lines[1]);
-        // The table: one row per message, multi-line text on one line.
+        // The conversation: one row per text, our own included (FROM
+        // `you`), multi-line text on one line.
         let human = n.cmd(&["read", "team"]).ok().stdout;
-        assert_eq!(human.lines().count(), 3, "{human}");
+        assert_eq!(human.lines().count(), 4, "{human}");
+        assert_eq!(
+            human.lines().filter(|l| l.contains("  you  ")).count(),
+            1,
+            "{human}"
+        );
+        // Others show by the name they announced, not a PeerId suffix.
+        for o in nodes.iter().filter(|o| o.member != n.member) {
+            assert!(human.contains(&o.name), "{} missing in {human}", o.name);
+        }
+        let conv = n.cmd(&["read", "team", "--json"]).ok().json_lines();
+        assert_eq!(conv.len(), 3, "{}", n.name);
+        assert_eq!(conv.iter().filter(|l| l["mine"] == true).count(), 1);
     }
 
     // An MMLS update through the CLI.

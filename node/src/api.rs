@@ -1,12 +1,14 @@
 //! The local HTTP API (axum, JSON). Loopback only unless configured
 //! otherwise; every request carries `Authorization: Bearer <api.token>`,
-//! compared in constant time. Errors are JSON
+//! compared in constant time, or the web app's session cookie (`web/`,
+//! which also serves the app's pages on this port). Errors are JSON
 //! `{"error":{"code":"...","message":"..."}}` with a fitting status; request
 //! bodies are parsed by hand so that garbage gets a JSON 400, never a panic.
 
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::types::{self, event_universe, StreamEvent};
+use crate::web::{self, auth as webauth, WebAuth};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
@@ -37,6 +39,7 @@ pub(crate) struct ApiState {
     token: Arc<String>,
     stop: watch::Receiver<bool>,
     max_body: usize,
+    web: Arc<WebAuth>,
 }
 
 impl ApiState {
@@ -47,6 +50,7 @@ impl ApiState {
         max_body: usize,
     ) -> ApiState {
         ApiState {
+            web: node.web_auth(),
             node,
             token: Arc::new(token),
             stop,
@@ -117,11 +121,26 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 fn router(state: ApiState) -> Router {
     let max_body = state.max_body;
+    let web_state = web::AuthState {
+        web: state.web.clone(),
+        port: state.node.api_addr().map(|a| a.port()).unwrap_or(0),
+    };
     Router::new()
+        .merge(web::routes(web_state))
         .route("/v1/id", get(id))
         .route("/v1/universes", get(universes).post(create_universe))
         .route("/v1/universes/{id}", get(universe))
-        .route("/v1/universes/{id}/members", post(add_member))
+        .route(
+            "/v1/universes/{id}/members",
+            get(members_view).post(add_member),
+        )
+        .route("/v1/universes/{id}/conversation", get(conversation))
+        .route("/v1/contacts", get(contacts))
+        .route(
+            "/v1/contacts/{member}",
+            axum::routing::put(set_contact).delete(clear_contact),
+        )
+        .route("/v1/web/login", post(web_login))
         .route("/v1/universes/{id}/members/{member}", delete(remove_member))
         .route("/v1/universes/{id}/messages", get(messages).post(send))
         .route("/v1/universes/{id}/stream", get(stream))
@@ -140,11 +159,16 @@ fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(web::security_headers))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+async fn auth(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if web::is_public(&path) {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -153,15 +177,47 @@ async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
         .map(str::trim)
         .unwrap_or("");
     let ok: bool = presented.as_bytes().ct_eq(s.token.as_bytes()).into();
-    if !ok {
-        return ApiError::new(
-            401,
-            "unauthorized",
-            "missing or wrong bearer token (it is in api.token in the node's data dir)",
-        )
-        .into_response();
+    if ok {
+        req.extensions_mut().insert(Caller::Bearer);
+        return next.run(req).await;
     }
-    next.run(req).await
+    // The web app's session.
+    if let Some(addr) = s.node.api_addr() {
+        let session = webauth::session_of(req.headers(), addr.port()).unwrap_or_default();
+        if s.web.session_ok(&session) {
+            if !webauth::host_ok(req.headers(), addr) {
+                return ApiError::new(403, "bad_host", "the Host header is not this node's API")
+                    .into_response();
+            }
+            if !webauth::csrf_ok(req.method(), req.headers(), addr) {
+                return ApiError::new(
+                    403,
+                    "csrf",
+                    "a state-changing request from the web app needs X-Mmls-Request: 1 \
+                     and this origin",
+                )
+                .into_response();
+            }
+            req.extensions_mut().insert(Caller::Session);
+            return next.run(req).await;
+        }
+    }
+    if !path.starts_with("/v1/") {
+        return web::unauthorized_page();
+    }
+    ApiError::new(
+        401,
+        "unauthorized",
+        "missing or wrong bearer token (it is in api.token in the node's data dir)",
+    )
+    .into_response()
+}
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Bearer,
+    Session,
 }
 
 async fn not_found() -> ApiError {
@@ -280,6 +336,12 @@ async fn send(
 ) -> ApiResult<types::Sent> {
     let u = universe_id(&id)?;
     let req: types::SendText = body_json(body)?;
+    if crate::names::is_control(req.text.as_bytes()) {
+        return Err(ApiError::bad(
+            "bad_text",
+            "a text may not start with a NUL character (reserved for the node)",
+        ));
+    }
     let seq = s.node.send(u, req.text.as_bytes()).await?;
     Ok(Json(types::Sent { seq }))
 }
@@ -321,27 +383,44 @@ async fn messages(
     let u = universe_id(&id)?;
     let (after, limit) = page(q)?;
     let ms = s.node.messages(u, after, limit).await?;
-    Ok(Json(ms.iter().map(types::Message::from).collect()))
+    Ok(Json(
+        ms.iter()
+            .filter(|d| !crate::names::is_control(&d.body))
+            .map(|d| named(&s.node, d))
+            .collect(),
+    ))
 }
 
 async fn stream(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let u = universe_id(&id)?;
     // Subscribe before checking, so nothing between the two is lost.
     let rx = s.node.subscribe();
+    let sent = s.node.subscribe_sent();
     s.node.universe_status(u).await?;
-    let events = futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if event_universe(&ev) == u => {
-                    let se = StreamEvent::from(&ev);
-                    return Some((Ok::<_, Infallible>(sse_event(&se)), rx));
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let se = StreamEvent::Lagged { missed: n };
-                    return Some((Ok(sse_event(&se)), rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+    let node = s.node.clone();
+    let events = futures::stream::unfold((rx, sent), move |(mut rx, mut sent)| {
+        let node = node.clone();
+        async move {
+            loop {
+                let se = tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(ev) if event_universe(&ev) == u => match &ev {
+                            mmls_core::Event::Message(d) if crate::names::is_control(&d.body) => continue,
+                            mmls_core::Event::Message(d) => StreamEvent::Message(named(&node, d)),
+                            _ => StreamEvent::from(&ev),
+                        },
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => StreamEvent::Lagged { missed: n },
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    r = sent.recv() => match r {
+                        Ok(t) if t.universe == u => StreamEvent::Sent(t.entry),
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => StreamEvent::Lagged { missed: n },
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                };
+                return Some((Ok::<_, Infallible>(sse_event(&se)), (rx, sent)));
             }
         }
     })
@@ -349,6 +428,97 @@ async fn stream(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Res
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A delivered message with the sender's display name.
+fn named(node: &NodeHandle, d: &mmls_core::Delivered) -> types::Message {
+    let mut m = types::Message::from(d);
+    m.sender_name = node.display_name(&d.sender);
+    m
+}
+
+/// `limit` from the query string (default 200).
+fn limit_of(q: Option<String>) -> Result<usize, ApiError> {
+    let mut limit = 200usize;
+    for pair in q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "limit" {
+            limit = v
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad("bad_query", "limit must be an unsigned integer"))?;
+        }
+    }
+    Ok(limit.clamp(1, crate::views::MAX_CONVERSATION))
+}
+
+async fn conversation(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Vec<types::ConversationEntry>> {
+    let u = universe_id(&id)?;
+    let limit = limit_of(q)?;
+    Ok(Json(s.node.conversation(u, limit).await?))
+}
+
+async fn members_view(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<types::MemberView>> {
+    let u = universe_id(&id)?;
+    Ok(Json(s.node.members(u).await?))
+}
+
+async fn contacts(State(s): State<ApiState>) -> ApiResult<Vec<types::Contact>> {
+    Ok(Json(s.node.contacts()))
+}
+
+async fn set_contact(
+    State(s): State<ApiState>,
+    Path(member): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Ok> {
+    let m = member_id(&member)?;
+    let req: types::SetNickname = body_json(body)?;
+    s.node.set_nickname(&m, req.name.as_deref())?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn clear_contact(
+    State(s): State<ApiState>,
+    Path(member): Path<String>,
+) -> ApiResult<types::Ok> {
+    let m = member_id(&member)?;
+    s.node.set_nickname(&m, None)?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+/// A one-time login link for the web app; with the bearer token only (a
+/// session cannot mint more sessions).
+async fn web_login(
+    State(s): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<types::LoginLink> {
+    if caller != Caller::Bearer {
+        return Err(ApiError::new(
+            403,
+            "bearer_only",
+            "login links are made with the API token (mmls open)",
+        ));
+    }
+    let url = s
+        .node
+        .web_login_url()
+        .ok_or_else(|| ApiError::new(503, "no_api", "the API is off"))?;
+    Ok(Json(types::LoginLink {
+        url,
+        expires_in: webauth::LOGIN_TTL.as_secs(),
+    }))
 }
 
 fn sse_event(e: &StreamEvent) -> SseEvent {
@@ -477,6 +647,10 @@ mod tests {
             "/v1/peers",
             "/v1/openapi.json",
             "/v1/shutdown",
+            "/v1/universes/{id}/conversation",
+            "/v1/contacts",
+            "/v1/contacts/{member}",
+            "/v1/web/login",
         ] {
             assert!(v["paths"].get(p).is_some(), "{p} missing");
         }

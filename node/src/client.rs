@@ -233,6 +233,44 @@ impl Client {
         })
     }
 
+    /// `GET /v1/universes/{id}/conversation?limit=`: ours and others' texts.
+    pub fn conversation(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<types::ConversationEntry>, ClientError> {
+        let qs = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
+        self.get(&format!("/v1/universes/{}/conversation{qs}", enc(id)))
+    }
+
+    /// `GET /v1/universes/{id}/members`
+    pub fn members(&self, id: &str) -> Result<Vec<types::MemberView>, ClientError> {
+        self.get(&format!("/v1/universes/{}/members", enc(id)))
+    }
+
+    /// `GET /v1/contacts`
+    pub fn contacts(&self) -> Result<Vec<types::Contact>, ClientError> {
+        self.get("/v1/contacts")
+    }
+
+    /// `PUT /v1/contacts/{member}` (a nickname) or `DELETE` (None).
+    pub fn set_nickname(&self, member: &str, name: Option<&str>) -> Result<(), ClientError> {
+        let path = format!("/v1/contacts/{}", enc(member));
+        let r = match name {
+            Some(n) => self.check(self.req("PUT", &path).send_json(types::SetNickname {
+                name: Some(n.to_string()),
+            })),
+            None => self.check(self.req("DELETE", &path).call()),
+        }?;
+        let _: types::Ok = Self::json(r)?;
+        Ok(())
+    }
+
+    /// `POST /v1/web/login`: a one-time login link for the web app.
+    pub fn web_login(&self) -> Result<types::LoginLink, ClientError> {
+        self.post_empty("/v1/web/login")
+    }
+
     /// `POST /v1/universes/{id}/update`
     pub fn update(&self, id: &str) -> Result<(), ClientError> {
         let _: types::Ok = self.post_empty(&format!("/v1/universes/{}/update", enc(id)))?;

@@ -28,6 +28,11 @@ pub struct Config {
     pub timing: Timing,
     /// The driver's bounds against floods.
     pub limits: Limits,
+    /// Announce the name of `node.json` to the members of our universes
+    /// (an in-band text in our send group, hidden from conversations; see
+    /// `names.rs`). On for `mmls run`, off by default so that embedders and
+    /// tests count only their own texts.
+    pub announce_name: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +148,7 @@ impl Config {
             engine: mmls_core::Config::default(),
             timing: Timing::default(),
             limits: Limits::default(),
+            announce_name: false,
         }
     }
 
@@ -157,6 +163,7 @@ impl Config {
                     .expect("static multiaddr"),
             ],
             mdns: true,
+            announce_name: true,
             ..Config::new(data_dir)
         }
     }

@@ -193,7 +193,7 @@ pub(crate) fn store_error(path: &Path, e: MmlsError) -> NodeError {
 }
 
 /// Writes a file atomically (temp file + rename), mode 0600 on Unix.
-fn write_private(path: &Path, data: &[u8], create_new: bool) -> Result<(), NodeError> {
+pub(crate) fn write_private(path: &Path, data: &[u8], create_new: bool) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

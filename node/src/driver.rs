@@ -81,7 +81,7 @@ pub struct NodeStatus {
 }
 
 #[derive(Default)]
-struct PeerState {
+pub(crate) struct PeerState {
     conn_addrs: BTreeSet<Multiaddr>,
     listen_addrs: Vec<Multiaddr>,
 }
@@ -143,9 +143,9 @@ enum PublishFailure {
 pub(crate) struct Driver {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) p: Participant,
-    cfg: Config,
-    name: String,
-    me: MemberId,
+    pub(crate) cfg: Config,
+    pub(crate) name: String,
+    pub(crate) me: MemberId,
     peer_id: PeerId,
     events: broadcast::Sender<Event>,
     listen_addrs: Vec<Multiaddr>,
@@ -157,7 +157,7 @@ pub(crate) struct Driver {
     requests: HashMap<OutboundRequestId, Outstanding>,
     inflight: Vec<FetchRequest>,
     rr: usize,
-    peers: BTreeMap<PeerId, PeerState>,
+    pub(crate) peers: BTreeMap<PeerId, PeerState>,
     buckets: HashMap<PeerId, Buckets>,
     redial: Redial,
     liveness: Liveness,
@@ -167,6 +167,8 @@ pub(crate) struct Driver {
     kp_asked: HashMap<String, Instant>,
     welcome_asked: HashMap<Id32, Instant>,
     node_rejected: u64,
+    /// Names, own-send index, receipts and last-seen (`views.rs`).
+    pub(crate) ux: crate::views::Ux,
     pub(crate) stop: bool,
 }
 
@@ -177,6 +179,7 @@ pub(crate) struct DriverParts {
     pub name: String,
     pub events: broadcast::Sender<Event>,
     pub listeners_ready: watch::Sender<usize>,
+    pub ux: crate::views::Ux,
 }
 
 impl Driver {
@@ -217,6 +220,7 @@ impl Driver {
             kp_asked: HashMap::new(),
             welcome_asked: HashMap::new(),
             node_rejected: 0,
+            ux: parts.ux,
             stop: false,
         }
     }
@@ -252,6 +256,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let outs = self.p.tick(now_ms());
                     self.handle_outputs(outs, None);
+                    self.flush_announcements();
                 }
                 _ = sync.tick() => self.sync_all(),
                 _ = redial.tick() => {
@@ -279,6 +284,10 @@ impl Driver {
 
     // ------------------------------------------------------------ outputs --
 
+    pub(crate) fn handle_outputs_pub(&mut self, outs: Vec<Output>) {
+        self.handle_outputs(outs, None);
+    }
+
     fn handle_outputs(&mut self, outs: Vec<Output>, prefer: Option<PeerId>) {
         for o in outs {
             match o {
@@ -291,6 +300,9 @@ impl Driver {
     }
 
     fn emit(&mut self, e: Event) {
+        if !self.observe(&e) {
+            return;
+        }
         match &e {
             Event::Message(d) => {
                 tracing::debug!(universe = %d.universe.short(), sender = %d.sender.short(), seq = d.seq, "message delivered")
@@ -526,6 +538,7 @@ impl Driver {
 
     /// What to fetch from `peer`, given its summaries.
     fn plan_from(&mut self, peer: PeerId, theirs: &[SyncSummary]) {
+        self.note_heads(peer, theirs);
         let known: HashSet<Id32> = self.p.universes().into_iter().collect();
         for s in theirs.iter().take(MAX_SUMMARIES) {
             if known.contains(&s.universe) {
@@ -866,6 +879,7 @@ impl Driver {
     fn on_sync(&mut self, e: request_response::Event<SyncMessage, SyncMessage>) {
         if let request_response::Event::Message { peer, .. } = &e {
             self.liveness.heard(*peer, Instant::now());
+            self.ux.seen_peer(peer);
         }
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
@@ -1062,7 +1076,10 @@ impl Driver {
         profile: Profile,
     ) -> Result<Id32, NodeError> {
         let r = self.p.create_universe(name, members, admins, profile);
-        self.engine(r)
+        let u = self.engine(r)?;
+        self.queue_announcement(u);
+        self.flush_announcements();
+        Ok(u)
     }
 
     pub(crate) fn cmd_add_member(&mut self, u: &Id32, m: &MemberId) -> Result<(), NodeError> {
@@ -1077,7 +1094,9 @@ impl Driver {
 
     pub(crate) fn cmd_send(&mut self, u: &Id32, body: &[u8]) -> Result<u64, NodeError> {
         let r = self.p.send(u, body);
-        self.engine(r)
+        let seq = self.engine(r)?;
+        self.sent(u, seq, body);
+        Ok(seq)
     }
 
     pub(crate) fn cmd_update(&mut self, u: &Id32) -> Result<(), NodeError> {
@@ -1115,6 +1134,8 @@ impl Driver {
         Ok(r)
     }
 
+    /// Delivered texts after `after`, at most `limit`; the node's own
+    /// control texts (name announcements) are skipped, not counted.
     pub(crate) fn cmd_messages(
         &self,
         u: &Id32,
@@ -1124,7 +1145,24 @@ impl Driver {
         if !self.p.universes().contains(u) {
             return Err(MmlsError::UnknownUniverse(*u).into());
         }
-        Ok(self.p.messages(u, after, limit)?)
+        let mut out = vec![];
+        let mut cursor = after;
+        while out.len() < limit {
+            let want = limit - out.len();
+            let page = self.p.messages(u, cursor, want)?;
+            let n = page.len();
+            if let Some(last) = page.last() {
+                cursor = Some(last.cursor);
+            }
+            out.extend(
+                page.into_iter()
+                    .filter(|d| !crate::names::is_control(&d.body)),
+            );
+            if n < want {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) fn cmd_universe_status(&mut self, u: &Id32) -> Result<UniverseStatus, NodeError> {

@@ -7,7 +7,10 @@ use crate::config::Config;
 use crate::datadir::{store_error, DataDir, STORE_FILE};
 use crate::driver::{now_ms, Command, Driver, DriverParts, NodeStatus, PeerInfo};
 use crate::error::NodeError;
-use crate::{api, swarm};
+use crate::names::Names;
+use crate::views::{lock, SentText, SharedNames, Ux};
+use crate::web::WebAuth;
+use crate::{api, swarm, types};
 use libp2p::{Multiaddr, PeerId};
 use mmls_core::{
     Delivered, Event, ExportReport, Id32, ImportReport, MemberId, MmlsError, Participant, Profile,
@@ -75,7 +78,16 @@ impl Node {
         let (listeners_tx, listeners_rx) = watch::channel(0usize);
         let (done_tx, done_rx) = watch::channel(false);
         let (api_stop_tx, api_stop_rx) = watch::channel(false);
+        let names: SharedNames = Arc::new(std::sync::Mutex::new(Names::load(dd.path())));
+        let (sent_tx, _) = broadcast::channel(config.limits.event_buffer);
+        let ux = Ux::new(
+            dd.path(),
+            names.clone(),
+            config.announce_name,
+            sent_tx.clone(),
+        );
         let driver = Driver::new(DriverParts {
+            ux,
             swarm,
             participant,
             cfg: config.clone(),
@@ -101,6 +113,9 @@ impl Node {
                 listen_count: config.listen.len(),
                 listeners: listeners_rx,
                 done: done_rx,
+                names,
+                sent: sent_tx,
+                web: Arc::new(WebAuth::new()),
             }),
         };
 
@@ -193,6 +208,9 @@ struct Inner {
     listen_count: usize,
     listeners: watch::Receiver<usize>,
     done: watch::Receiver<bool>,
+    names: SharedNames,
+    sent: broadcast::Sender<SentText>,
+    web: Arc<WebAuth>,
 }
 
 /// A handle to a running node. Clone it freely; call [`NodeHandle::shutdown`]
@@ -402,6 +420,64 @@ impl NodeHandle {
     /// Lifts every block and re-dials the known addresses.
     pub async fn unblock_all(&self) -> Result<(), NodeError> {
         self.call(|d| d.cmd_unblock_all()).await
+    }
+
+    /// The last `limit` texts of a universe, ours included, in order, with
+    /// names and receipts.
+    pub async fn conversation(
+        &self,
+        universe: Id32,
+        limit: usize,
+    ) -> Result<Vec<types::ConversationEntry>, NodeError> {
+        self.call(move |d| d.cmd_conversation(&universe, limit))
+            .await?
+    }
+
+    /// The members of a universe as this node sees them.
+    pub async fn members(&self, universe: Id32) -> Result<Vec<types::MemberView>, NodeError> {
+        self.call(move |d| d.cmd_members(&universe)).await?
+    }
+
+    /// The display name of a member here (nickname, else announced).
+    pub fn display_name(&self, m: &MemberId) -> Option<String> {
+        if *m == self.inner.member {
+            return Some(self.inner.name.clone());
+        }
+        lock(&self.inner.names).display(m)
+    }
+
+    /// Members with a name (announced or nickname).
+    pub fn contacts(&self) -> Vec<types::Contact> {
+        lock(&self.inner.names)
+            .all()
+            .into_iter()
+            .map(|(member, i)| types::Contact {
+                member,
+                name: i.display,
+                nickname: i.nickname,
+                announced: i.announced,
+            })
+            .collect()
+    }
+
+    /// Sets (or clears, None) the local nickname of a member.
+    pub fn set_nickname(&self, m: &MemberId, name: Option<&str>) -> Result<(), NodeError> {
+        lock(&self.inner.names).set_nickname(m, name)
+    }
+
+    /// Our texts as they are sent (from any client).
+    pub fn subscribe_sent(&self) -> broadcast::Receiver<SentText> {
+        self.inner.sent.subscribe()
+    }
+
+    /// A one-time login link for the web app (None without an API).
+    pub fn web_login_url(&self) -> Option<String> {
+        let addr = self.inner.api_addr?;
+        Some(self.inner.web.login_url(addr))
+    }
+
+    pub(crate) fn web_auth(&self) -> Arc<WebAuth> {
+        self.inner.web.clone()
     }
 
     /// Every engine event from now on (a lagging receiver gets

@@ -10,7 +10,10 @@
 //! behaviour and sync codec), `driver` (the event loop owning the engine),
 //! `handle` (start/stop and the async handle), `offline` (the engine of
 //! a data dir whose node is not running), `api` (axum server), `types`
-//! (the API's JSON shapes), `client` (API client), `error`.
+//! (the API's JSON shapes), `client` (API client), `error`, `names`
+//! (display names and nicknames), `own` (where our texts went, for
+//! receipts), `views` (conversation, members, receipts on the driver task),
+//! `web` (the browser app on the API port and its session login).
 
 pub mod api;
 pub mod client;
@@ -20,10 +23,14 @@ mod driver;
 pub mod error;
 mod handle;
 mod liveness;
+pub mod names;
 pub mod offline;
+mod own;
 mod redial;
 pub mod swarm;
 pub mod types;
+pub mod views;
+pub mod web;
 
 pub use client::{Client, EventStream};
 pub use config::{Config, Limits, Timing};

@@ -60,6 +60,9 @@ pub struct Message {
     pub received_at: u64,
     pub group: String,
     pub epoch: u64,
+    /// The sender's display name here (nickname, else announced), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
 }
 
 impl From<&Delivered> for Message {
@@ -73,6 +76,7 @@ impl From<&Delivered> for Message {
             received_at: d.received_at,
             group: d.group.hex(),
             epoch: d.epoch,
+            sender_name: None,
         }
     }
 }
@@ -236,6 +240,8 @@ pub enum StreamEvent {
     Lagged {
         missed: u64,
     },
+    /// We sent a text (from any client of this node).
+    Sent(ConversationEntry),
 }
 
 impl StreamEvent {
@@ -253,6 +259,7 @@ impl StreamEvent {
             StreamEvent::Rejected { .. } => "rejected",
             StreamEvent::Committed { .. } => "committed",
             StreamEvent::Lagged { .. } => "lagged",
+            StreamEvent::Sent(_) => "sent",
         }
     }
 }
@@ -398,4 +405,99 @@ pub struct BundleExported {
     pub truncated: bool,
     /// With `since_peer`: send groups where what that member holds was known.
     pub known_groups: usize,
+}
+
+/// How many of the other members are known to hold one of our texts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    pub received_by: usize,
+    /// The other members of the universe now.
+    pub of: usize,
+    /// Who (member ids).
+    pub by: Vec<String>,
+}
+
+/// One text of a conversation: ours or another member's, in order (ours in
+/// send order, others' in delivery order, merged by time).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConversationEntry {
+    /// We sent it.
+    pub mine: bool,
+    pub sender: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// The sender's text number.
+    pub seq: u64,
+    pub text: String,
+    /// Unix milliseconds: sent (ours) or received (others'); 0 if unknown.
+    pub at: u64,
+    /// The delivery cursor (others' texts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+    /// Ours only, when the send position is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+/// A member of a universe as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub member: String,
+    /// Nickname, else announced name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<String>,
+    /// This node.
+    pub me: bool,
+    pub admin: bool,
+    /// Directly connected to this node now.
+    pub connected: bool,
+    /// Unix ms of the last direct contact or text from it (since this node
+    /// started; texts from the store's history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// Its send group and our epoch of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_epoch: Option<u64>,
+    /// The newest epoch of *our* send group its own commits acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_epoch: Option<u64>,
+    /// Our send group's epoch minus `acked_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_lag: Option<u64>,
+    /// Our copy of its send group cannot move forward (we wait to be re-added).
+    pub stale: bool,
+    /// Highest text number received from it.
+    pub received_texts: u64,
+}
+
+/// A contact: a member with an announced name or a local nickname.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contact {
+    pub member: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<String>,
+}
+
+/// `PUT /v1/contacts/{member}`: a nickname (null clears it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetNickname {
+    pub name: Option<String>,
+}
+
+/// `POST /v1/web/login`: a one-time login link for the web app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoginLink {
+    pub url: String,
+    /// Seconds the link stays valid (once).
+    pub expires_in: u64,
 }

@@ -656,7 +656,7 @@ impl NodeProc {
 
     /// Every message of a universe as `read --json` prints it.
     pub fn read(&self, universe: &str) -> Vec<types::Message> {
-        let out = self.cmd(&["read", universe, "--json"]).ok();
+        let out = self.cmd(&["read", universe, "--json", "--delivered"]).ok();
         out.json_lines()
             .into_iter()
             .map(|v| serde_json::from_value(v).expect("message line"))

@@ -41,6 +41,8 @@ mod commands;
 mod commit_builder;
 mod commit_processing;
 mod config;
+mod control;
+mod conversation;
 mod creation;
 mod equivocation;
 #[cfg(any(test, feature = "testkit"))]

@@ -1,0 +1,225 @@
+//! Display names. Each node announces the name of its `node.json` to the
+//! members of its universes as an in-band text in its own send group (so it
+//! is authenticated by MLS exactly like a message from that member, and
+//! travels only to members); receivers record it and hide it from the
+//! conversation. A local nickname (`mmls contact name ID NAME`) overrides
+//! what a member announced. Both live in `DIR/contacts.json`.
+//!
+//! A name is a label for people, never an identity: every security decision
+//! (membership, admin rights, who sent what) uses the member id.
+
+use crate::datadir::write_private;
+use crate::error::NodeError;
+use mmls_core::MemberId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The contacts file in the data dir.
+pub const CONTACTS_FILE: &str = "contacts.json";
+
+/// The first bytes of a name announcement (a text no user can type: the
+/// API refuses texts that start with NUL).
+pub const NAME_PREFIX: &[u8] = b"\0mmls-name\0";
+
+/// Longest name kept, in bytes (longer ones are cut at a char boundary).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Most contacts kept (announced plus nicknames): a bound on the file.
+const MAX_CONTACTS: usize = 10_000;
+
+/// A name cleaned for display: control characters dropped, whitespace
+/// trimmed, at most `MAX_NAME_BYTES`. None if nothing is left.
+pub fn clean_name(s: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    let t = out.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// The body of a name announcement.
+pub fn announcement(name: &str) -> Vec<u8> {
+    let mut b = NAME_PREFIX.to_vec();
+    b.extend_from_slice(clean_name(name).unwrap_or_default().as_bytes());
+    b
+}
+
+/// The announced name in a message body, if it is an announcement (Some("")
+/// for an empty or unusable one: still not a user text).
+pub fn parse_announcement(body: &[u8]) -> Option<String> {
+    let rest = body.strip_prefix(NAME_PREFIX)?;
+    Some(clean_name(&String::from_utf8_lossy(rest)).unwrap_or_default())
+}
+
+/// Whether a body is a control text of the node (hidden from people).
+pub fn is_control(body: &[u8]) -> bool {
+    body.first() == Some(&0)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct ContactsFile {
+    #[serde(default)]
+    nicknames: BTreeMap<String, String>,
+    #[serde(default)]
+    announced: BTreeMap<String, String>,
+}
+
+/// Names known to this node.
+#[derive(Debug)]
+pub struct Names {
+    path: PathBuf,
+    file: ContactsFile,
+}
+
+/// One member's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameInfo {
+    /// What the user calls them here (nickname, else announced name).
+    pub display: Option<String>,
+    pub nickname: Option<String>,
+    pub announced: Option<String>,
+}
+
+impl Names {
+    /// Loads `DIR/contacts.json`; a missing file is empty, an unreadable
+    /// one is reported and then replaced at the next change.
+    pub fn load(dir: &Path) -> Names {
+        let path = dir.join(CONTACTS_FILE);
+        let file = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "contacts file unreadable; starting empty");
+                ContactsFile::default()
+            }),
+            Err(_) => ContactsFile::default(),
+        };
+        Names { path, file }
+    }
+
+    fn save(&self) -> Result<(), NodeError> {
+        let b = serde_json::to_vec_pretty(&self.file)
+            .map_err(|e| NodeError::InvalidInput(format!("contacts: {e}")))?;
+        write_private(&self.path, &b, false)
+    }
+
+    pub fn info(&self, m: &MemberId) -> NameInfo {
+        let nickname = self.file.nicknames.get(m.as_str()).cloned();
+        let announced = self.file.announced.get(m.as_str()).cloned();
+        NameInfo {
+            display: nickname.clone().or_else(|| announced.clone()),
+            nickname,
+            announced,
+        }
+    }
+
+    /// The name to show for `m`, if any.
+    pub fn display(&self, m: &MemberId) -> Option<String> {
+        self.info(m).display
+    }
+
+    /// Records what `m` announced (saved only if it changed).
+    pub fn announced(&mut self, m: &MemberId, name: &str) {
+        let Some(name) = clean_name(name) else {
+            return;
+        };
+        if self.file.announced.get(m.as_str()) == Some(&name) {
+            return;
+        }
+        if self.file.announced.len() >= MAX_CONTACTS
+            && !self.file.announced.contains_key(m.as_str())
+        {
+            return;
+        }
+        self.file.announced.insert(m.to_string(), name);
+        if let Err(e) = self.save() {
+            tracing::warn!(error = %e, "cannot save contacts");
+        }
+    }
+
+    /// Sets (Some) or clears (None) the local nickname of `m`.
+    pub fn set_nickname(&mut self, m: &MemberId, name: Option<&str>) -> Result<(), NodeError> {
+        match name {
+            Some(n) => {
+                let n = clean_name(n).ok_or_else(|| {
+                    NodeError::InvalidInput("a nickname needs a visible character".into())
+                })?;
+                if self.file.nicknames.len() >= MAX_CONTACTS
+                    && !self.file.nicknames.contains_key(m.as_str())
+                {
+                    return Err(NodeError::InvalidInput("too many contacts".into()));
+                }
+                self.file.nicknames.insert(m.to_string(), n);
+            }
+            None => {
+                self.file.nicknames.remove(m.as_str());
+            }
+        }
+        self.save()
+    }
+
+    /// Every member with a name: (member, info).
+    pub fn all(&self) -> Vec<(String, NameInfo)> {
+        let mut ids: Vec<&String> = self
+            .file
+            .nicknames
+            .keys()
+            .chain(self.file.announced.keys())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                let nickname = self.file.nicknames.get(id).cloned();
+                let announced = self.file.announced.get(id).cloned();
+                (
+                    id.clone(),
+                    NameInfo {
+                        display: nickname.clone().or_else(|| announced.clone()),
+                        nickname,
+                        announced,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip_and_are_cleaned() {
+        let b = announcement("  alice\n\u{7}  ");
+        assert!(is_control(&b));
+        assert_eq!(parse_announcement(&b).as_deref(), Some("alice"));
+        assert_eq!(parse_announcement(b"hello"), None);
+        assert!(!is_control(b"hello"));
+        let long = "é".repeat(100);
+        let n = clean_name(&long).unwrap();
+        assert!(n.len() <= MAX_NAME_BYTES && n.chars().all(|c| c == 'é'));
+        assert_eq!(clean_name(" \t\n"), None);
+    }
+
+    #[test]
+    fn nickname_overrides_announced_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MemberId::parse("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA").unwrap();
+        let mut n = Names::load(dir.path());
+        assert_eq!(n.display(&m), None);
+        n.announced(&m, "bob");
+        assert_eq!(n.display(&m).as_deref(), Some("bob"));
+        n.set_nickname(&m, Some("Bobby")).unwrap();
+        assert_eq!(n.display(&m).as_deref(), Some("Bobby"));
+        assert!(n.set_nickname(&m, Some("\n")).is_err());
+        let again = Names::load(dir.path());
+        assert_eq!(again.info(&m).announced.as_deref(), Some("bob"));
+        assert_eq!(again.display(&m).as_deref(), Some("Bobby"));
+        std::fs::write(dir.path().join(CONTACTS_FILE), b"{garbage").unwrap();
+        assert_eq!(Names::load(dir.path()).display(&m), None);
+    }
+}
