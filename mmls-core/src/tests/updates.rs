@@ -1,0 +1,217 @@
+//! MMLS updates: imports settle in bounded commits, leaves rotate, PCS
+//! locks out a copied state, frontiers name only what moved.
+
+use super::*;
+
+#[test]
+fn updates_import_everywhere_and_settle_in_bounded_commits() {
+    let n = 5;
+    let mut net = Net::new(n);
+    let uid = net.universe(Profile::Mmls00);
+    let marks: Vec<usize> = net.events.iter().map(|e| e.len()).collect();
+    net.update(2, &uid);
+    net.run();
+    net.settle();
+    let commits: Vec<(usize, usize, bool)> = net
+        .events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ev)| {
+            ev[marks[i]..].iter().filter_map(move |e| match e {
+                Event::Committed { imports, path, .. } => Some((i, *imports, *path)),
+                _ => None,
+            })
+        })
+        .collect();
+    let after = &commits;
+    // Settling (DESIGN): every other member commits node 2's PSK together
+    // with its leaf-rotation Update (a path commit: an MMLS update of its
+    // own), then one PSK-only commit importing the others' path commits;
+    // node 2 itself: its update, then one import. Two commits per member,
+    // and then the universe is quiet.
+    assert_eq!(after.len(), 2 * n, "{commits:?}");
+    for i in 0..n {
+        let mine: Vec<_> = after.iter().filter(|(w, _, _)| *w == i).collect();
+        assert_eq!(mine.len(), 2, "node {i}: {mine:?}");
+        assert_eq!(
+            mine.iter().filter(|(_, _, path)| *path).count(),
+            1,
+            "node {i}: {mine:?}"
+        );
+        if i != 2 {
+            assert!(
+                mine.iter().any(|(_, imports, path)| *path && *imports == 1),
+                "node {i} did not import node 2's update with its leaf update"
+            );
+        }
+        assert!(
+            mine.iter()
+                .any(|(_, imports, path)| !*path && *imports == n - 2 + usize::from(i == 2)),
+            "node {i}: {mine:?}"
+        );
+    }
+    // Quiet now: nothing more to commit.
+    let total = net
+        .events
+        .iter()
+        .flatten()
+        .filter(|e| matches!(e, Event::Committed { .. }))
+        .count();
+    net.settle();
+    assert_eq!(
+        net.events
+            .iter()
+            .flatten()
+            .filter(|e| matches!(e, Event::Committed { .. }))
+            .count(),
+        total
+    );
+    net.assert_consistent(&uid);
+    // Messages still flow.
+    net.send(4, &uid, "after update");
+    net.run();
+    assert!(net.texts(0).contains(&"after update".to_string()));
+}
+
+#[test]
+fn pcs_attacker_snapshot_is_locked_out_after_one_update_round() {
+    let n = 4;
+    let victim = 2;
+    let mut net = Net::new(n);
+    let uid = net.universe(Profile::Mmls00);
+    // The attacker copies the victim's whole state.
+    let snap = net.stores[victim].snapshot().unwrap();
+    let (mut attacker, _) =
+        crate::participant::Participant::open(net.ids[victim].clone(), snap, config(), net.now)
+            .unwrap();
+    let mark = net.all_bytes.len();
+    // Before healing: traffic in every other send group is readable.
+    for i in (0..n).filter(|i| *i != victim) {
+        net.send(i, &uid, &format!("pre {i}"));
+    }
+    net.run();
+    // The victim updates; everyone imports (one round).
+    net.update(victim, &uid);
+    net.run();
+    net.settle();
+    let mid = net.all_bytes.len();
+    for i in 0..n {
+        net.send(i, &uid, &format!("post {i}"));
+    }
+    net.run();
+    net.settle();
+    let mut read = vec![];
+    for b in &net.all_bytes[mark..] {
+        if let Ok(outs) = attacker.handle_incoming(b) {
+            for o in outs {
+                if let crate::participant::Output::Event(Event::Message(d)) = o {
+                    read.push(String::from_utf8_lossy(&d.body).to_string());
+                }
+            }
+        }
+    }
+    let _ = mid;
+    for i in (0..n).filter(|i| *i != victim) {
+        assert!(
+            read.contains(&format!("pre {i}")),
+            "attacker should read pre-heal traffic: {read:?}"
+        );
+        assert!(
+            !read.contains(&format!("post {i}")),
+            "attacker read post-heal traffic in group of {i}"
+        );
+    }
+    assert!(!read.contains(&format!("post {victim}")));
+}
+
+#[test]
+fn an_update_rotates_the_updaters_leaf_in_every_send_group() {
+    let n = 4;
+    let mut net = Net::new(n);
+    let uid = net.universe(Profile::Mmls00);
+    let x = net.member(1);
+    let leaf_key = |net: &mut Net, owner: usize| -> Vec<u8> {
+        let m = net.member(owner);
+        let g = net.node(0).group_of(&uid, &m).unwrap();
+        let group = net.node(0).group(&g).unwrap();
+        let me = group
+            .members()
+            .find(|mm| {
+                crate::identity::verify_binding(&mm.credential, &mm.signature_key).ok()
+                    == Some(x.clone())
+            })
+            .unwrap();
+        me.encryption_key.clone()
+    };
+    let before: Vec<Vec<u8>> = (0..n)
+        .filter(|o| *o != 1)
+        .map(|o| leaf_key(&mut net, o))
+        .collect();
+    net.update(1, &uid);
+    net.run();
+    net.settle();
+    let after: Vec<Vec<u8>> = (0..n)
+        .filter(|o| *o != 1)
+        .map(|o| leaf_key(&mut net, o))
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b, a, "node 1's leaf key was not rotated in some send group");
+    }
+    net.assert_consistent(&uid);
+}
+
+/// The frontiers (owner's view, for the equivocation check) in the AADs of
+/// every commit in `owner`'s send group, in stream order.
+fn commit_frontiers(
+    net: &mut Net,
+    uid: &Id32,
+    owner: usize,
+) -> Vec<Vec<crate::universe::FrontierEntry>> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{MlsMessageIn, ProtocolMessage};
+    commits_of(net, uid, owner)
+        .into_iter()
+        .map(|(env, _)| {
+            let msg = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()).unwrap();
+            let ProtocolMessage::PrivateMessage(pm) = msg.try_into_protocol_message().unwrap()
+            else {
+                panic!("commits are private messages");
+            };
+            let aad: crate::universe::Aad = crate::universe::from_cbor(pm.aad()).unwrap();
+            aad.frontier
+        })
+        .collect()
+}
+
+#[test]
+fn a_commit_names_only_the_groups_that_moved_since_the_owners_last() {
+    let mut net = Net::new(5);
+    let uid = net.universe(Profile::Mmls00);
+    for k in [2, 3, 1, 2] {
+        net.update(k, &uid);
+        net.run();
+        net.settle();
+    }
+    let fs = commit_frontiers(&mut net, &uid, 1);
+    assert!(fs.len() >= 4, "{} commits", fs.len());
+    // No (group, epoch) is named twice in a row: unchanged groups are left
+    // out...
+    for w in fs.windows(2) {
+        for e in &w[1] {
+            assert!(
+                !w[0]
+                    .iter()
+                    .any(|p| p.group == e.group && p.epoch == e.epoch),
+                "{e:?} named again"
+            );
+        }
+    }
+    // ...so the frontiers are smaller than 5 groups per commit.
+    let named: usize = fs.iter().map(Vec::len).sum();
+    assert!(
+        named < 5 * fs.len(),
+        "{named} entries in {} commits",
+        fs.len()
+    );
+    net.assert_consistent(&uid);
+}
