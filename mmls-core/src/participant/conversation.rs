@@ -1,4 +1,4 @@
-//! Read-only views for user interfaces: our own sent texts (kept in
+//! Conversation views for user interfaces: our own sent texts (kept in
 //! `Table::Sent` for rejoin re-sends, `resend.rs`) and what each member has
 //! acknowledged of a send group (the `PskViews` rows its processed commits
 //! wrote, `psk.rs`). Nothing here changes state or adds storage.
