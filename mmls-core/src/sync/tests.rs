@@ -434,3 +434,57 @@ fn a_member_that_missed_its_welcome_joins_through_the_agents() {
     net.run();
     assert_eq!(net.texts(1), vec!["hello".to_string()]);
 }
+
+#[test]
+fn welcomes_in_flight_at_one_peer_are_still_asked_of_another_but_a_range_is_not() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let welcomes = FetchRequest::Welcomes {
+        universe: Id32([5; 32]),
+        member: p.me().clone(),
+    };
+    let ask = |a: &mut SyncAgent<u32>, req: &FetchRequest, from: Option<u32>| {
+        a.handle_outputs(vec![Output::Fetch(req.clone())], from.as_ref(), T0);
+        requests(&drain(a))
+            .into_iter()
+            .map(|(peer, _, _)| peer)
+            .collect::<Vec<u32>>()
+    };
+    // Each peer holds its own Welcomes.
+    assert_eq!(ask(&mut a, &welcomes, Some(1)), vec![1]);
+    assert_eq!(ask(&mut a, &welcomes, Some(2)), vec![2]);
+    assert!(ask(&mut a, &welcomes, Some(1)).is_empty(), "asked twice");
+    assert!(ask(&mut a, &welcomes, None).is_empty(), "asked twice");
+    // Any holder answers a range the same.
+    assert_eq!(ask(&mut a, &range(0), Some(1)), vec![1]);
+    assert!(ask(&mut a, &range(0), Some(2)).is_empty(), "asked twice");
+}
+
+#[test]
+fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
+    // Otherwise two peers ping-pong summaries and Welcome fetches forever.
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let welcomes = FetchRequest::Welcomes {
+        universe: Id32([5; 32]),
+        member: p.me().clone(),
+    };
+    a.handle_outputs(vec![Output::Fetch(welcomes)], Some(&1), T0);
+    let sent = requests(&drain(&mut a));
+    let Output::Publish(kp) = participant(1).announcement() else {
+        panic!("announcement is a publish")
+    };
+    let answer = FetchResponse {
+        envelopes: vec![serde_bytes::ByteBuf::from(kp.bytes)],
+        ..FetchResponse::default()
+    };
+    a.handle_response(&mut p, sent[0].1, SyncMessage::Fetched(answer), T0 + 1)
+        .expect("answer");
+    let after = requests(&drain(&mut a));
+    assert!(
+        !after
+            .iter()
+            .any(|(_, _, m)| matches!(m, SyncMessage::Summary(_))),
+        "{after:?}"
+    );
+}
