@@ -1,10 +1,13 @@
 //! An in-memory network of participants for tests (the engine's own and the
 //! integration tests, through the `testkit` feature): every publish reaches
 //! every other live node (in order, or shuffled and duplicated when asked);
-//! fetches are answered by the first peer that can. Uses the public API
-//! only, so what passes here passes for any driver.
+//! every live node is connected to every other, and each runs the same
+//! [`SyncAgent`] as the node and the simulator (fetches, retries across
+//! peers, Welcome polling, the KeyPackage relay), its requests answered at
+//! once. Uses the public API only, so what passes here passes for any
+//! driver.
 
-use crate::sync::FetchRequest;
+use crate::sync::{Action, FetchRequest, RequestId, SyncAgent, SyncConfig, SyncMessage};
 use crate::{
     Config, Delivered, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant,
     Profile, Store, Topic,
@@ -18,7 +21,10 @@ pub struct Net {
     pub ids: Vec<Identity>,
     pub stores: Vec<Store>,
     pub queue: VecDeque<(usize, Topic, Vec<u8>)>,
-    pub fetches: Vec<(usize, FetchRequest)>,
+    /// The sync agent of each node.
+    pub agents: Vec<SyncAgent<usize>>,
+    /// Sync requests in flight: (from, to, id, message).
+    pub requests: VecDeque<(usize, usize, RequestId, SyncMessage)>,
     pub now: u64,
     pub delivered: Vec<Vec<Delivered>>,
     pub events: Vec<Vec<Event>>,
@@ -69,7 +75,8 @@ impl Net {
             ids: vec![],
             stores: vec![],
             queue: VecDeque::new(),
-            fetches: vec![],
+            agents: vec![],
+            requests: VecDeque::new(),
             now: 1_000,
             delivered: vec![vec![]; n],
             events: vec![vec![]; n],
@@ -86,6 +93,8 @@ impl Net {
             let store = Store::in_memory().expect("store");
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
+            net.agents
+                .push(SyncAgent::new(id.member_id(), SyncConfig::default()));
             net.ids.push(id);
             net.stores.push(store);
             net.nodes.push(Some(p));
@@ -103,47 +112,123 @@ impl Net {
         self.nodes[i].as_mut().expect("node is down")
     }
 
-    /// Takes a node's outputs: publishes go on the wire (and are acked),
-    /// events are recorded, fetches queued.
+    /// Is node `i` up and online?
+    pub fn live(&self, i: usize) -> bool {
+        !self.offline[i] && self.nodes[i].is_some()
+    }
+
+    /// Takes a node's outputs through its sync agent: publishes go on the
+    /// wire (and are acked), events are recorded, fetches become requests.
     pub fn absorb(&mut self, from: usize, outs: Vec<Output>) {
+        let now = self.now;
+        self.agents[from].handle_outputs(outs, None, now);
+        self.drain(from);
+    }
+
+    /// Carries out what node `i`'s agent asks for.
+    fn drain(&mut self, i: usize) {
         let mut acks = vec![];
-        for o in outs {
-            match o {
-                Output::Publish(p) => {
+        while let Some(a) = self.agents[i].poll_action() {
+            match a {
+                Action::Publish(p) => {
                     if let Some(id) = p.outbox_id {
                         acks.push(id);
                     }
                     self.all_bytes.push(p.bytes.clone());
-                    self.queue.push_back((from, p.topic, p.bytes));
+                    self.queue.push_back((i, p.topic, p.bytes));
                 }
-                Output::Event(e) => {
+                Action::Event(e) => {
                     if let Event::Message(d) = &e {
-                        self.delivered[from].push(d.clone());
+                        self.delivered[i].push(d.clone());
                     }
-                    self.events[from].push(e);
+                    self.events[i].push(e);
                 }
-                Output::Fetch(r) => self.fetches.push((from, r)),
+                Action::Request { peer, id, msg } => self.requests.push_back((i, peer, id, msg)),
             }
         }
-        if let Some(p) = self.nodes[from].as_mut() {
+        if let Some(p) = self.nodes[i].as_mut() {
             p.ack_published(&acks);
+        }
+    }
+
+    /// Every live node is connected to every other live node: tells the
+    /// agents about links that came up or went down since last time.
+    pub fn refresh_links(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            let gone: Vec<usize> = self.agents[i]
+                .peers()
+                .copied()
+                .filter(|j| !self.live(i) || !self.live(*j))
+                .collect();
+            for j in gone {
+                self.agents[i].peer_disconnected(&j, now);
+            }
+            if self.live(i) {
+                for j in 0..self.nodes.len() {
+                    if j != i && self.live(j) && !self.agents[i].is_connected(&j) {
+                        if let Some(p) = self.nodes[i].as_ref() {
+                            self.agents[i].peer_connected(p, j, now);
+                        }
+                    }
+                }
+            }
+            self.drain(i);
         }
     }
 
     /// Delivers one envelope to node `to` as the network would.
     pub fn deliver(&mut self, to: usize, bytes: &[u8]) {
+        self.deliver_from(to, None, bytes, true);
+    }
+
+    fn deliver_from(&mut self, to: usize, from: Option<usize>, bytes: &[u8], lobby: bool) {
         let r = self.node(to).handle_incoming(bytes);
+        let now = self.now;
         match r {
-            Ok(outs) => self.absorb(to, outs),
-            Err(e) if e.is_duplicate() => {}
+            Ok(outs) => {
+                self.absorb(to, outs);
+                if lobby {
+                    self.agents[to].lobby_envelope(bytes, from.as_ref(), now);
+                    self.drain(to);
+                }
+            }
+            Err(e) if e.is_duplicate() => {
+                if lobby {
+                    self.agents[to].lobby_envelope(bytes, from.as_ref(), now);
+                    self.drain(to);
+                }
+            }
             Err(e) => self.rejections[to].push(e.to_string()),
         }
     }
 
+    /// Carries one sync request to its peer and the answer back.
+    fn carry(&mut self, from: usize, to: usize, id: RequestId, msg: SyncMessage) {
+        let now = self.now;
+        if !self.live(from) || !self.live(to) {
+            self.agents[from].handle_failure(id, now);
+            self.drain(from);
+            return;
+        }
+        let Some(server) = self.nodes[to].as_mut() else {
+            return;
+        };
+        let answer = self.agents[to].handle_request(server, &from, msg, now);
+        self.drain(to);
+        let Some(client) = self.nodes[from].as_mut() else {
+            return;
+        };
+        // An unknown id is a request the agent gave up on: nothing to do.
+        let _ = self.agents[from].handle_response(client, id, answer, now);
+        self.drain(from);
+    }
+
     /// Delivers everything queued (and what that causes) until quiet.
     pub fn run(&mut self) {
+        self.refresh_links();
         let mut guard = 0;
-        while !self.queue.is_empty() || !self.fetches.is_empty() {
+        while !self.queue.is_empty() || !self.requests.is_empty() {
             guard += 1;
             assert!(guard < 1_000_000, "network does not settle");
             if self.shuffle && self.queue.len() > 1 {
@@ -155,7 +240,7 @@ impl Net {
                     self.queue.push_back((from, topic, bytes.clone()));
                 }
                 for to in 0..self.nodes.len() {
-                    if to == from || self.offline[to] || self.nodes[to].is_none() {
+                    if to == from || !self.live(to) {
                         continue;
                     }
                     // Like gossipsub: a universe topic reaches its members only.
@@ -164,56 +249,30 @@ impl Net {
                             continue;
                         }
                     }
-                    self.deliver(to, &bytes);
+                    self.deliver_from(to, Some(from), &bytes, topic == Topic::Lobby);
                 }
                 continue;
             }
-            let fetches = std::mem::take(&mut self.fetches);
-            for (who, req) in fetches {
-                if self.offline[who] || self.nodes[who].is_none() {
-                    continue;
-                }
-                for peer in 0..self.nodes.len() {
-                    if peer == who || self.offline[peer] || self.nodes[peer].is_none() {
-                        continue;
-                    }
-                    let Ok(resp) = self.nodes[peer].as_ref().expect("up").serve_fetch(&req) else {
-                        continue;
-                    };
-                    if resp.envelopes.is_empty() && !resp.pruned && !resp.more {
-                        continue;
-                    }
-                    let outs = self.node(who).handle_fetch_response(&req, resp);
-                    self.absorb(who, outs);
-                    break;
-                }
+            if let Some((from, to, id, msg)) = self.requests.pop_front() {
+                self.carry(from, to, id, msg);
             }
         }
     }
 
-    /// Catch-up sync between every pair of live nodes, as the node driver
+    /// A sync round: every live node sends its summaries to every other
+    /// (each side fetches what the other has more of), as the node driver
     /// does periodically.
     pub fn sync_all(&mut self) {
-        let live: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| !self.offline[*i] && self.nodes[*i].is_some())
-            .collect();
-        for &a in &live {
-            for &b in &live {
-                if a == b {
-                    continue;
-                }
-                let sums = self.node(b).summaries();
-                for s in sums {
-                    let reqs = self.node(a).plan_fetches(&s);
-                    for r in reqs {
-                        let Ok(resp) = self.node(b).serve_fetch(&r) else {
-                            continue;
-                        };
-                        let outs = self.node(a).handle_fetch_response(&r, resp);
-                        self.absorb(a, outs);
-                    }
-                }
+        self.refresh_links();
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            if !self.live(i) {
+                continue;
             }
+            if let Some(p) = self.nodes[i].as_ref() {
+                self.agents[i].sync_all(p, now);
+            }
+            self.drain(i);
         }
         self.run();
     }
@@ -228,6 +287,8 @@ impl Net {
             let now = self.now;
             let outs = self.node(i).tick(now);
             self.absorb(i, outs);
+            self.agents[i].handle_timeout(now);
+            self.drain(i);
         }
         self.run();
     }

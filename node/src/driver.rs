@@ -2,10 +2,15 @@
 //! and turns swarm events, API commands and timer ticks into engine calls,
 //! and engine outputs into gossip publishes, sync requests and events.
 //!
+//! Sync policy (whom to ask, retries, Welcome polling, the KeyPackage relay)
+//! is the engine's [`SyncAgent`]: this loop only maps swarm events to its
+//! inputs and its actions to requests, publishes and events.
+//!
 //! Nothing here blocks on the network: every reply from a peer is a later
 //! swarm event, so the loop stays responsive while requests are in flight.
-//! Everything that a peer can make us hold is bounded (publish queue, fetches
-//! in flight, per-peer token buckets, KeyPackage cache, request sizes).
+//! Everything that a peer can make us hold is bounded (publish queue, the
+//! agent's requests in flight and KeyPackage cache, per-peer token buckets,
+//! request sizes).
 
 use crate::config::Config;
 use crate::error::NodeError;
@@ -18,13 +23,11 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{core::ConnectedPoint, identify, mdns, ping, Multiaddr, PeerId, Swarm};
-use mmls_core::sync::{SyncMessage, MAX_FETCH_ENVELOPES};
+use mmls_core::sync::{Action, RequestId, SyncAgent, SyncConfig, SyncError, SyncMessage};
 use mmls_core::{
-    Delivered, Envelope, Event, ExportReport, FetchRequest, FetchResponse, Id32, ImportReport,
-    Kind, MemberId, MmlsError, Output, Participant, Profile, Publish, Relay, SyncSummary,
-    UniverseStatus,
+    Delivered, Event, ExportReport, Id32, ImportReport, MemberId, MmlsError, Output, Participant,
+    Profile, Publish, Relay, UniverseStatus,
 };
-use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -33,17 +36,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// handle's commands: each one replies through a oneshot it captured).
 pub(crate) type Command = Box<dyn FnOnce(&mut Driver) + Send>;
 
-/// Sync requests we wait for at most (more are dropped; the engine asks
-/// again after its retry delay).
-const MAX_OUTSTANDING: usize = 1024;
-/// KeyPackages of others we keep to hand to newly connected peers.
-const KP_CACHE: usize = 256;
-/// Summaries we look at from one peer's answer.
-const MAX_SUMMARIES: usize = 1024;
-/// How often we ask for the Welcomes of a universe we are not in.
-const WELCOME_ASK_EVERY: Duration = Duration::from_secs(30);
-/// How often we ask for one member's KeyPackage.
-const KP_ASK_EVERY: Duration = Duration::from_secs(1);
 /// Non-stream gossip (announcements, requests) waits this long at most.
 const LOBBY_QUEUE_TTL: Duration = Duration::from_secs(60);
 
@@ -116,18 +108,6 @@ struct Buckets {
     gossip: Bucket,
 }
 
-enum Outstanding {
-    Summary,
-    Push,
-    Fetch {
-        req: FetchRequest,
-        tried: Vec<PeerId>,
-        /// An engine fetch (any peer may answer) rather than one planned
-        /// from this peer's summary.
-        roaming: bool,
-    },
-}
-
 struct Queued {
     publish: Publish,
     since: Instant,
@@ -154,18 +134,14 @@ pub(crate) struct Driver {
     lobby: TopicHash,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
-    requests: HashMap<OutboundRequestId, Outstanding>,
-    inflight: Vec<FetchRequest>,
-    rr: usize,
+    /// The engine's sync agent, and its requests in flight by libp2p id.
+    sync: SyncAgent<PeerId>,
+    requests: HashMap<OutboundRequestId, RequestId>,
     pub(crate) peers: BTreeMap<PeerId, PeerState>,
     buckets: HashMap<PeerId, Buckets>,
     redial: Redial,
     liveness: Liveness,
     blocked: HashSet<PeerId>,
-    kp_cache: VecDeque<(String, Vec<u8>)>,
-    kp_seen: HashSet<[u8; 32]>,
-    kp_asked: HashMap<String, Instant>,
-    welcome_asked: HashMap<Id32, Instant>,
     node_rejected: u64,
     /// Names, own-send index, receipts and last-seen (`views.rs`).
     pub(crate) ux: crate::views::Ux,
@@ -193,6 +169,14 @@ impl Driver {
             t.forget_after,
             t.dial_timeout,
         );
+        let sync = SyncAgent::new(
+            me.clone(),
+            SyncConfig {
+                // Past the transport's own timeout, which reports first.
+                request_timeout_ms: (t.request_timeout + Duration::from_secs(5)).as_millis() as u64,
+                ..SyncConfig::default()
+            },
+        );
         Driver {
             swarm: parts.swarm,
             p: parts.participant,
@@ -207,18 +191,13 @@ impl Driver {
             lobby: lobby_topic().hash(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            sync,
             requests: HashMap::new(),
-            inflight: vec![],
-            rr: 0,
             peers: BTreeMap::new(),
             buckets: HashMap::new(),
             redial,
             liveness: Liveness::new(t.ping_interval, t.ping_timeout),
             blocked: HashSet::new(),
-            kp_cache: VecDeque::new(),
-            kp_seen: HashSet::new(),
-            kp_asked: HashMap::new(),
-            welcome_asked: HashMap::new(),
             node_rejected: 0,
             ux: parts.ux,
             stop: false,
@@ -235,7 +214,7 @@ impl Driver {
         self.sync_subscriptions();
         // The outbox of a previous run and our announcement: queued until a
         // peer subscribes.
-        self.handle_outputs(startup, None);
+        self.handle_outputs(startup);
         self.redial();
         let t = self.cfg.timing.clone();
         let mut tick = tokio::time::interval(t.tick);
@@ -254,11 +233,17 @@ impl Driver {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let outs = self.p.tick(now_ms());
-                    self.handle_outputs(outs, None);
+                    let now = now_ms();
+                    let outs = self.p.tick(now);
+                    self.sync.handle_outputs(outs, None, now);
+                    self.sync.handle_timeout(now);
+                    self.drain();
                     self.flush_announcements();
                 }
-                _ = sync.tick() => self.sync_all(),
+                _ = sync.tick() => {
+                    self.sync.sync_all(&self.p, now_ms());
+                    self.drain();
+                }
                 _ = redial.tick() => {
                     self.close_dead();
                     self.redial();
@@ -284,16 +269,23 @@ impl Driver {
 
     // ------------------------------------------------------------ outputs --
 
-    pub(crate) fn handle_outputs_pub(&mut self, outs: Vec<Output>) {
-        self.handle_outputs(outs, None);
+    /// The engine's outputs go through the sync agent (which turns fetches
+    /// into requests), then out.
+    pub(crate) fn handle_outputs(&mut self, outs: Vec<Output>) {
+        self.sync.handle_outputs(outs, None, now_ms());
+        self.drain();
     }
 
-    fn handle_outputs(&mut self, outs: Vec<Output>, prefer: Option<PeerId>) {
-        for o in outs {
-            match o {
-                Output::Publish(p) => self.publish(p),
-                Output::Event(e) => self.emit(e),
-                Output::Fetch(r) => self.fetch(r, prefer),
+    /// Carries out what the sync agent asks for.
+    fn drain(&mut self) {
+        while let Some(a) = self.sync.poll_action() {
+            match a {
+                Action::Request { peer, id, msg } => {
+                    let rid = self.swarm.behaviour_mut().sync.send_request(&peer, msg);
+                    self.requests.insert(rid, id);
+                }
+                Action::Publish(p) => self.publish(p),
+                Action::Event(e) => self.emit(e),
             }
         }
         self.sync_subscriptions();
@@ -463,221 +455,6 @@ impl Driver {
 
     // -------------------------------------------------------------- sync --
 
-    fn connected(&self) -> Vec<PeerId> {
-        self.peers.keys().copied().collect()
-    }
-
-    fn next_peer(&mut self, tried: &[PeerId]) -> Option<PeerId> {
-        let cands: Vec<PeerId> = self
-            .peers
-            .keys()
-            .filter(|p| !tried.contains(p))
-            .copied()
-            .collect();
-        if cands.is_empty() {
-            return None;
-        }
-        self.rr = self.rr.wrapping_add(1);
-        Some(cands[self.rr % cands.len()])
-    }
-
-    fn request(&mut self, peer: PeerId, msg: SyncMessage, what: Outstanding) -> bool {
-        if self.requests.len() >= MAX_OUTSTANDING {
-            tracing::debug!("too many sync requests in flight; dropping one");
-            return false;
-        }
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, msg);
-        self.requests.insert(id, what);
-        true
-    }
-
-    /// Sends a fetch to `prefer` (a peer whose summary shows it has what we
-    /// need), or round robin to a connected peer.
-    fn fetch(&mut self, req: FetchRequest, prefer: Option<PeerId>) {
-        if self.inflight.contains(&req) {
-            return;
-        }
-        let roaming = prefer.is_none_or(|p| !self.peers.contains_key(&p));
-        let peer = match prefer.filter(|p| self.peers.contains_key(p)) {
-            Some(p) => p,
-            None => match self.next_peer(&[]) {
-                Some(p) => p,
-                None => return,
-            },
-        };
-        self.send_fetch(peer, req, vec![peer], roaming);
-    }
-
-    fn send_fetch(&mut self, peer: PeerId, req: FetchRequest, tried: Vec<PeerId>, roaming: bool) {
-        tracing::trace!(%peer, ?req, roaming, "fetch");
-        let msg = SyncMessage::Fetch(req.clone());
-        let sent = self.request(
-            peer,
-            msg,
-            Outstanding::Fetch {
-                req: req.clone(),
-                tried,
-                roaming,
-            },
-        );
-        if sent {
-            self.inflight.push(req);
-        }
-    }
-
-    fn send_summary(&mut self, peer: PeerId) {
-        let s = self.p.summaries();
-        self.request(peer, SyncMessage::Summary(s), Outstanding::Summary);
-    }
-
-    fn sync_all(&mut self) {
-        for p in self.connected() {
-            self.send_summary(p);
-        }
-    }
-
-    /// What to fetch from `peer`, given its summaries.
-    fn plan_from(&mut self, peer: PeerId, theirs: &[SyncSummary]) {
-        self.note_heads(peer, theirs);
-        let known: HashSet<Id32> = self.p.universes().into_iter().collect();
-        for s in theirs.iter().take(MAX_SUMMARIES) {
-            if known.contains(&s.universe) {
-                for r in self.p.plan_fetches(s) {
-                    self.fetch(r, Some(peer));
-                }
-            } else {
-                // A universe we are not in may hold a Welcome for us that we
-                // missed on the lobby (offline when it was sent).
-                let due = self
-                    .welcome_asked
-                    .get(&s.universe)
-                    .is_none_or(|t| t.elapsed() >= WELCOME_ASK_EVERY);
-                if due {
-                    self.welcome_asked.insert(s.universe, Instant::now());
-                    let req = FetchRequest::Welcomes {
-                        universe: s.universe,
-                        member: self.me.clone(),
-                    };
-                    self.fetch(req, Some(peer));
-                }
-            }
-        }
-    }
-
-    /// Hands our KeyPackage and the others we know to a new peer directly,
-    /// as a push (a `Fetched` sent as a request): gossip cannot re-send
-    /// identical bytes inside its duplicate window.
-    fn push_key_packages(&mut self, peer: PeerId) {
-        let mut envelopes = vec![];
-        if let Output::Publish(p) = self.p.announcement() {
-            envelopes.push(ByteBuf::from(p.bytes));
-        }
-        for (_, kp) in self.kp_cache.iter().rev().take(MAX_FETCH_ENVELOPES - 1) {
-            envelopes.push(ByteBuf::from(kp.clone()));
-        }
-        let msg = SyncMessage::Fetched(FetchResponse {
-            envelopes,
-            ..FetchResponse::default()
-        });
-        self.request(peer, msg, Outstanding::Push);
-    }
-
-    /// Looks at an accepted lobby envelope: keeps others' KeyPackages (to
-    /// hand to new peers), and answers a request for a KeyPackage we hold by
-    /// pushing it to the neighbour that relayed the request (the addressee's
-    /// own answer cannot be re-gossiped inside the duplicate window).
-    fn on_lobby_envelope(&mut self, bytes: &[u8], from: Option<PeerId>) {
-        let Ok(env) = Envelope::decode(bytes) else {
-            return;
-        };
-        match env.kind {
-            Kind::KeyPackage => {
-                let Some(sender) = env.sender else { return };
-                if sender == self.me.as_str() || !self.kp_seen.insert(Envelope::id_of(bytes)) {
-                    return;
-                }
-                self.kp_cache.push_back((sender, bytes.to_vec()));
-                if self.kp_cache.len() > KP_CACHE {
-                    if let Some((_, old)) = self.kp_cache.pop_front() {
-                        self.kp_seen.remove(&Envelope::id_of(&old));
-                    }
-                }
-            }
-            Kind::KeyPackageRequest => {
-                let (Some(to), Some(peer)) = (env.to, from) else {
-                    return;
-                };
-                if to == self.me.as_str() {
-                    return;
-                }
-                let kp = self
-                    .kp_cache
-                    .iter()
-                    .rev()
-                    .find(|(s, _)| *s == to)
-                    .map(|(_, b)| ByteBuf::from(b.clone()));
-                if let Some(kp) = kp {
-                    let msg = SyncMessage::Fetched(FetchResponse {
-                        envelopes: vec![kp],
-                        ..FetchResponse::default()
-                    });
-                    self.request(peer, msg, Outstanding::Push);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Answers a fetch from the engine's envelope log (every entry it has
-    /// processed, own or not; an unanswerable fetch gets an empty answer).
-    fn serve(&self, req: &FetchRequest) -> FetchResponse {
-        self.p.serve_fetch(req).unwrap_or_default()
-    }
-
-    /// Feeds envelopes a peer pushed to us.
-    fn absorb_push(&mut self, resp: FetchResponse) {
-        for e in resp.envelopes.iter().take(MAX_FETCH_ENVELOPES) {
-            match self.p.handle_incoming(e) {
-                Ok(outs) => {
-                    self.on_lobby_envelope(e, None);
-                    self.handle_outputs(outs, None);
-                }
-                Err(err) if err.is_duplicate() => {
-                    self.on_lobby_envelope(e, None);
-                }
-                Err(err) => tracing::debug!(error = %err, "pushed envelope rejected"),
-            }
-        }
-    }
-
-    fn on_fetched(
-        &mut self,
-        peer: PeerId,
-        req: FetchRequest,
-        resp: FetchResponse,
-        mut tried: Vec<PeerId>,
-        roaming: bool,
-    ) {
-        // Nothing useful from this peer (it joined later, or is behind us):
-        // another may have it. A pruned history is an answer, though.
-        let empty = resp.envelopes.is_empty() && !resp.pruned && !resp.more;
-        tracing::trace!(%peer, ?req, n = resp.envelopes.len(), more = resp.more, "fetched");
-        if empty && roaming {
-            if let Some(next) = self.next_peer(&tried) {
-                tried.push(next);
-                self.send_fetch(next, req, tried, true);
-                return;
-            }
-        }
-        let welcomes = matches!(req, FetchRequest::Welcomes { .. }) && !resp.envelopes.is_empty();
-        let outs = self.p.handle_fetch_response(&req, resp);
-        self.handle_outputs(outs, Some(peer));
-        if welcomes {
-            // We may have joined: fetch the rest of the streams now.
-            self.send_summary(peer);
-        }
-    }
-
     fn sync_token(&mut self, peer: PeerId) -> bool {
         let l = &self.cfg.limits;
         let (rate, burst, gburst) = (l.sync_rate, l.sync_burst, l.gossip_burst);
@@ -759,13 +536,13 @@ impl Driver {
                 self.redial.connected(peer_id, dialled, Instant::now());
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
-                    self.push_key_packages(peer_id);
-                    let ann = self.p.announcement();
-                    self.handle_outputs(vec![ann], None);
                 }
                 // On every new connection, not only the first: an older one
                 // may be dead and not yet noticed (its pings still pending).
-                self.send_summary(peer_id);
+                // The agent sends our summaries, and to a new peer also our
+                // KeyPackage and those it relays.
+                self.sync.peer_connected(&self.p, peer_id, now_ms());
+                self.drain();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -779,6 +556,8 @@ impl Driver {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.peers.remove(&peer_id);
                     self.buckets.remove(&peer_id);
+                    self.sync.peer_disconnected(&peer_id, now_ms());
+                    self.drain();
                 } else if let Some(st) = self.peers.get_mut(&peer_id) {
                     st.conn_addrs.remove(endpoint.get_remote_address());
                 }
@@ -847,18 +626,19 @@ impl Driver {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
-                match r {
+                let now = now_ms();
+                let seen = match r {
                     Ok(outs) => {
-                        if lobby {
-                            self.on_lobby_envelope(&message.data, Some(propagation_source));
-                        }
-                        self.handle_outputs(outs, None);
+                        self.sync.handle_outputs(outs, None, now);
+                        true
                     }
-                    Err(e) if e.is_duplicate() && lobby => {
-                        self.on_lobby_envelope(&message.data, Some(propagation_source))
-                    }
-                    Err(_) => {}
+                    Err(e) => e.is_duplicate(),
+                };
+                if seen && lobby {
+                    self.sync
+                        .lobby_envelope(&message.data, Some(&propagation_source), now);
                 }
+                self.drain();
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 tracing::debug!(peer = %peer_id, %topic, "peer subscribed");
@@ -866,7 +646,8 @@ impl Driver {
                 if topic != self.lobby && self.subscribed.contains(&topic) {
                     // A peer that just joined a universe of ours: catch it
                     // up now rather than at the next sync round.
-                    self.send_summary(peer_id);
+                    self.sync.send_summary(&self.p, peer_id, now_ms());
+                    self.drain();
                 }
             }
             gossipsub::Event::SlowPeer { peer_id, .. } => {
@@ -893,48 +674,37 @@ impl Driver {
                         tracing::debug!(%peer, "sync request over the rate limit");
                         return;
                     }
-                    let resp = match request {
-                        SyncMessage::Summary(theirs) => {
-                            self.plan_from(peer, &theirs);
-                            SyncMessage::Summaries(self.p.summaries())
-                        }
-                        SyncMessage::Fetch(req) => SyncMessage::Fetched(self.serve(&req)),
-                        SyncMessage::Fetched(push) => {
-                            self.absorb_push(push);
-                            SyncMessage::Fetched(FetchResponse::default())
-                        }
-                        SyncMessage::Summaries(theirs) => {
-                            self.plan_from(peer, &theirs);
-                            SyncMessage::Summaries(vec![])
-                        }
-                    };
+                    if let SyncMessage::Summary(theirs) = &request {
+                        self.note_heads(peer, theirs);
+                    }
+                    let resp = self
+                        .sync
+                        .handle_request(&mut self.p, &peer, request, now_ms());
+                    self.drain();
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
                 }
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => match (self.requests.remove(&request_id), response) {
-                    (Some(Outstanding::Summary), SyncMessage::Summaries(s)) => {
-                        self.plan_from(peer, &s)
+                } => {
+                    let Some(id) = self.requests.remove(&request_id) else {
+                        return;
+                    };
+                    if let SyncMessage::Summaries(theirs) = &response {
+                        self.note_heads(peer, theirs);
                     }
-                    (
-                        Some(Outstanding::Fetch {
-                            req,
-                            tried,
-                            roaming,
-                        }),
-                        SyncMessage::Fetched(resp),
-                    ) => {
-                        self.inflight.retain(|r| *r != req);
-                        self.on_fetched(peer, req, resp, tried, roaming);
+                    let r = self
+                        .sync
+                        .handle_response(&mut self.p, id, response, now_ms());
+                    match r {
+                        Ok(()) | Err(SyncError::UnknownRequest(_)) => {}
+                        Err(e @ SyncError::UnexpectedAnswer { .. }) => {
+                            tracing::debug!(%peer, error = %e, "malformed sync answer");
+                            self.node_rejected += 1;
+                        }
                     }
-                    (Some(Outstanding::Fetch { req, .. }), _) => {
-                        self.inflight.retain(|r| *r != req);
-                        self.node_rejected += 1;
-                    }
-                    (Some(Outstanding::Push), _) | (None, _) => {}
-                    (Some(Outstanding::Summary), _) => self.node_rejected += 1,
-                },
+                    self.drain();
+                }
             },
             request_response::Event::OutboundFailure {
                 peer,
@@ -943,19 +713,9 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                if let Some(Outstanding::Fetch {
-                    req,
-                    mut tried,
-                    roaming,
-                }) = self.requests.remove(&request_id)
-                {
-                    self.inflight.retain(|r| *r != req);
-                    if roaming {
-                        if let Some(next) = self.next_peer(&tried) {
-                            tried.push(next);
-                            self.send_fetch(next, req, tried, true);
-                        }
-                    }
+                if let Some(id) = self.requests.remove(&request_id) {
+                    self.sync.handle_failure(id, now_ms());
+                    self.drain();
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -1004,46 +764,21 @@ impl Driver {
 
     /// Forgets rate state and request bookkeeping that cannot matter anymore.
     fn gc(&mut self) {
-        self.kp_asked
-            .retain(|_, t| t.elapsed() < Duration::from_secs(60));
-        self.welcome_asked
-            .retain(|_, t| t.elapsed() < WELCOME_ASK_EVERY * 2);
         let peers = &self.peers;
         self.buckets.retain(|p, _| peers.contains_key(p));
-    }
-
-    /// Asks the lobby for a member's KeyPackage. The engine's own request
-    /// from `create_universe` does not reach us (it is dropped with the
-    /// error), so the node sends one itself.
-    fn ask_key_package(&mut self, member: &str) {
-        if self
-            .kp_asked
-            .get(member)
-            .is_some_and(|t| t.elapsed() < KP_ASK_EVERY)
-        {
-            return;
-        }
-        self.kp_asked.insert(member.to_string(), Instant::now());
-        let mut e = Envelope::new(Kind::KeyPackageRequest, vec![]);
-        e.sender = Some(self.me.to_string());
-        e.to = Some(member.to_string());
-        self.publish(Publish {
-            topic: mmls_core::Topic::Lobby,
-            bytes: e.encode(),
-            outbox_id: None,
-        });
     }
 
     fn engine<T>(&mut self, r: Result<(T, Vec<Output>), MmlsError>) -> Result<T, NodeError> {
         match r {
             Ok((v, outs)) => {
-                self.handle_outputs(outs, None);
+                self.handle_outputs(outs);
                 Ok(v)
             }
             Err(e) => {
                 if let MmlsError::MissingKeyPackage(m) = &e {
-                    let m = m.clone();
-                    self.ask_key_package(&m);
+                    // The engine's own request is dropped with the error.
+                    self.sync.missing_key_package(m, now_ms());
+                    self.drain();
                 }
                 Err(e.into())
             }
@@ -1130,7 +865,7 @@ impl Driver {
     /// answer's go (publishes, events, fetches).
     pub(crate) fn cmd_bundle_import(&mut self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let (r, outs) = mmls_core::bundle::import(&mut self.p, bytes)?;
-        self.handle_outputs(outs, None);
+        self.handle_outputs(outs);
         Ok(r)
     }
 

@@ -143,7 +143,7 @@ impl Driver {
             match self.p.send_control(&u, &body) {
                 Ok(outs) => {
                     tracing::debug!(universe = %u.short(), "name announced");
-                    self.handle_outputs_pub(outs);
+                    self.handle_outputs(outs);
                 }
                 Err(MmlsError::UniverseNotReady(_))
                     if now < since.saturating_add(ANNOUNCE_RETRY_FOR_MS) =>

@@ -313,6 +313,10 @@ pub struct SimSpec {
     /// When member 0 creates the universe.
     #[serde(default = "d_create")]
     pub create_s: f64,
+    /// A sync request without an answer for this long has failed (the sync
+    /// agent then asks another peer); modelled links lose requests.
+    #[serde(default = "d_request_timeout")]
+    pub request_timeout_s: f64,
 }
 
 fn d_tick() -> u64 {
@@ -323,6 +327,9 @@ fn d_sync() -> f64 {
 }
 fn d_quiet() -> f64 {
     120.0
+}
+fn d_request_timeout() -> f64 {
+    5.0
 }
 fn d_create() -> f64 {
     1.0
@@ -336,6 +343,7 @@ impl Default for SimSpec {
             quiet_s: d_quiet(),
             sample_s: 0.0,
             create_s: d_create(),
+            request_timeout_s: d_request_timeout(),
         }
     }
 }

@@ -14,10 +14,10 @@ use crate::metrics::{peak_rss_mb, Convergence, Latency, Metrics, Series};
 use crate::network::{Network, SeenCache, Transmission};
 use crate::scenario::Scenario;
 use anyhow::{anyhow, Context, Result};
-use mmls_core::sync::SyncMessage;
+use mmls_core::sync::{Action, RequestId, SyncAgent, SyncConfig, SyncMessage};
 use mmls_core::{
-    Config, Envelope, Event, FetchRequest, FetchResponse, Id32, Identity, Kind, MemberId, Output,
-    Participant, Profile, Publish, Relay, Store, SyncSummary, Topic,
+    Config, Envelope, Event, FetchRequest, Id32, Identity, Kind, MemberId, Output, Participant,
+    Profile, Publish, Relay, Store, Topic,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -65,22 +65,21 @@ enum Ev {
     },
     SyncStart(usize),
     SyncNow(usize),
-    Summary {
+    /// A sync agent's request; `inc` is the sender's incarnation (a node
+    /// that lost its state runs a new agent: old answers are not for it).
+    SyncReq {
         to: usize,
         from: usize,
-        sums: Arc<Vec<SyncSummary>>,
-        reply: bool,
+        inc: usize,
+        id: RequestId,
+        msg: SyncMessage,
     },
-    FetchReq {
+    SyncResp {
         to: usize,
         from: usize,
-        req: FetchRequest,
-    },
-    FetchResp {
-        to: usize,
-        from: usize,
-        req: FetchRequest,
-        resp: FetchResponse,
+        inc: usize,
+        id: RequestId,
+        msg: SyncMessage,
     },
     Send(usize),
     Update(usize),
@@ -122,6 +121,8 @@ impl Ord for Item {
 
 struct Node {
     p: Participant,
+    /// Its sync agent (the node's policy), peers by node index.
+    sync: SyncAgent<usize>,
     store: Store,
     member: MemberId,
     online: bool,
@@ -132,8 +133,6 @@ struct Node {
     seen: SeenCache,
     bytes_sent: u64,
     bytes_recv: u64,
-    /// Last sync summary heard from each neighbour: group -> next seq.
-    peer_heads: BTreeMap<usize, BTreeMap<Id32, u64>>,
     /// When the node lost its state (went offline with `lose_state`).
     lost_at: Vec<u64>,
     /// Path commits (own MMLS updates), µs.
@@ -367,8 +366,10 @@ impl Sim {
             let (p, outs) = Participant::open(id.clone(), store.clone(), self.cfg.clone(), 0)
                 .map_err(|e| anyhow!("opening participant {i}: {e}"))?;
             self.member_index.insert(id.member_id(), i);
+            let sync = SyncAgent::new(id.member_id(), self.sync_config());
             self.nodes.push(Node {
                 p,
+                sync,
                 store,
                 member: id.member_id(),
                 online: true,
@@ -376,7 +377,6 @@ impl Sim {
                 seen: SeenCache::default(),
                 bytes_sent: 0,
                 bytes_recv: 0,
-                peer_heads: BTreeMap::new(),
                 lost_at: vec![],
                 path_commits: vec![],
                 sent: 0,
@@ -435,6 +435,7 @@ impl Sim {
         for (i, outs) in opened.into_iter().enumerate() {
             self.absorb(i, outs);
         }
+        self.refresh_links();
         Ok(())
     }
 
@@ -475,6 +476,8 @@ impl Sim {
                     let outs = self.nodes[x].p.tick(now);
                     self.prof("tick", t0);
                     self.absorb(x, outs);
+                    self.nodes[x].sync.handle_timeout(now);
+                    self.drain(x);
                 }
             }
             Ev::Gossip {
@@ -490,36 +493,31 @@ impl Sim {
                 self.start_sync(x);
             }
             Ev::SyncNow(x) => self.start_sync(x),
-            Ev::Summary {
+            Ev::SyncReq {
                 to,
                 from,
-                sums,
-                reply,
-            } => self.on_summary(to, from, &sums, reply),
-            Ev::FetchReq { to, from, req } => self.on_fetch_request(to, from, req),
-            Ev::FetchResp {
+                inc,
+                id,
+                msg,
+            } => self.on_sync_request(to, from, inc, id, msg),
+            Ev::SyncResp {
                 to,
                 from,
-                req,
-                resp,
-            } => {
-                if self.net.reachable(from, to) {
-                    self.c.fetched_envelopes += resp.envelopes.len() as u64;
-                    let t0 = Instant::now();
-                    let outs = self.nodes[to].p.handle_fetch_response(&req, resp);
-                    self.prof("handle_fetch_response", t0);
-                    self.absorb(to, outs);
-                }
-            }
+                inc,
+                id,
+                msg,
+            } => self.on_sync_response(to, from, inc, id, msg),
             Ev::Send(x) => self.on_send(x),
             Ev::Update(x) => self.on_update(x),
             Ev::Create => self.on_create()?,
             Ev::PartitionStart(i) => {
                 let groups = self.sc.partitions[i].groups.clone();
                 self.net.partition(i, &groups);
+                self.refresh_links();
             }
             Ev::PartitionHeal(i) => {
                 self.net.heal(i);
+                self.refresh_links();
                 self.sync_everyone();
             }
             Ev::OfflineStart(i) => {
@@ -529,6 +527,7 @@ impl Sim {
                 if o.lose_state {
                     self.nodes[o.member].lost_at.push(self.now);
                 }
+                self.refresh_links();
             }
             Ev::OfflineEnd(i) => self.on_back_online(i)?,
             Ev::Compromise(i) => {
@@ -548,6 +547,7 @@ impl Sim {
                 self.quiet = true;
                 self.net.heal_all();
                 self.net.loss = 0.0;
+                self.refresh_links();
                 self.sync_everyone();
             }
             Ev::Sample => {
@@ -670,12 +670,24 @@ impl Sim {
         // gossipsub validates before it forwards (`validate_messages`), by
         // the engine's relay rule, as the node does.
         if mmls_core::relay(&r, lobby) == Relay::Forward {
-            self.forward(to, id, bytes, lobby, Some(from));
+            self.forward(to, id, bytes.clone(), lobby, Some(from));
         }
-        match r {
-            Ok(outs) => self.absorb(to, outs),
-            Err(e) if e.is_duplicate() => {}
-            Err(e) => self.input_error(&e),
+        let seen = match r {
+            Ok(outs) => {
+                self.absorb(to, outs);
+                true
+            }
+            Err(e) if e.is_duplicate() => true,
+            Err(e) => {
+                self.input_error(&e);
+                false
+            }
+        };
+        if seen && lobby {
+            // The KeyPackage relay, as the node's driver feeds it.
+            let now = self.now_ms();
+            self.nodes[to].sync.lobby_envelope(&bytes, Some(&from), now);
+            self.drain(to);
         }
     }
 
@@ -728,70 +740,61 @@ impl Sim {
         }
     }
 
+    fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            request_timeout_ms: (self.sc.sim.request_timeout_s * 1000.0).round() as u64,
+            ..SyncConfig::default()
+        }
+    }
+
+    /// The sync agents' view of the links: a node is connected to the
+    /// neighbours it can reach now. Tells each agent what came up or went
+    /// down (in node order: deterministic).
+    fn refresh_links(&mut self) {
+        let now = self.now_ms();
+        for x in 0..self.nodes.len() {
+            let want: Vec<usize> = if self.nodes[x].online {
+                self.net
+                    .up_neighbours(x)
+                    .into_iter()
+                    .map(|(y, _)| y)
+                    .collect()
+            } else {
+                vec![]
+            };
+            let gone: Vec<usize> = self.nodes[x]
+                .sync
+                .peers()
+                .copied()
+                .filter(|y| !want.contains(y))
+                .collect();
+            for y in gone {
+                self.nodes[x].sync.peer_disconnected(&y, now);
+            }
+            for y in want {
+                let n = &mut self.nodes[x];
+                if !n.sync.is_connected(&y) {
+                    n.sync.peer_connected(&n.p, y, now);
+                }
+            }
+            self.drain(x);
+        }
+    }
+
     /// Sends our summaries to every reachable neighbour.
     fn start_sync(&mut self, x: usize) {
         if !self.nodes[x].online {
             return;
         }
-        let sums = Arc::new(self.nodes[x].p.summaries());
-        let len = SyncMessage::Summary((*sums).clone()).encode().len();
-        for (y, _) in self.net.up_neighbours(x) {
-            self.c.sync_exchanges += 1;
-            self.send_sync(
-                x,
-                y,
-                len,
-                Ev::Summary {
-                    to: y,
-                    from: x,
-                    sums: sums.clone(),
-                    reply: false,
-                },
-            );
-        }
+        let now = self.now_ms();
+        let n = &mut self.nodes[x];
+        n.sync.sync_all(&n.p, now);
+        self.drain(x);
     }
 
-    fn on_summary(&mut self, to: usize, from: usize, sums: &[SyncSummary], reply: bool) {
-        if !self.net.reachable(from, to) {
-            return;
-        }
-        if let Some(uid) = self.uid {
-            if let Some(s) = sums.iter().find(|s| s.universe == uid) {
-                self.nodes[to]
-                    .peer_heads
-                    .insert(from, s.heads.iter().copied().collect());
-            }
-        }
-        let t0 = Instant::now();
-        let mut reqs = vec![];
-        for s in sums {
-            reqs.extend(self.nodes[to].p.plan_fetches(s));
-        }
-        self.prof("plan_fetches", t0);
-        self.canonical(&mut reqs);
-        for r in reqs {
-            self.send_fetch(to, from, r);
-        }
-        if !reply {
-            let mine = Arc::new(self.nodes[to].p.summaries());
-            let len = SyncMessage::Summaries((*mine).clone()).encode().len();
-            self.send_sync(
-                to,
-                from,
-                len,
-                Ev::Summary {
-                    to: from,
-                    from: to,
-                    sums: mine,
-                    reply: true,
-                },
-            );
-        }
-    }
-
-    /// Fetch requests in an order that does not depend on random group ids.
-    fn canonical(&self, reqs: &mut [FetchRequest]) {
-        let key = |r: &FetchRequest| match r {
+    /// A position for a fetch that does not depend on random group ids.
+    fn fetch_key(&self, r: &FetchRequest) -> (u8, usize, u64) {
+        match r {
             FetchRequest::Range { group, from, .. } => (
                 0,
                 self.group_owner.get(group).copied().unwrap_or(usize::MAX),
@@ -802,91 +805,128 @@ impl Sim {
                 self.member_index.get(member).copied().unwrap_or(usize::MAX),
                 0,
             ),
-        };
-        reqs.sort_by_key(key);
+        }
     }
 
-    fn send_fetch(&mut self, client: usize, server: usize, req: FetchRequest) {
-        self.c.fetch_requests += 1;
-        let len = SyncMessage::Fetch(req.clone()).encode().len();
+    /// A canonical position for a sync request: summaries and pushes first
+    /// (in the agent's order), then fetches by owner and start, by peer.
+    fn request_key(&self, peer: usize, msg: &SyncMessage) -> (u8, (u8, usize, u64), usize) {
+        match msg {
+            SyncMessage::Fetch(r) => (1, self.fetch_key(r), peer),
+            _ => (0, (0, 0, 0), 0),
+        }
+    }
+
+    fn send_request(&mut self, x: usize, peer: usize, id: RequestId, msg: SyncMessage) {
+        match &msg {
+            SyncMessage::Summary(_) => self.c.sync_exchanges += 1,
+            SyncMessage::Fetch(_) => self.c.fetch_requests += 1,
+            _ => {}
+        }
+        let len = msg.encode().len();
+        let inc = self.nodes[x].lost_at.len();
         self.send_sync(
-            client,
-            server,
+            x,
+            peer,
             len,
-            Ev::FetchReq {
-                to: server,
-                from: client,
-                req,
+            Ev::SyncReq {
+                to: peer,
+                from: x,
+                inc,
+                id,
+                msg,
             },
         );
     }
 
-    /// An engine asked to fetch: one reachable neighbour, preferably one
-    /// whose last summary shows it has what is missing.
-    fn route_fetch(&mut self, x: usize, req: FetchRequest) {
-        let up = self.net.up_neighbours(x);
-        if up.is_empty() {
-            return;
-        }
-        let has = |y: &usize| match &req {
-            FetchRequest::Range { group, from, .. } => self.nodes[x]
-                .peer_heads
-                .get(y)
-                .and_then(|h| h.get(group))
-                .is_some_and(|n| n > from),
-            FetchRequest::Welcomes { .. } => false,
-        };
-        let preferred: Vec<usize> = up.iter().map(|(y, _)| *y).filter(|y| has(y)).collect();
-        let pool: Vec<usize> = if preferred.is_empty() {
-            up.iter().map(|(y, _)| *y).collect()
-        } else {
-            preferred
-        };
-        let y = pool[self.rng.gen_range(0..pool.len())];
-        self.send_fetch(x, y, req);
-    }
-
-    fn on_fetch_request(&mut self, server: usize, client: usize, req: FetchRequest) {
+    fn on_sync_request(
+        &mut self,
+        server: usize,
+        client: usize,
+        inc: usize,
+        id: RequestId,
+        msg: SyncMessage,
+    ) {
         if !self.net.reachable(client, server) {
             return;
         }
+        let now = self.now_ms();
         let t0 = Instant::now();
-        let resp = self.nodes[server].p.serve_fetch(&req).unwrap_or_default();
-        self.prof("serve_fetch", t0);
-        let msg = SyncMessage::Fetched(resp);
-        let len = msg.encode().len();
-        let SyncMessage::Fetched(resp) = msg else {
-            return;
-        };
-        if !resp.envelopes.is_empty() && self.net.reachable(client, server) {
+        let n = &mut self.nodes[server];
+        let answer = n.sync.handle_request(&mut n.p, &client, msg, now);
+        self.prof("sync request", t0);
+        self.drain(server);
+        if let SyncMessage::Fetched(resp) = &answer {
             for e in &resp.envelopes {
                 let id = self.intern(e);
                 self.tap(id, e);
             }
         }
+        let len = answer.encode().len();
         self.send_sync(
             server,
             client,
             len,
-            Ev::FetchResp {
+            Ev::SyncResp {
                 to: client,
                 from: server,
-                req,
-                resp,
+                inc,
+                id,
+                msg: answer,
             },
         );
     }
 
+    fn on_sync_response(
+        &mut self,
+        client: usize,
+        server: usize,
+        inc: usize,
+        id: RequestId,
+        msg: SyncMessage,
+    ) {
+        if !self.net.reachable(server, client) || self.nodes[client].lost_at.len() != inc {
+            return;
+        }
+        if let SyncMessage::Fetched(resp) = &msg {
+            self.c.fetched_envelopes += resp.envelopes.len() as u64;
+        }
+        let now = self.now_ms();
+        let t0 = Instant::now();
+        let n = &mut self.nodes[client];
+        // An unknown id is a request the agent gave up on (timed out).
+        let _ = n.sync.handle_response(&mut n.p, id, msg, now);
+        self.prof("sync response", t0);
+        self.drain(client);
+    }
+
     // -------------------------------------------------- engine outputs --
 
-    /// Feeds a node's outputs into the network and the bookkeeping.
+    /// Feeds a node's outputs through its sync agent into the network and
+    /// the bookkeeping. Fetches go to the agent in a canonical order (the
+    /// engine's follows its random group ids).
     fn absorb(&mut self, x: usize, outs: Vec<Output>) {
+        let (mut fetches, mut rest): (Vec<Output>, Vec<Output>) = outs
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fetch(_)));
+        fetches.sort_by_key(|o| match o {
+            Output::Fetch(r) => self.fetch_key(r),
+            _ => (2, 0, 0),
+        });
+        rest.extend(fetches);
+        let now = self.now_ms();
+        self.nodes[x].sync.handle_outputs(rest, None, now);
+        self.drain(x);
+    }
+
+    /// Carries out what node `x`'s sync agent asks for.
+    fn drain(&mut self, x: usize) {
         let mut acks = vec![];
-        let mut fetches = vec![];
+        let mut requests = vec![];
         let mut publishes = vec![];
-        for o in outs {
-            match o {
-                Output::Publish(p) => {
+        while let Some(a) = self.nodes[x].sync.poll_action() {
+            match a {
+                Action::Publish(p) => {
                     if let Some(id) = p.outbox_id {
                         acks.push(id);
                     }
@@ -896,8 +936,8 @@ impl Sim {
                     }
                     publishes.push((env, p));
                 }
-                Output::Event(e) => self.on_event(x, e),
-                Output::Fetch(r) => fetches.push(r),
+                Action::Event(e) => self.on_event(x, e),
+                Action::Request { peer, id, msg } => requests.push((peer, id, msg)),
             }
         }
         if !acks.is_empty() {
@@ -906,7 +946,7 @@ impl Sim {
         // The engine emits the publishes of one call in the order of its
         // (random) group ids; each takes network randomness in turn, so that
         // order would make runs of one seed diverge. A stable sort by the
-        // groups' owners keeps every stream's own order.
+        // groups' owners keeps every stream's own order. Requests likewise.
         let mut keyed: Vec<(usize, Publish)> = publishes
             .into_iter()
             .map(|(env, p)| (self.publish_key(x, env.as_ref()), p))
@@ -915,9 +955,9 @@ impl Sim {
         for (_, p) in keyed {
             self.publish(x, p.bytes, p.topic == Topic::Lobby);
         }
-        self.canonical(&mut fetches);
-        for r in fetches {
-            self.route_fetch(x, r);
+        requests.sort_by_key(|(peer, _, msg)| self.request_key(*peer, msg));
+        for (peer, id, msg) in requests {
+            self.send_request(x, peer, id, msg);
         }
     }
 
@@ -1166,8 +1206,11 @@ impl Sim {
                 }
                 self.absorb(0, outs);
             }
-            Err(mmls_core::MmlsError::MissingKeyPackage(_)) => {
-                // The engine broadcast KeyPackage requests; try again.
+            Err(mmls_core::MmlsError::MissingKeyPackage(m)) => {
+                // Ask the lobby (as the node's driver does); try again.
+                let now = self.now_ms();
+                self.nodes[0].sync.missing_key_package(&m, now);
+                self.drain(0);
                 self.push(self.now + SEC / 2, Ev::Create);
             }
             Err(e) => return Err(anyhow!("member 0 cannot create the universe: {e}")),
@@ -1199,11 +1242,14 @@ impl Sim {
                 self.now_ms(),
             )
             .map_err(|e| anyhow!("reopening member {x}: {e}"))?;
+            let sync = self.sync_config();
             let n = &mut self.nodes[x];
             n.p = p;
             n.store = store;
             n.seen = SeenCache::default();
-            n.peer_heads.clear();
+            // A new process: a new agent (the old one's links went down
+            // with it, in `refresh_links`).
+            n.sync = SyncAgent::new(n.member.clone(), sync);
             self.absorb(x, outs);
             if let Some(uid) = self.uid {
                 if self.nodes[x].in_universe {
@@ -1217,6 +1263,7 @@ impl Sim {
                 }
             }
         }
+        self.refresh_links();
         self.push(self.now, Ev::SyncNow(x));
         Ok(())
     }
@@ -1237,8 +1284,15 @@ impl Sim {
                 self.absorb(0, outs);
             }
             Err(mmls_core::MmlsError::AlreadyMember(_)) => self.nodes[r].in_universe = true,
-            Err(mmls_core::MmlsError::MissingKeyPackage(_))
-            | Err(mmls_core::MmlsError::UniverseNotReady(_)) => {
+            Err(mmls_core::MmlsError::MissingKeyPackage(m)) => {
+                let now = self.now_ms();
+                self.nodes[0].sync.missing_key_package(&m, now);
+                self.drain(0);
+                if retry < self.end {
+                    self.push(retry, Ev::Join(i));
+                }
+            }
+            Err(mmls_core::MmlsError::UniverseNotReady(_)) => {
                 if retry < self.end {
                     self.push(retry, Ev::Join(i));
                 }

@@ -46,21 +46,6 @@ fn universe_without_the_last_node(net: &mut Net) -> Id32 {
     uid
 }
 
-/// The commits published in `owner`'s send group, in stream order.
-fn commits_of(net: &mut Net, uid: &Id32, owner: usize) -> Vec<(Envelope, Vec<u8>)> {
-    let m = net.member(owner);
-    let g = net.node(owner).group_of(uid, &m).unwrap();
-    net.all_bytes
-        .iter()
-        .filter_map(|b| {
-            Envelope::decode(b)
-                .ok()
-                .filter(|e| e.kind == Kind::Commit && e.group == Some(g))
-                .map(|e| (e, b.clone()))
-        })
-        .collect()
-}
-
 #[test]
 fn admin_adds_a_member_and_everyone_mirrors_it() {
     let mut net = Net::new(4);

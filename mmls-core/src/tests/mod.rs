@@ -14,3 +14,18 @@ mod psk;
 mod recovery;
 mod rejoin;
 mod updates;
+
+/// The commits published in `owner`'s send group, in stream order.
+pub(super) fn commits_of(net: &mut Net, uid: &Id32, owner: usize) -> Vec<(Envelope, Vec<u8>)> {
+    let m = net.member(owner);
+    let g = net.node(owner).group_of(uid, &m).unwrap();
+    net.all_bytes
+        .iter()
+        .filter_map(|b| {
+            Envelope::decode(b)
+                .ok()
+                .filter(|e| e.kind == Kind::Commit && e.group == Some(g))
+                .map(|e| (e, b.clone()))
+        })
+        .collect()
+}

@@ -1,7 +1,18 @@
 //! Catch-up sync, sans-IO: peers exchange summaries of how far they are in
 //! every send-group stream, and fetch what they miss from any peer's
 //! envelope log. Gossip is only a fast path; this is what makes partitions
-//! heal. The node and the simulator both call these functions.
+//! heal. The wire types and the planning rule live here; the conversation
+//! (whom to ask, retries, Welcome polling, the KeyPackage relay) is the
+//! [`SyncAgent`] in `agent.rs`, which the node, the simulator and the
+//! testkit all drive.
+
+mod agent;
+mod key_packages;
+#[cfg(test)]
+mod tests;
+
+pub use agent::{Action, RequestId, SyncAgent, SyncConfig, SyncError};
+pub use key_packages::key_package_request;
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::id::Id32;
@@ -24,7 +35,7 @@ pub struct SyncSummary {
     pub heads: Vec<(Id32, u64)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FetchRequest {
     /// Stream entries `from..` of one send group.
     Range {
@@ -53,7 +64,7 @@ pub struct FetchResponse {
 }
 
 /// The wire form of a sync request/answer (request-response protocol).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncMessage {
     Summary(Vec<SyncSummary>),
     Fetch(FetchRequest),
@@ -102,37 +113,4 @@ pub fn plan(
         });
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::Identity;
-
-    #[test]
-    fn plans_only_what_the_peer_has_more_of() {
-        let me = Identity::from_seed([1; 32]).member_id();
-        let u = Id32([0; 32]);
-        let (a, b, c) = (Id32([1; 32]), Id32([2; 32]), Id32([3; 32]));
-        let ours = BTreeMap::from([(a, 5), (b, 9)]);
-        let theirs = SyncSummary {
-            universe: u,
-            heads: vec![(a, 7), (b, 3), (c, 1)],
-        };
-        let p = plan(u, &ours, &theirs, &me);
-        assert_eq!(
-            p,
-            vec![
-                FetchRequest::Range {
-                    universe: u,
-                    group: a,
-                    from: 5
-                },
-                FetchRequest::Welcomes {
-                    universe: u,
-                    member: me
-                }
-            ]
-        );
-    }
 }

@@ -1,0 +1,609 @@
+//! The sync agent, sans-IO: the conversation with peers around one
+//! [`Participant`]. It decides whom to ask for what, retries across peers,
+//! polls for Welcomes while we wait to join, relays KeyPackages to new
+//! peers, and answers peers' requests. Drivers map their transport to its
+//! inputs (peer connected / gone, request from a peer, answer or failure of
+//! our request, lobby envelope seen, the time) and its [`Action`]s to their
+//! transport; the node and the simulator both drive it, so the simulator
+//! measures the node's policy.
+//!
+//! Peers are the driver's opaque ids (`P`: a libp2p `PeerId`, a node index).
+//! Every decision iterates ordered maps, so a seeded driver stays
+//! deterministic.
+
+use super::key_packages::{KeyPackageRelay, Seen};
+use super::{FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FETCH_ENVELOPES};
+use crate::id::Id32;
+use crate::identity::MemberId;
+use crate::participant::{Event, Output, Participant, Publish};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The agent's policy knobs. Times are the driver's milliseconds.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// A request without an answer for this long has failed (a roaming
+    /// fetch then goes to another peer). Drivers whose transport has its
+    /// own timeout set this at or above it.
+    pub request_timeout_ms: u64,
+    /// Ask for the Welcomes of a universe we are not in at most this often.
+    pub welcome_poll_ms: u64,
+    /// Ask the lobby for one member's KeyPackage at most this often.
+    pub kp_ask_ms: u64,
+    /// Requests in flight at most (more are dropped; the engine asks again).
+    pub max_outstanding: usize,
+    /// Universes we look at in one peer's summaries.
+    pub max_summaries: usize,
+    /// Groups whose head we remember per peer (to prefer a peer that has
+    /// what we miss).
+    pub max_heads_per_peer: usize,
+    /// Others' KeyPackages kept to hand to new peers.
+    pub kp_cache: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            request_timeout_ms: 30_000,
+            welcome_poll_ms: 30_000,
+            kp_ask_ms: 1_000,
+            max_outstanding: 1024,
+            max_summaries: 1024,
+            max_heads_per_peer: 4096,
+            kp_cache: 256,
+        }
+    }
+}
+
+/// Names one of our requests; the driver reports its answer or failure
+/// with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action<P> {
+    /// Send `msg` to `peer` as a request; report the answer with
+    /// [`SyncAgent::handle_response`] or the failure with
+    /// [`SyncAgent::handle_failure`].
+    Request {
+        peer: P,
+        id: RequestId,
+        msg: SyncMessage,
+    },
+    /// Publish on gossip (the engine's publishes, our KeyPackage requests).
+    Publish(Publish),
+    /// For the user.
+    Event(Event),
+}
+
+/// What an answer could not be used for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// No request of ours has this id (answered, timed out, its peer gone).
+    #[error("no outstanding request {0:?}")]
+    UnknownRequest(RequestId),
+    /// The peer answered with the wrong kind of message.
+    #[error("a {asked} request was answered with a {got} message")]
+    UnexpectedAnswer {
+        asked: &'static str,
+        got: &'static str,
+    },
+}
+
+/// Who may answer a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route<P> {
+    /// Planned from this peer's summary (it has what we miss, or a
+    /// follow-up of its answer): no retry elsewhere; the next summary
+    /// plans again.
+    Planned,
+    /// An engine fetch: any peer may answer. After a failure, a timeout or
+    /// an empty answer the next untried peer is asked; when none is left we
+    /// give up (the engine asks again after its retry delay).
+    Roaming { tried: Vec<P> },
+}
+
+/// What an outstanding request was for.
+#[derive(Debug, Clone)]
+enum Purpose<P> {
+    /// Our summaries; the answer is the peer's.
+    Summary,
+    /// KeyPackages handed over; the answer is empty.
+    Push,
+    Fetch {
+        req: FetchRequest,
+        route: Route<P>,
+    },
+}
+
+/// One request in flight.
+#[derive(Debug, Clone)]
+struct Asked<P> {
+    peer: P,
+    at: u64,
+    purpose: Purpose<P>,
+}
+
+/// A connected peer, as far as sync goes.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Its heads from its last summary: group -> next seq.
+    heads: BTreeMap<Id32, u64>,
+}
+
+/// The sync agent of one participant.
+pub struct SyncAgent<P> {
+    me: MemberId,
+    cfg: SyncConfig,
+    peers: BTreeMap<P, Peer>,
+    asked: BTreeMap<RequestId, Asked<P>>,
+    /// Fetches in flight, and whom they are asked of: an identical range
+    /// is not asked again of anyone (any holder answers the same entries);
+    /// Welcomes not again of the same peer (each peer holds its own).
+    inflight: BTreeMap<FetchRequest, Vec<P>>,
+    next_id: u64,
+    /// Round robin over peers for roaming fetches.
+    rr: usize,
+    /// Universes we are not in: when we last asked for their Welcomes.
+    welcome_polls: BTreeMap<Id32, u64>,
+    kps: KeyPackageRelay,
+    actions: VecDeque<Action<P>>,
+}
+
+impl<P: Ord + Clone> SyncAgent<P> {
+    pub fn new(me: MemberId, cfg: SyncConfig) -> SyncAgent<P> {
+        let kps = KeyPackageRelay::new(cfg.kp_cache);
+        SyncAgent {
+            me,
+            cfg,
+            peers: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            next_id: 0,
+            rr: 0,
+            welcome_polls: BTreeMap::new(),
+            kps,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// Connected peers, in order.
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
+        self.peers.keys()
+    }
+
+    pub fn is_connected(&self, peer: &P) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Requests in flight.
+    pub fn outstanding(&self) -> usize {
+        self.asked.len()
+    }
+
+    // ------------------------------------------------------------ inputs --
+
+    /// A peer connected: it gets our KeyPackage and the others we relay (a
+    /// push: gossip would not re-send them), our announcement on the lobby,
+    /// and our summaries.
+    pub fn peer_connected(&mut self, p: &Participant, peer: P, now: u64) {
+        if self.peers.contains_key(&peer) {
+            self.send_summary(p, peer, now);
+            return;
+        }
+        self.peers.insert(peer.clone(), Peer::default());
+        let ann = p.announcement();
+        let mut envelopes = vec![];
+        if let Output::Publish(a) = &ann {
+            envelopes.push(ByteBuf::from(a.bytes.clone()));
+        }
+        envelopes.extend(
+            self.kps
+                .newest(MAX_FETCH_ENVELOPES - 1)
+                .map(|b| ByteBuf::from(b.to_vec())),
+        );
+        self.push(peer.clone(), envelopes, now);
+        self.handle_outputs(vec![ann], None, now);
+        self.send_summary(p, peer, now);
+    }
+
+    /// A peer is gone: its requests fail now (roaming fetches move on).
+    pub fn peer_disconnected(&mut self, peer: &P, now: u64) {
+        if self.peers.remove(peer).is_none() {
+            return;
+        }
+        let ids: Vec<RequestId> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| a.peer == *peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail(id, now);
+        }
+    }
+
+    /// The engine's outputs: fetches become requests (to `from` when it is
+    /// connected: the peer whose answer caused them), the rest actions.
+    pub fn handle_outputs(&mut self, outs: Vec<Output>, from: Option<&P>, now: u64) {
+        for o in outs {
+            match o {
+                Output::Publish(p) => self.actions.push_back(Action::Publish(p)),
+                Output::Event(e) => self.actions.push_back(Action::Event(e)),
+                Output::Fetch(r) => self.fetch(r, from, now),
+            }
+        }
+    }
+
+    /// A command failed for lack of `member`'s KeyPackage: ask the lobby
+    /// (rate-limited per member).
+    pub fn missing_key_package(&mut self, member: &str, now: u64) {
+        if let Some(p) = self.kps.ask(&self.me, member, now, self.cfg.kp_ask_ms) {
+            self.actions.push_back(Action::Publish(p));
+        }
+    }
+
+    /// A lobby envelope the engine accepted or already had, relayed to us by
+    /// `from`: caches KeyPackages, and answers a request for one we hold by
+    /// pushing it to `from` (the addressee's own answer cannot be
+    /// re-gossiped inside the duplicate window).
+    pub fn lobby_envelope(&mut self, bytes: &[u8], from: Option<&P>, now: u64) {
+        if let Seen::Answer(kp) = self.kps.observe(&self.me, bytes) {
+            if let Some(peer) = from {
+                self.push(peer.clone(), vec![ByteBuf::from(kp)], now);
+            }
+        }
+    }
+
+    /// A peer's request; returns the answer to send back.
+    pub fn handle_request(
+        &mut self,
+        p: &mut Participant,
+        peer: &P,
+        msg: SyncMessage,
+        now: u64,
+    ) -> SyncMessage {
+        match msg {
+            SyncMessage::Summary(theirs) => {
+                self.plan_from(p, peer, &theirs, now);
+                SyncMessage::Summaries(p.summaries())
+            }
+            SyncMessage::Fetch(req) => {
+                SyncMessage::Fetched(p.serve_fetch(&req).unwrap_or_default())
+            }
+            SyncMessage::Fetched(push) => {
+                self.absorb_push(p, peer, push, now);
+                SyncMessage::Fetched(FetchResponse::default())
+            }
+            SyncMessage::Summaries(theirs) => {
+                self.plan_from(p, peer, &theirs, now);
+                SyncMessage::Summaries(vec![])
+            }
+        }
+    }
+
+    /// The answer to our request `id`.
+    pub fn handle_response(
+        &mut self,
+        p: &mut Participant,
+        id: RequestId,
+        msg: SyncMessage,
+        now: u64,
+    ) -> Result<(), SyncError> {
+        let Some(a) = self.asked.remove(&id) else {
+            return Err(SyncError::UnknownRequest(id));
+        };
+        match (a.purpose, msg) {
+            (Purpose::Summary, SyncMessage::Summaries(s)) => {
+                self.plan_from(p, &a.peer, &s, now);
+                Ok(())
+            }
+            (Purpose::Push, _) => Ok(()),
+            (Purpose::Fetch { req, route }, SyncMessage::Fetched(resp)) => {
+                self.landed(&req, &a.peer);
+                self.on_fetched(p, a.peer, req, route, resp, now);
+                Ok(())
+            }
+            (Purpose::Fetch { req, route }, other) => {
+                self.landed(&req, &a.peer);
+                self.retry(req, route, now);
+                Err(SyncError::UnexpectedAnswer {
+                    asked: "fetch",
+                    got: other.kind(),
+                })
+            }
+            (Purpose::Summary, other) => Err(SyncError::UnexpectedAnswer {
+                asked: "summary",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// Our request `id` failed (transport error, refused, connection lost).
+    pub fn handle_failure(&mut self, id: RequestId, now: u64) {
+        self.fail(id, now);
+    }
+
+    /// Sends our summaries to every connected peer (the periodic round).
+    pub fn sync_all(&mut self, p: &Participant, now: u64) {
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.send_summary(p, peer, now);
+        }
+    }
+
+    /// Sends our summaries to `peer` (it answers with its own, and each side
+    /// fetches what the other has more of).
+    pub fn send_summary(&mut self, p: &Participant, peer: P, now: u64) {
+        let msg = SyncMessage::Summary(p.summaries());
+        self.request(peer, msg, Purpose::Summary, now);
+    }
+
+    // ------------------------------------------------------------ timers --
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.asked
+            .values()
+            .map(|a| a.at.saturating_add(self.cfg.request_timeout_ms))
+            .min()
+    }
+
+    /// Fails the requests unanswered for `request_timeout_ms`, and forgets
+    /// rate-limit records that cannot matter any more.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let timeout = self.cfg.request_timeout_ms;
+        let due: Vec<RequestId> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| now >= a.at.saturating_add(timeout))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.fail(id, now);
+        }
+        let keep = self.cfg.welcome_poll_ms.saturating_mul(2);
+        self.welcome_polls
+            .retain(|_, t| now < t.saturating_add(keep));
+        self.kps.gc(now, self.cfg.kp_ask_ms.saturating_mul(60));
+    }
+
+    // ----------------------------------------------------------- policy --
+
+    fn fail(&mut self, id: RequestId, now: u64) {
+        let Some(a) = self.asked.remove(&id) else {
+            return;
+        };
+        if let Purpose::Fetch { req, route } = a.purpose {
+            self.landed(&req, &a.peer);
+            self.retry(req, route, now);
+        }
+    }
+
+    /// A roaming fetch goes to the next untried peer, if any.
+    fn retry(&mut self, req: FetchRequest, route: Route<P>, now: u64) {
+        let Route::Roaming { mut tried } = route else {
+            return;
+        };
+        if let Some(next) = self.next_peer(&req, &tried) {
+            tried.push(next.clone());
+            self.send_fetch(next, req, Route::Roaming { tried }, now);
+        }
+    }
+
+    /// Sends a fetch to `prefer` (connected: the peer that has it), or to a
+    /// connected peer chosen by [`next_peer`](Self::next_peer).
+    fn fetch(&mut self, req: FetchRequest, prefer: Option<&P>, now: u64) {
+        let prefer = prefer.filter(|p| self.peers.contains_key(*p));
+        if let Some(asked) = self.inflight.get(&req) {
+            let welcomes = matches!(req, FetchRequest::Welcomes { .. });
+            if !welcomes || prefer.is_none_or(|p| asked.contains(p)) {
+                return;
+            }
+        }
+        match prefer {
+            Some(p) => self.send_fetch(p.clone(), req, Route::Planned, now),
+            None => {
+                if let Some(p) = self.next_peer(&req, &[]) {
+                    let tried = vec![p.clone()];
+                    self.send_fetch(p, req, Route::Roaming { tried }, now);
+                }
+            }
+        }
+    }
+
+    /// An untried connected peer: one whose last summary shows it holds
+    /// what `req` asks for if there is one, round robin among them.
+    fn next_peer(&mut self, req: &FetchRequest, tried: &[P]) -> Option<P> {
+        let untried: Vec<(&P, &Peer)> = self
+            .peers
+            .iter()
+            .filter(|(p, _)| !tried.contains(p))
+            .collect();
+        let has: Vec<&P> = match req {
+            FetchRequest::Range { group, from, .. } => untried
+                .iter()
+                .filter(|(_, st)| st.heads.get(group).is_some_and(|n| n > from))
+                .map(|(p, _)| *p)
+                .collect(),
+            FetchRequest::Welcomes { .. } => vec![],
+        };
+        let pool: Vec<&P> = if has.is_empty() {
+            untried.iter().map(|(p, _)| *p).collect()
+        } else {
+            has
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        self.rr = self.rr.wrapping_add(1);
+        Some(pool[self.rr % pool.len()].clone())
+    }
+
+    fn send_fetch(&mut self, peer: P, req: FetchRequest, route: Route<P>, now: u64) {
+        let msg = SyncMessage::Fetch(req.clone());
+        let purpose = Purpose::Fetch {
+            req: req.clone(),
+            route,
+        };
+        if self.request(peer.clone(), msg, purpose, now) {
+            self.inflight.entry(req).or_default().push(peer);
+        }
+    }
+
+    /// A fetch asked of `peer` is over (answered or failed).
+    fn landed(&mut self, req: &FetchRequest, peer: &P) {
+        if let Some(asked) = self.inflight.get_mut(req) {
+            if let Some(i) = asked.iter().position(|p| p == peer) {
+                asked.swap_remove(i);
+            }
+            if asked.is_empty() {
+                self.inflight.remove(req);
+            }
+        }
+    }
+
+    fn push(&mut self, peer: P, envelopes: Vec<ByteBuf>, now: u64) {
+        let msg = SyncMessage::Fetched(FetchResponse {
+            envelopes,
+            ..FetchResponse::default()
+        });
+        self.request(peer, msg, Purpose::Push, now);
+    }
+
+    fn request(&mut self, peer: P, msg: SyncMessage, purpose: Purpose<P>, now: u64) -> bool {
+        if self.asked.len() >= self.cfg.max_outstanding {
+            tracing::debug!("too many sync requests in flight; dropping one");
+            return false;
+        }
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        self.asked.insert(
+            id,
+            Asked {
+                peer: peer.clone(),
+                at: now,
+                purpose,
+            },
+        );
+        self.actions.push_back(Action::Request { peer, id, msg });
+        true
+    }
+
+    /// What to fetch from `peer`, given its summaries; and, for a universe
+    /// we are not in, a poll for Welcomes addressed to us.
+    fn plan_from(&mut self, p: &Participant, peer: &P, theirs: &[SyncSummary], now: u64) {
+        let known: BTreeSet<Id32> = p.universes().into_iter().collect();
+        let theirs = &theirs[..theirs.len().min(self.cfg.max_summaries)];
+        let cap = self.cfg.max_heads_per_peer;
+        if let Some(st) = self.peers.get_mut(peer) {
+            for s in theirs {
+                for (g, n) in &s.heads {
+                    if st.heads.len() < cap || st.heads.contains_key(g) {
+                        st.heads.insert(*g, *n);
+                    }
+                }
+            }
+        }
+        for s in theirs {
+            if known.contains(&s.universe) {
+                for r in p.plan_fetches(s) {
+                    self.fetch(r, Some(peer), now);
+                }
+            } else {
+                // It may hold a Welcome for us that we missed on the lobby
+                // (offline when it was sent).
+                let due = self
+                    .welcome_polls
+                    .get(&s.universe)
+                    .is_none_or(|t| now >= t.saturating_add(self.cfg.welcome_poll_ms));
+                if due {
+                    self.welcome_polls.insert(s.universe, now);
+                    let req = FetchRequest::Welcomes {
+                        universe: s.universe,
+                        member: self.me.clone(),
+                    };
+                    self.fetch(req, Some(peer), now);
+                }
+            }
+        }
+    }
+
+    /// Feeds envelopes a peer pushed to us.
+    fn absorb_push(&mut self, p: &mut Participant, peer: &P, push: FetchResponse, now: u64) {
+        for e in push.envelopes.iter().take(MAX_FETCH_ENVELOPES) {
+            match p.handle_incoming(e) {
+                Ok(outs) => {
+                    self.kps.observe(&self.me, e);
+                    self.handle_outputs(outs, Some(peer), now);
+                }
+                Err(err) if err.is_duplicate() => {
+                    self.kps.observe(&self.me, e);
+                }
+                Err(err) => tracing::debug!(error = %err, "pushed envelope rejected"),
+            }
+        }
+    }
+
+    fn on_fetched(
+        &mut self,
+        p: &mut Participant,
+        peer: P,
+        req: FetchRequest,
+        route: Route<P>,
+        resp: FetchResponse,
+        now: u64,
+    ) {
+        // Nothing from this peer (it joined later, or is behind us): another
+        // may have it. A pruned history is an answer, though.
+        let empty = resp.envelopes.is_empty() && !resp.pruned && !resp.more;
+        if empty {
+            if let Route::Roaming { tried } = &route {
+                if let Some(next) = self.next_peer(&req, tried) {
+                    let mut tried = tried.clone();
+                    tried.push(next.clone());
+                    self.send_fetch(next, req, Route::Roaming { tried }, now);
+                    return;
+                }
+            }
+        }
+        let welcomes = matches!(req, FetchRequest::Welcomes { .. }) && !resp.envelopes.is_empty();
+        let before = welcomes.then(|| groups_in(p));
+        let outs = p.handle_fetch_response(&req, resp);
+        self.handle_outputs(outs, Some(&peer), now);
+        let joined = before.is_some_and(|n| groups_in(p) > n);
+        if joined && self.peers.contains_key(&peer) {
+            // A Welcome got us into a group: fetch the rest of the streams
+            // now. (Only then: Welcomes we had already processed must not
+            // start another round, or two peers would ping-pong summaries.)
+            self.send_summary(p, peer, now);
+        }
+    }
+}
+
+/// How many send groups we are in, over all universes.
+fn groups_in(p: &Participant) -> usize {
+    p.summaries().iter().map(|s| s.heads.len()).sum()
+}
+
+impl SyncMessage {
+    /// The message's kind, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncMessage::Summary(_) => "summary",
+            SyncMessage::Fetch(_) => "fetch",
+            SyncMessage::Summaries(_) => "summaries",
+            SyncMessage::Fetched(_) => "fetched",
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Unit tests of the planning rule and of the sync agent's policy.
+
+use super::*;
+use crate::identity::Identity;
+use crate::participant::{Output, Participant};
+use crate::testkit;
+use crate::{Envelope, Kind, Store};
+use std::collections::BTreeMap;
+
+#[test]
+fn plans_only_what_the_peer_has_more_of() {
+    let me = Identity::from_seed([1; 32]).member_id();
+    let u = Id32([0; 32]);
+    let (a, b, c) = (Id32([1; 32]), Id32([2; 32]), Id32([3; 32]));
+    let ours = BTreeMap::from([(a, 5), (b, 9)]);
+    let theirs = SyncSummary {
+        universe: u,
+        heads: vec![(a, 7), (b, 3), (c, 1)],
+    };
+    let p = plan(u, &ours, &theirs, &me);
+    assert_eq!(
+        p,
+        vec![
+            FetchRequest::Range {
+                universe: u,
+                group: a,
+                from: 5
+            },
+            FetchRequest::Welcomes {
+                universe: u,
+                member: me
+            }
+        ]
+    );
+}
+
+const T0: u64 = 1_000;
+
+fn participant(i: usize) -> Participant {
+    let store = Store::in_memory().expect("store");
+    let (p, _) =
+        Participant::open(testkit::identity(i), store, testkit::config(), T0).expect("open");
+    p
+}
+
+/// An agent of participant 0 with `peers` connected and its connection
+/// actions drained.
+fn agent(p: &Participant, peers: &[u32]) -> SyncAgent<u32> {
+    let mut a = SyncAgent::new(p.me().clone(), SyncConfig::default());
+    for peer in peers {
+        a.peer_connected(p, *peer, T0);
+    }
+    // The connection's summaries and pushes fail: not what is tested.
+    for (_, id, _) in requests(&drain(&mut a)) {
+        a.handle_failure(id, T0);
+    }
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(a.outstanding(), 0);
+    a
+}
+
+fn drain(a: &mut SyncAgent<u32>) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| a.poll_action()).collect()
+}
+
+/// The requests among `actions`: (peer, id, message).
+fn requests(actions: &[Action<u32>]) -> Vec<(u32, RequestId, SyncMessage)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { peer, id, msg } => Some((*peer, *id, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn range(from: u64) -> FetchRequest {
+    FetchRequest::Range {
+        universe: Id32([9; 32]),
+        group: Id32([8; 32]),
+        from,
+    }
+}
+
+/// Asks `a` for a roaming (engine) fetch; returns where it went.
+fn engine_fetch(a: &mut SyncAgent<u32>, req: &FetchRequest, now: u64) -> Vec<(u32, RequestId)> {
+    a.handle_outputs(vec![Output::Fetch(req.clone())], None, now);
+    requests(&drain(a))
+        .into_iter()
+        .map(|(peer, id, msg)| {
+            assert_eq!(msg, SyncMessage::Fetch(req.clone()));
+            (peer, id)
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_fetch_is_retried_at_each_other_peer_once_then_given_up() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2, 3]);
+    let req = range(4);
+    let mut asked = vec![];
+    let sent = engine_fetch(&mut a, &req, T0);
+    assert_eq!(sent.len(), 1);
+    let (mut peer, mut id) = sent[0];
+    asked.push(peer);
+    for _ in 0..2 {
+        a.handle_failure(id, T0 + 10);
+        let next = requests(&drain(&mut a));
+        assert_eq!(next.len(), 1, "one retry per failure");
+        assert_eq!(next[0].2, SyncMessage::Fetch(req.clone()));
+        assert!(
+            !asked.contains(&next[0].0),
+            "retried at a peer already tried"
+        );
+        (peer, id) = (next[0].0, next[0].1);
+        asked.push(peer);
+    }
+    a.handle_failure(id, T0 + 20);
+    assert!(drain(&mut a).is_empty(), "every peer tried: give up");
+    assert_eq!(a.outstanding(), 0);
+    asked.sort();
+    assert_eq!(asked, vec![1, 2, 3]);
+    // Given up, it is not in flight any more: the engine may ask again.
+    assert_eq!(engine_fetch(&mut a, &req, T0 + 30).len(), 1);
+}
+
+#[test]
+fn a_timed_out_fetch_goes_to_another_peer() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let timeout = a.config().request_timeout_ms;
+    let req = range(0);
+    let sent = engine_fetch(&mut a, &req, T0);
+    assert_eq!(a.poll_timeout(), Some(T0 + timeout));
+    a.handle_timeout(T0 + timeout - 1);
+    assert!(drain(&mut a).is_empty(), "retried before its timeout");
+    a.handle_timeout(T0 + timeout);
+    let next = requests(&drain(&mut a));
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].0, sent[0].0);
+    assert_eq!(next[0].2, SyncMessage::Fetch(req));
+    // The late answer of the first peer is not taken for the new request.
+    let mut p = p;
+    let late = a.handle_response(
+        &mut p,
+        sent[0].1,
+        SyncMessage::Fetched(FetchResponse::default()),
+        T0 + timeout + 1,
+    );
+    assert_eq!(late, Err(SyncError::UnknownRequest(sent[0].1)));
+}
+
+#[test]
+fn an_identical_outstanding_fetch_is_not_sent_twice() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let req = range(7);
+    let sent = engine_fetch(&mut a, &req, T0);
+    assert_eq!(sent.len(), 1);
+    assert!(engine_fetch(&mut a, &req, T0 + 1).is_empty(), "sent twice");
+    // A different start is a different request.
+    assert_eq!(engine_fetch(&mut a, &range(8), T0 + 1).len(), 1);
+    // Once answered, the same request may go again.
+    let pruned = FetchResponse {
+        pruned: true,
+        ..FetchResponse::default()
+    };
+    a.handle_response(&mut p, sent[0].1, SyncMessage::Fetched(pruned), T0 + 2)
+        .expect("answer");
+    assert_eq!(engine_fetch(&mut a, &req, T0 + 3).len(), 1);
+}
+
+#[test]
+fn an_empty_answer_moves_a_roaming_fetch_on_but_not_a_planned_one() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let req = range(3);
+    let sent = engine_fetch(&mut a, &req, T0);
+    let empty = SyncMessage::Fetched(FetchResponse::default());
+    a.handle_response(&mut p, sent[0].1, empty.clone(), T0 + 1)
+        .expect("answer");
+    let next = requests(&drain(&mut a));
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].0, sent[0].0);
+    // A fetch planned from a peer's answer stays with that peer.
+    a.handle_response(&mut p, next[0].1, empty.clone(), T0 + 2)
+        .expect("answer");
+    assert!(drain(&mut a).is_empty(), "both peers tried");
+    a.handle_outputs(vec![Output::Fetch(req.clone())], Some(&2), T0 + 3);
+    let planned = requests(&drain(&mut a));
+    assert_eq!(planned.len(), 1);
+    assert_eq!(planned[0].0, 2);
+    a.handle_response(&mut p, planned[0].1, empty, T0 + 4)
+        .expect("answer");
+    assert!(drain(&mut a).is_empty(), "a planned fetch roamed");
+}
+
+#[test]
+fn a_roaming_fetch_prefers_a_peer_whose_summary_shows_it_has_the_entries() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2, 3]);
+    let req = range(5);
+    let FetchRequest::Range {
+        universe, group, ..
+    } = req.clone()
+    else {
+        unreachable!()
+    };
+    let theirs = vec![SyncSummary {
+        universe,
+        heads: vec![(group, 9)],
+    }];
+    a.handle_request(&mut p, &3, SyncMessage::Summary(theirs), T0);
+    drain(&mut a);
+    for i in 0..3 {
+        let now = T0 + 1 + i;
+        let sent = engine_fetch(&mut a, &req, now);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, 3, "not the peer that has it");
+        a.handle_failure(sent[0].1, now);
+        // Then the others, one after the other, then give up.
+        let next = requests(&drain(&mut a));
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].0, 3);
+        a.handle_failure(next[0].1, now);
+        let last = requests(&drain(&mut a));
+        assert_eq!(last.len(), 1);
+        assert!(![3, next[0].0].contains(&last[0].0));
+        a.handle_failure(last[0].1, now);
+        assert!(drain(&mut a).is_empty());
+    }
+}
+
+#[test]
+fn a_new_peer_gets_our_summary_our_key_package_and_those_we_relay() {
+    let p = participant(0);
+    let other = participant(1);
+    let Output::Publish(kp) = other.announcement() else {
+        panic!("announcement is a publish")
+    };
+    let mut a: SyncAgent<u32> = SyncAgent::new(p.me().clone(), SyncConfig::default());
+    a.lobby_envelope(&kp.bytes, Some(&5), T0);
+    assert!(drain(&mut a).is_empty());
+    a.peer_connected(&p, 7, T0 + 1);
+    let actions = drain(&mut a);
+    let Output::Publish(ours) = p.announcement() else {
+        panic!("announcement is a publish")
+    };
+    assert!(
+        actions.contains(&Action::Publish(ours.clone())),
+        "our announcement on the lobby"
+    );
+    let reqs = requests(&actions);
+    assert!(reqs.iter().all(|(peer, _, _)| *peer == 7));
+    let pushed: Vec<Vec<u8>> = reqs
+        .iter()
+        .filter_map(|(_, _, m)| match m {
+            SyncMessage::Fetched(r) => Some(r.envelopes.iter().map(|e| e.to_vec()).collect()),
+            _ => None,
+        })
+        .next()
+        .expect("a push of KeyPackages");
+    assert_eq!(pushed, vec![ours.bytes, kp.bytes]);
+    assert!(
+        reqs.iter()
+            .any(|(_, _, m)| *m == SyncMessage::Summary(p.summaries())),
+        "our summary"
+    );
+    // A second connection of the same peer only re-syncs.
+    a.peer_connected(&p, 7, T0 + 2);
+    let again = requests(&drain(&mut a));
+    assert_eq!(again.len(), 1);
+    assert!(matches!(again[0].2, SyncMessage::Summary(_)));
+}
+
+#[test]
+fn a_request_for_a_key_package_we_relay_is_answered_to_the_neighbour_that_relayed_it() {
+    let p = participant(0);
+    let other = participant(1);
+    let Output::Publish(kp) = other.announcement() else {
+        panic!("announcement is a publish")
+    };
+    let mut a = agent(&p, &[4]);
+    a.lobby_envelope(&kp.bytes, None, T0);
+    let ask = key_package_request(&testkit::identity(2).member_id(), other.me().as_str()).encode();
+    a.lobby_envelope(&ask, Some(&4), T0 + 1);
+    let reqs = requests(&drain(&mut a));
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].0, 4);
+    let SyncMessage::Fetched(r) = &reqs[0].2 else {
+        panic!("not a push: {:?}", reqs[0].2)
+    };
+    assert_eq!(r.envelopes.len(), 1);
+    assert_eq!(r.envelopes[0].as_slice(), kp.bytes.as_slice());
+    // A request for someone we hold nothing of, or for us, is left alone.
+    let ask = key_package_request(other.me(), testkit::identity(3).member_id().as_str());
+    a.lobby_envelope(&ask.encode(), Some(&4), T0 + 2);
+    let ask = key_package_request(other.me(), p.me().as_str());
+    a.lobby_envelope(&ask.encode(), Some(&4), T0 + 2);
+    assert!(drain(&mut a).is_empty());
+}
+
+#[test]
+fn the_key_package_cache_is_bounded_and_skips_our_own() {
+    let p = participant(0);
+    let cfg = SyncConfig {
+        kp_cache: 2,
+        ..SyncConfig::default()
+    };
+    let mut relay = super::key_packages::KeyPackageRelay::new(cfg.kp_cache);
+    let Output::Publish(own) = p.announcement() else {
+        panic!()
+    };
+    relay.observe(p.me(), &own.bytes);
+    assert_eq!(relay.len(), 0);
+    for i in 1..5 {
+        let Output::Publish(kp) = participant(i).announcement() else {
+            panic!()
+        };
+        relay.observe(p.me(), &kp.bytes);
+        relay.observe(p.me(), &kp.bytes);
+    }
+    assert_eq!(relay.len(), 2);
+}
+
+#[test]
+fn a_missing_key_package_is_asked_for_once_per_interval() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let every = a.config().kp_ask_ms;
+    let who = testkit::identity(3).member_id();
+    a.missing_key_package(who.as_str(), T0);
+    a.missing_key_package(who.as_str(), T0 + every - 1);
+    let acts = drain(&mut a);
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    let Action::Publish(pb) = &acts[0] else {
+        panic!("not a publish")
+    };
+    let env = Envelope::decode(&pb.bytes).expect("envelope");
+    assert_eq!(env.kind, Kind::KeyPackageRequest);
+    assert_eq!(env.to.as_deref(), Some(who.as_str()));
+    assert_eq!(env.sender.as_deref(), Some(p.me().as_str()));
+    a.missing_key_package(who.as_str(), T0 + every);
+    assert_eq!(drain(&mut a).len(), 1);
+}
+
+#[test]
+fn a_summary_of_a_universe_we_are_not_in_polls_for_welcomes_addressed_to_us() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let poll = a.config().welcome_poll_ms;
+    let u = Id32([5; 32]);
+    let theirs = vec![SyncSummary {
+        universe: u,
+        heads: vec![(Id32([6; 32]), 3)],
+    }];
+    let welcomes = SyncMessage::Fetch(FetchRequest::Welcomes {
+        universe: u,
+        member: p.me().clone(),
+    });
+    let answer = a.handle_request(&mut p, &1, SyncMessage::Summary(theirs.clone()), T0);
+    assert_eq!(answer, SyncMessage::Summaries(p.summaries()));
+    let reqs = requests(&drain(&mut a));
+    assert_eq!(reqs.len(), 1);
+    assert_eq!((reqs[0].0, &reqs[0].2), (1, &welcomes));
+    // Nothing came; not again before the poll interval, from anyone.
+    a.handle_response(
+        &mut p,
+        reqs[0].1,
+        SyncMessage::Fetched(FetchResponse::default()),
+        T0 + 1,
+    )
+    .expect("answer");
+    drain(&mut a);
+    a.handle_request(&mut p, &2, SyncMessage::Summary(theirs.clone()), T0 + 2);
+    assert!(requests(&drain(&mut a)).is_empty(), "polled too often");
+    a.handle_request(&mut p, &2, SyncMessage::Summaries(theirs), T0 + poll);
+    let reqs = requests(&drain(&mut a));
+    assert_eq!(reqs.len(), 1);
+    assert_eq!((reqs[0].0, &reqs[0].2), (2, &welcomes));
+}
+
+#[test]
+fn a_disconnected_peer_fails_its_requests_and_roaming_ones_move_on() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let req = range(1);
+    let sent = engine_fetch(&mut a, &req, T0);
+    a.send_summary(&p, sent[0].0, T0);
+    drain(&mut a);
+    assert_eq!(a.outstanding(), 2);
+    a.peer_disconnected(&sent[0].0, T0 + 1);
+    assert!(!a.is_connected(&sent[0].0));
+    let next = requests(&drain(&mut a));
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].0, sent[0].0);
+    assert_eq!(a.outstanding(), 1);
+    // No peer left: an engine fetch waits for the engine's next retry.
+    a.peer_disconnected(&next[0].0, T0 + 2);
+    assert!(drain(&mut a).is_empty());
+    assert!(engine_fetch(&mut a, &req, T0 + 3).is_empty());
+    assert_eq!(a.outstanding(), 0);
+}
+
+#[test]
+fn the_wrong_answer_kind_is_an_error_and_a_roaming_fetch_moves_on() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let sent = engine_fetch(&mut a, &range(2), T0);
+    let r = a.handle_response(&mut p, sent[0].1, SyncMessage::Summaries(vec![]), T0 + 1);
+    assert_eq!(
+        r,
+        Err(SyncError::UnexpectedAnswer {
+            asked: "fetch",
+            got: "summaries"
+        })
+    );
+    assert_eq!(requests(&drain(&mut a)).len(), 1);
+}
+
+/// The whole conversation between two real participants: a member that
+/// missed its Welcome (offline when it went round) joins by sync alone.
+#[test]
+fn a_member_that_missed_its_welcome_joins_through_the_agents() {
+    let mut net = testkit::Net::new(2);
+    net.offline[1] = true;
+    let uid = net.universe(crate::Profile::Mmls00);
+    assert!(!net.node(1).universes().contains(&uid));
+    net.offline[1] = false;
+    net.settle();
+    assert!(net.node(1).universes().contains(&uid), "not joined by sync");
+    net.send(0, &uid, "hello");
+    net.run();
+    assert_eq!(net.texts(1), vec!["hello".to_string()]);
+}
+
+#[test]
+fn welcomes_in_flight_at_one_peer_are_still_asked_of_another_but_a_range_is_not() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let welcomes = FetchRequest::Welcomes {
+        universe: Id32([5; 32]),
+        member: p.me().clone(),
+    };
+    let ask = |a: &mut SyncAgent<u32>, req: &FetchRequest, from: Option<u32>| {
+        a.handle_outputs(vec![Output::Fetch(req.clone())], from.as_ref(), T0);
+        requests(&drain(a))
+            .into_iter()
+            .map(|(peer, _, _)| peer)
+            .collect::<Vec<u32>>()
+    };
+    // Each peer holds its own Welcomes.
+    assert_eq!(ask(&mut a, &welcomes, Some(1)), vec![1]);
+    assert_eq!(ask(&mut a, &welcomes, Some(2)), vec![2]);
+    assert!(ask(&mut a, &welcomes, Some(1)).is_empty(), "asked twice");
+    assert!(ask(&mut a, &welcomes, None).is_empty(), "asked twice");
+    // Any holder answers a range the same.
+    assert_eq!(ask(&mut a, &range(0), Some(1)), vec![1]);
+    assert!(ask(&mut a, &range(0), Some(2)).is_empty(), "asked twice");
+}
+
+#[test]
+fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
+    // Otherwise two peers ping-pong summaries and Welcome fetches forever.
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let welcomes = FetchRequest::Welcomes {
+        universe: Id32([5; 32]),
+        member: p.me().clone(),
+    };
+    a.handle_outputs(vec![Output::Fetch(welcomes)], Some(&1), T0);
+    let sent = requests(&drain(&mut a));
+    let Output::Publish(kp) = participant(1).announcement() else {
+        panic!("announcement is a publish")
+    };
+    let answer = FetchResponse {
+        envelopes: vec![serde_bytes::ByteBuf::from(kp.bytes)],
+        ..FetchResponse::default()
+    };
+    a.handle_response(&mut p, sent[0].1, SyncMessage::Fetched(answer), T0 + 1)
+        .expect("answer");
+    let after = requests(&drain(&mut a));
+    assert!(
+        !after
+            .iter()
+            .any(|(_, _, m)| matches!(m, SyncMessage::Summary(_))),
+        "{after:?}"
+    );
+}
