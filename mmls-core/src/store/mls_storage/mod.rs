@@ -1,0 +1,229 @@
+//! openmls [`StorageProvider`] over the store's transactional "mls" table.
+//!
+//! Adapted from openmls_memory_storage 0.6.0 (MIT).
+//!
+//! The key scheme is the one of `openmls_memory_storage`
+//! (`label || key || version_be`, serde_json values). The whole "mls" table
+//! lives in memory (loaded when the [`Store`](super::Store) opens); every
+//! change records, the first time a key is touched in the current step, the
+//! key's original value in an undo log. The keys of the undo log are the dirty
+//! keys: [`Store::commit`](super::Store::commit) writes their current value in
+//! the step's redb transaction, [`Store::rollback`](super::Store::rollback)
+//! restores their original value.
+//!
+//! Unlike the original, nothing here panics: malformed stored data yields
+//! [`MlsStorageError`].
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use openmls_traits::storage::*;
+use serde::Serialize;
+
+mod provider;
+use provider::build_key_from_vec;
+
+/// Errors of the openmls storage provider.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum MlsStorageError {
+    /// A value could not be (de)serialized (corrupt stored data or a bug).
+    #[error("mls storage: serialization error: {0}")]
+    Serialization(String),
+    /// The stored openmls state is inconsistent.
+    #[error("mls storage: inconsistent state: {0}")]
+    Corrupt(String),
+}
+
+impl From<serde_json::Error> for MlsStorageError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Serialization(e.to_string())
+    }
+}
+
+/// The in-memory image of the "mls" table plus this step's undo log.
+#[derive(Debug, Default)]
+pub(super) struct MlsState {
+    /// Current values (committed state + this step's changes).
+    pub(super) values: HashMap<Vec<u8>, Vec<u8>>,
+    /// For each key touched in this step: its value at the start of the step.
+    pub(super) undo: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl MlsState {
+    fn touch(&mut self, key: &[u8]) {
+        if !self.undo.contains_key(key) {
+            let original = self.values.get(key).cloned();
+            self.undo.insert(key.to_vec(), original);
+        }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.touch(&key);
+        self.values.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        // An absent key that is not in the undo log is absent on disk too.
+        if self.values.contains_key(key) {
+            self.touch(key);
+            self.values.remove(key);
+        }
+    }
+
+    /// Dirty keys with their current value (`None`: delete), skipping keys
+    /// whose value is back to the original.
+    pub(super) fn dirty(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.undo.iter().filter_map(|(k, original)| {
+            let current = self.values.get(k);
+            if current == original.as_ref() {
+                None
+            } else {
+                Some((k.as_slice(), current.map(Vec::as_slice)))
+            }
+        })
+    }
+
+    pub(super) fn rollback(&mut self) {
+        for (k, original) in self.undo.drain() {
+            match original {
+                Some(v) => {
+                    self.values.insert(k, v);
+                }
+                None => {
+                    self.values.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// openmls's storage provider, a view of the [`Store`](super::Store)'s "mls"
+/// table sharing the store's step transaction.
+pub struct MlsStorage {
+    state: Mutex<MlsState>,
+}
+
+impl std::fmt::Debug for MlsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("MlsStorage")
+            .field("entries", &s.values.len())
+            .field("dirty", &s.undo.len())
+            .finish()
+    }
+}
+
+impl MlsStorage {
+    pub(super) fn new(values: HashMap<Vec<u8>, Vec<u8>>) -> Self {
+        MlsStorage {
+            state: Mutex::new(MlsState {
+                values,
+                undo: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Locks the state (a poisoned lock is recovered: the state is always
+    /// consistent between two statements).
+    pub(super) fn lock(&self) -> MutexGuard<'_, MlsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Internal helper to abstract write operations.
+    fn write(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        self.lock().insert(storage_key, value);
+        Ok(())
+    }
+
+    fn append(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let mut state = self.lock();
+
+        // fetch value from db, falling back to an empty list if it doesn't exist
+        let mut list: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+        list.push(value);
+
+        let list_bytes = serde_json::to_vec(&list)?;
+        state.insert(storage_key, list_bytes);
+        Ok(())
+    }
+
+    fn remove_item(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let mut state = self.lock();
+
+        // fetch value from db, falling back to an empty list if it doesn't exist
+        let mut list: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+        if let Some(pos) = list.iter().position(|stored_item| stored_item == &value) {
+            list.remove(pos);
+        }
+
+        let list_bytes = serde_json::to_vec(&list)?;
+        state.insert(storage_key, list_bytes);
+        Ok(())
+    }
+
+    /// Internal helper to abstract read operations.
+    fn read<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Option<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+        match state.values.get(&storage_key) {
+            Some(value) => Ok(Some(serde_json::from_slice(value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Like `read`, but a stored JSON `null` reads as `None` (as the
+    /// original's direct `Option<V>` deserialization does).
+    fn read_nullable<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Option<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+        match state.values.get(&storage_key) {
+            Some(value) => Ok(serde_json::from_slice::<Option<V>>(value)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Internal helper to abstract list read operations.
+    fn read_list<V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: &[u8],
+        key: &[u8],
+    ) -> Result<Vec<V>, MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        let state = self.lock();
+
+        let value: Vec<Vec<u8>> = match state.values.get(&storage_key) {
+            Some(list_bytes) => serde_json::from_slice(list_bytes)?,
+            None => vec![],
+        };
+
+        value
+            .iter()
+            .map(|value_bytes| serde_json::from_slice(value_bytes))
+            .collect::<Result<Vec<V>, _>>()
+            .map_err(MlsStorageError::from)
+    }
+
+    /// Internal helper to abstract delete operations.
+    fn delete(&self, label: &[u8], key: &[u8]) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        self.lock().remove(&storage_key);
+        Ok(())
+    }
+}
