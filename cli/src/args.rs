@@ -295,6 +295,17 @@ pub enum UniverseCmd {
         /// The member id to remove
         id: String,
     },
+    /// Leave a universe: every member removes this node
+    Leave {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+    },
+    /// Drop the local state of a universe this node left, was removed
+    /// from, or never joined (e.g. an id mistyped for `rejoin`)
+    Forget {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+    },
 }
 
 #[derive(Debug, Args)]

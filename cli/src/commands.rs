@@ -272,6 +272,23 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        UniverseCmd::Leave { universe } => {
+            let c = client(dir)?;
+            let u = resolve_universe(&c, dir, &universe)?;
+            c.leave(&u).map_err(|e| api_error(dir, e))?;
+            outln!(
+                "left universe {}: every member removes this node; `mmls universe forget` drops what is left here",
+                short_hex(&u, 16)
+            );
+            Ok(())
+        }
+        UniverseCmd::Forget { universe } => {
+            let c = client(dir)?;
+            let u = resolve_universe(&c, dir, &universe)?;
+            c.forget(&u).map_err(|e| api_error(dir, e))?;
+            outln!("forgot universe {}", short_hex(&u, 16));
+            Ok(())
+        }
     }
 }
 

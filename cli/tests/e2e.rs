@@ -42,7 +42,10 @@ fn help_on_every_subcommand() {
                 "--ping-timeout-ms",
             ],
         ),
-        (&["universe"], &["create", "list", "show", "add", "remove"]),
+        (
+            &["universe"],
+            &["create", "list", "show", "add", "remove", "leave", "forget"],
+        ),
         (
             &["universe", "create"],
             &["--member", "--profile", "--json"],
@@ -51,6 +54,8 @@ fn help_on_every_subcommand() {
         (&["universe", "show"], &["--json"]),
         (&["universe", "add"], &["<UNIVERSE>", "<ID>"]),
         (&["universe", "remove"], &["<UNIVERSE>", "<ID>"]),
+        (&["universe", "leave"], &["<UNIVERSE>"]),
+        (&["universe", "forget"], &["<UNIVERSE>"]),
         (&["send"], &["<UNIVERSE>", "stdin", "--json"]),
         (&["read"], &["--after", "--limit", "--json"]),
         (&["tail"], &["--json"]),
@@ -495,6 +500,31 @@ fn three_nodes_send_read_update_crash_and_catch_up() {
     });
     assert!(tail_b.try_wait().is_none(), "tail exited early");
     drop(tail_b);
+
+    // Carol leaves: everyone removes her; a member cannot forget the
+    // universe, she can, and then it is gone from her node.
+    let e = a.cmd(&["universe", "forget", &u]).one_line_error();
+    assert!(e.contains("still a member"), "{e}");
+    c.cmd(&["universe", "leave", &u]).ok();
+    for n in [&a, &b] {
+        wait_for(
+            &format!("{} removes the leaver", n.name),
+            Duration::from_secs(30),
+            || {
+                let show: types::Universe = n.cmd(&["universe", "show", &u, "--json"]).ok().typed();
+                if show.roster.contains(&c.member)
+                    || show.groups.iter().any(|g| g.owner == c.member)
+                {
+                    Err(format!("{show:?}"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+    }
+    c.cmd(&["universe", "forget", &u]).ok();
+    let list: Vec<types::Universe> = c.cmd(&["universe", "list", "--json"]).ok().typed();
+    assert!(list.is_empty(), "{list:?}");
 
     // A clean stop: SIGTERM, exit 0, api.addr removed, then "not running".
     let st = a.stop(Duration::from_secs(20));

@@ -41,6 +41,8 @@ pub enum MmlsError {
     Duplicate { group: Id32, seq: u64 },
     #[error("message for universe {0}, which this node is not in")]
     NotInUniverse(Id32),
+    #[error("this node is still a member of universe {0}: leave it before forgetting it")]
+    StillMember(Id32),
     #[error("message is for send group {0}, which this node is not in")]
     NotInGroup(Id32),
     #[error("ciphersuite {0:#06x} is not accepted by this universe")]

@@ -38,6 +38,8 @@ pub enum Payload {
         to: MemberId,
         texts: Vec<(u64, ByteBuf)>,
     },
+    /// The owner leaves the universe: every owner removes it.
+    Leave,
 }
 
 /// Authenticated data of every commit and application message (MLS

@@ -146,6 +146,8 @@ fn router(state: ApiState) -> Router {
         .route("/v1/universes/{id}/stream", get(stream))
         .route("/v1/universes/{id}/update", post(update))
         .route("/v1/universes/{id}/rejoin", post(rejoin))
+        .route("/v1/universes/{id}/leave", post(leave))
+        .route("/v1/universes/{id}/forget", post(forget))
         .route("/v1/universes/{id}/bundle", get(bundle_export))
         .route("/v1/bundles/introduction", get(bundle_introduction))
         .route(
@@ -536,6 +538,18 @@ async fn update(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<
 async fn rejoin(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Ok> {
     let u = universe_id(&id)?;
     s.node.rejoin(u).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn leave(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    s.node.leave(u).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn forget(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    s.node.forget(u).await?;
     Ok(Json(types::Ok { ok: true }))
 }
 

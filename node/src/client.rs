@@ -283,6 +283,18 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /v1/universes/{id}/leave`
+    pub fn leave(&self, id: &str) -> Result<(), ClientError> {
+        let _: types::Ok = self.post_empty(&format!("/v1/universes/{}/leave", enc(id)))?;
+        Ok(())
+    }
+
+    /// `POST /v1/universes/{id}/forget`
+    pub fn forget(&self, id: &str) -> Result<(), ClientError> {
+        let _: types::Ok = self.post_empty(&format!("/v1/universes/{}/forget", enc(id)))?;
+        Ok(())
+    }
+
     /// `GET /v1/universes/{id}/bundle[?since_peer=]`, or
     /// `GET /v1/bundles/introduction` when `id` is None: the bundle file's
     /// bytes and how many send groups `since_peer`'s position was known in.

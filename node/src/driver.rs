@@ -852,6 +852,18 @@ impl Driver {
         self.engine(r)
     }
 
+    pub(crate) fn cmd_leave(&mut self, u: &Id32) -> Result<(), NodeError> {
+        let r = self.p.leave_universe(u).map(|o| ((), o));
+        self.engine(r)
+    }
+
+    pub(crate) fn cmd_forget(&mut self, u: &Id32) -> Result<(), NodeError> {
+        let r = self.p.forget_universe(u).map(|o| ((), o));
+        self.engine(r)?;
+        self.sync_subscriptions();
+        Ok(())
+    }
+
     /// Sneakernet: a bundle file of `u` (an introduction when None).
     pub(crate) fn cmd_bundle_export(
         &self,

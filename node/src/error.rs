@@ -115,6 +115,7 @@ fn engine_code(e: &MmlsError) -> &'static str {
         MmlsError::InvalidMemberId(_) => "invalid_member",
         MmlsError::NotAMember(_) => "not_a_member",
         MmlsError::AlreadyMember(_) => "already_member",
+        MmlsError::StillMember(_) => "still_member",
         MmlsError::NotAdmin => "not_admin",
         MmlsError::MissingKeyPackage(_) => "missing_key_package",
         MmlsError::NoMembers => "no_members",
@@ -132,7 +133,7 @@ fn engine_status(e: &MmlsError) -> u16 {
         | MmlsError::NotInGroup(_)
         | MmlsError::NotAMember(_) => 404,
         MmlsError::UniverseNotReady(_) | MmlsError::MissingKeyPackage(_) => 503,
-        MmlsError::AlreadyMember(_) => 409,
+        MmlsError::AlreadyMember(_) | MmlsError::StillMember(_) => 409,
         MmlsError::NotAdmin => 403,
         MmlsError::TooLarge(..) => 413,
         MmlsError::Store(_) | MmlsError::Internal(_) => 500,

@@ -396,6 +396,16 @@ impl NodeHandle {
         self.call(move |d| d.cmd_rejoin(&universe)).await?
     }
 
+    /// Leaves a universe (every member removes us).
+    pub async fn leave(&self, universe: Id32) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_leave(&universe)).await?
+    }
+
+    /// Drops the local state of a universe we are not a member of.
+    pub async fn forget(&self, universe: Id32) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_forget(&universe)).await?
+    }
+
     /// Sneakernet: a bundle file of `universe` (only what `since` is known
     /// to lack, if given), or an introduction (our KeyPackage) when None.
     pub async fn bundle_export(

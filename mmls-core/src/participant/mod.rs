@@ -51,6 +51,7 @@ mod incoming;
 mod join;
 mod key_packages;
 mod leaf_rotation;
+mod leaving;
 mod membership;
 mod output;
 mod processing;

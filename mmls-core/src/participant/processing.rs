@@ -129,6 +129,7 @@ impl Participant {
             Payload::Text { seq, body } => self.deliver_text(uid, g, &owner, epoch, seq, body)?,
             Payload::Hello { def, roster } => self.on_hello(uid, &owner, def, roster)?,
             Payload::Resend { to, texts } => self.on_resend(uid, g, &owner, epoch, &to, texts)?,
+            Payload::Leave => self.on_leave(uid, &owner)?,
         }
         Ok(())
     }

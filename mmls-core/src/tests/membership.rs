@@ -181,3 +181,70 @@ fn an_owners_add_that_overtakes_the_admins_waits_for_it() {
     assert_eq!(net.node(2).status(&uid).unwrap().roster.len(), 4);
     net.assert_consistent(&uid);
 }
+
+/// A member that leaves is removed by every owner (admin or not), hears no
+/// more, and can then forget the universe: nothing of it is left in its
+/// store, and a restart does not bring it back. A member cannot forget a
+/// universe it is still in.
+#[test]
+fn a_member_that_leaves_is_removed_everywhere_and_can_forget_the_universe() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    net.send(2, &uid, "before leaving");
+    net.run();
+    let m2 = net.member(2);
+
+    let err = net.node(0).forget_universe(&uid).unwrap_err();
+    assert!(matches!(err, MmlsError::StillMember(_)), "{err}");
+    assert!(net.node(0).universes().contains(&uid));
+
+    let outs = net.node(2).leave_universe(&uid).unwrap();
+    net.absorb(2, outs);
+    net.run();
+    net.settle();
+    for i in [0, 1] {
+        let st = net.node(i).status(&uid).unwrap();
+        assert!(!st.roster.contains(&m2), "node {i} still lists the leaver");
+        assert!(
+            st.groups.iter().all(|g| g.owner != m2),
+            "node {i} still reads the leaver's send group"
+        );
+        assert!(net.node(i).group_of(&uid, &m2).is_none());
+    }
+    assert!(net.node(2).status(&uid).unwrap().removed);
+    let heard_before = net.texts(2).len();
+    net.send(0, &uid, "after the leave");
+    net.run();
+    net.settle();
+    assert!(net.texts(1).contains(&"after the leave".to_string()));
+    assert_eq!(net.texts(2).len(), heard_before, "the leaver still hears");
+    // The others agree on every remaining send group.
+    net.offline[2] = true;
+    net.assert_consistent(&uid);
+    net.offline[2] = false;
+
+    net.node(2).forget_universe(&uid).unwrap();
+    assert!(!net.node(2).universes().contains(&uid));
+    let store = net.stores[2].clone();
+    for t in [
+        Table::Universes,
+        Table::Groups,
+        Table::Delivered,
+        Table::Sent,
+    ] {
+        let left = store.range(t, &[], None, usize::MAX).unwrap();
+        assert!(left.is_empty(), "{t:?} still holds {} rows", left.len());
+    }
+    net.nodes[2] = None;
+    let (p, _) =
+        crate::participant::Participant::open(net.ids[2].clone(), store, config(), net.now)
+            .unwrap();
+    assert!(
+        !p.universes().contains(&uid),
+        "forgotten universe came back"
+    );
+    assert!(matches!(
+        net.node(0).forget_universe(&Id32([7; 32])),
+        Err(MmlsError::UnknownUniverse(_))
+    ));
+}

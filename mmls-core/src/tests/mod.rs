@@ -5,6 +5,7 @@ use crate::error::MmlsError;
 use crate::id::Id32;
 use crate::participant::{Event, Output};
 use crate::profile::Profile;
+use crate::store::Table;
 use crate::testkit::{config, Net};
 
 mod delivery;
