@@ -216,6 +216,8 @@ async function main() {
     await A.page.locator('#health [data-stat="members connected"] .v:text("1 of 1")').waitFor({ timeout: 15000 });
     assert(await A.page.locator('#groups tbody tr').count() === 2, 'two send groups');
     assert(await A.page.locator('#health [data-stat="equivocations"] .v').textContent() === '0', 'no equivocation');
+    const keyUpdates = await A.page.locator('#groups td[data-col="key-update"]').allTextContents();
+    assert(keyUpdates.length === 2 && keyUpdates.some(t => /now|ago/.test(t)), 'last key update per group: ' + keyUpdates.join(', '));
     assert(!(await A.page.textContent('#view')).includes('null'), 'no stray null in the page');
     if (SHOTS) {
       await A.page.evaluate(() => { document.getElementById('toast').hidden = true; });

@@ -96,6 +96,10 @@ pub struct Group {
     /// (group, epoch) its next commit depends on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// When (ms since the Unix epoch) the owner last renewed its keys, as
+    /// far as this node saw; absent: not since it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_update: Option<u64>,
 }
 
 impl From<&GroupStatus> for Group {
@@ -111,6 +115,7 @@ impl From<&GroupStatus> for Group {
             auth: g.auth.clone(),
             members: g.members,
             waiting_for: g.waiting_for.clone(),
+            last_key_update: g.last_key_update,
         }
     }
 }

@@ -317,6 +317,9 @@ impl Participant {
                 gs.auth.pop_first();
             }
             gs.last_commit_at = now;
+            if built.path {
+                gs.last_key_update = Some(now);
+            }
             let u = self.uni_mut(&uid)?;
             u.pending_imports = plan.deferred;
             u.own_proposals.clear();

@@ -237,6 +237,9 @@ impl Participant {
                 gs.auth.pop_first();
             }
             gs.last_commit_at = now;
+            if c.path {
+                gs.last_key_update = Some(now);
+            }
         }
         let wants_update = self.uni(&uid)?.leaf_updates.contains(&g);
         if c.path || !c.added.is_empty() || !c.removed.is_empty() || wants_update {

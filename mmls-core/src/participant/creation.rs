@@ -98,6 +98,7 @@ impl Participant {
             pruned_below: 0,
             psk_marks: vec![],
             named_epoch: None,
+            last_key_update: Some(self.now),
         };
         let now = self.now;
         let me = self.me.clone();

@@ -126,6 +126,7 @@ impl Participant {
                 pruned_below: 0,
                 psk_marks: vec![],
                 named_epoch: None,
+                last_key_update: None,
             },
         );
         u.pending_imports.insert(g);

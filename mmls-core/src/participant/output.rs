@@ -109,6 +109,10 @@ pub struct GroupStatus {
     /// Short hash of the current epoch authenticator (compare across nodes).
     pub auth: String,
     pub members: usize,
+    /// When (driver time) its owner last renewed its keys with a path
+    /// commit, as far as this node saw; None: not since it joined.
+    #[serde(default)]
+    pub last_key_update: Option<u64>,
     /// Why the stream is stuck, if it is: the missing seq, or the
     /// (group, epoch) PSKs its next commit waits for.
     pub waiting_for: Option<String>,

@@ -33,6 +33,10 @@ pub(super) struct GroupState {
     /// next commit names it only if it moved since.
     #[serde(default)]
     pub(super) named_epoch: Option<u64>,
+    /// When its owner last renewed its keys (a commit with a path) as far
+    /// as we saw; None: not since we joined. Shown in the health view.
+    #[serde(default)]
+    pub(super) last_key_update: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -44,6 +44,7 @@ impl Participant {
                 stale: s.stale,
                 auth: hex::encode(s.auth.get(&s.epoch).copied().unwrap_or_default()),
                 members,
+                last_key_update: s.last_key_update,
             });
         }
         Ok(UniverseStatus {

@@ -215,3 +215,27 @@ fn a_commit_names_only_the_groups_that_moved_since_the_owners_last() {
     );
     net.assert_consistent(&uid);
 }
+
+/// The health view's "last key update": the time we processed its owner's
+/// latest MMLS update (path commit); the owner's own view moves at once.
+#[test]
+fn status_tells_when_each_owner_last_renewed_its_keys() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    let m1 = net.member(1);
+    let g1 = net.node(0).group_of(&uid, &m1).unwrap();
+    let key_update = |net: &mut Net, i: usize, g: Id32| {
+        let st = net.node(i).status(&uid).unwrap();
+        st.groups.iter().find(|s| s.group == g).unwrap().last_key_update
+    };
+    let before = key_update(&mut net, 0, g1);
+    net.tick(60_000);
+    assert_eq!(key_update(&mut net, 0, g1), before, "moved without an update");
+    let t = net.now;
+    net.update(1, &uid);
+    net.run();
+    net.settle();
+    let seen = key_update(&mut net, 0, g1).expect("the update is seen");
+    assert!(seen >= t && Some(seen) != before, "{seen} < {t}");
+    assert!(key_update(&mut net, 1, g1).is_some_and(|v| v >= t));
+}
