@@ -226,11 +226,19 @@ fn status_tells_when_each_owner_last_renewed_its_keys() {
     let g1 = net.node(0).group_of(&uid, &m1).unwrap();
     let key_update = |net: &mut Net, i: usize, g: Id32| {
         let st = net.node(i).status(&uid).unwrap();
-        st.groups.iter().find(|s| s.group == g).unwrap().last_key_update
+        st.groups
+            .iter()
+            .find(|s| s.group == g)
+            .unwrap()
+            .last_key_update
     };
     let before = key_update(&mut net, 0, g1);
     net.tick(60_000);
-    assert_eq!(key_update(&mut net, 0, g1), before, "moved without an update");
+    assert_eq!(
+        key_update(&mut net, 0, g1),
+        before,
+        "moved without an update"
+    );
     let t = net.now;
     net.update(1, &uid);
     net.run();
