@@ -386,10 +386,12 @@ impl ApiFuzz {
 
 /// What a refused request must not change on node A: every universe's id,
 /// name, roster, admins, removal flag and count of own messages, and in the
-/// shared universe the epoch and stream position of each send group (what
-/// A sent and delivered). Group positions of universes the fuzzer created
-/// are left out: they move on their own (delayed commits importing the
-/// other members' PSKs), whatever request is in flight.
+/// shared universe the epoch and stream position of A's own send group
+/// (what A sent). Other owners' groups are left out, and so are the group
+/// positions of universes the fuzzer created: they move on their own
+/// (B's delayed commit importing an update the fuzzer made A send, and the
+/// leaf rotation it carries, lands whenever it lands), whatever request is
+/// in flight.
 pub fn snapshot(rt: &tokio::runtime::Runtime, pair: &Pair) -> String {
     let us = rt.block_on(pair.a.universes()).expect("universes");
     let mut out: Vec<String> = us
@@ -398,7 +400,7 @@ pub fn snapshot(rt: &tokio::runtime::Runtime, pair: &Pair) -> String {
             let groups: Vec<(String, u64, u64)> = u
                 .groups
                 .iter()
-                .filter(|_| u.id == pair.api.uid)
+                .filter(|g| u.id == pair.api.uid && u.own_group == Some(g.group))
                 .map(|g| (g.group.short(), g.epoch, g.next_seq))
                 .collect();
             format!(
