@@ -16,28 +16,9 @@ impl Participant {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, MmlsError> {
         self.uni(universe)?;
-        let start = match after {
-            None => 0,
-            Some(a) => match a.checked_add(1) {
-                Some(s) => s,
-                None => return Ok(vec![]),
-            },
-        };
-        let rows = self.provider.store().range(
-            Table::Sent,
-            &log_key(universe, start),
-            Some(&log_key(universe, u64::MAX)),
-            limit,
-        )?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let seq = k
-                    .get(32..40)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| MmlsError::Internal("bad sent-message key".into()))?;
-                Ok((seq, v))
-            })
+        self.page_after(Table::Sent, universe, after, limit)?
+            .into_iter()
+            .map(|(k, v)| Ok((super::resend::sent_seq(&k)?, v)))
             .collect()
     }
 
@@ -54,8 +35,7 @@ impl Participant {
         let u = self.uni(universe)?;
         let mut out = vec![];
         for m in &u.roster {
-            let mut key = group.as_bytes().to_vec();
-            key.extend_from_slice(m.as_str().as_bytes());
+            let key = super::psk::view_key(group, m);
             if let Some(v) = self.provider.store().get(Table::PskViews, &key)? {
                 if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
                     out.push((m.clone(), u64::from_be_bytes(b)));

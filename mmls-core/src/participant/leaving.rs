@@ -100,13 +100,11 @@ impl Participant {
         self.delete_prefixed(Table::PskViews, g.as_bytes())
     }
 
-    /// Deletes every row of `t` whose key starts with `prefix` (32 bytes).
+    /// Deletes every row of `t` whose key starts with `prefix`.
     fn delete_prefixed(&mut self, t: Table, prefix: &[u8]) -> Result<(), MmlsError> {
-        let mut end = prefix.to_vec();
-        end.push(0xff);
-        end.extend_from_slice(&[0xff; 64]);
+        let end = super::rows::prefix_end(prefix);
         let store = self.provider.store();
-        for (k, _) in store.range(t, prefix, Some(&end), usize::MAX)? {
+        for (k, _) in store.range(t, prefix, end.as_deref(), usize::MAX)? {
             store.delete(t, &k);
         }
         Ok(())

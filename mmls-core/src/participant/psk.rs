@@ -29,7 +29,7 @@ pub(super) const PSK_HARD_CAP: u64 = 65_536;
 const MAX_MARKS: usize = 128;
 
 /// `PskViews` key: the group whose PSKs are retained, then the member.
-fn view_key(g: &Id32, m: &MemberId) -> Vec<u8> {
+pub(super) fn view_key(g: &Id32, m: &MemberId) -> Vec<u8> {
     let mut k = g.as_bytes().to_vec();
     k.extend_from_slice(m.as_str().as_bytes());
     k

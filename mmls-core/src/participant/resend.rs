@@ -24,7 +24,7 @@ fn sent_key(uid: &Id32, seq: u64) -> Vec<u8> {
 }
 
 /// The text number in a `sent_key`.
-fn sent_seq(key: &[u8]) -> Result<u64, MmlsError> {
+pub(super) fn sent_seq(key: &[u8]) -> Result<u64, MmlsError> {
     key.get(32..40)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)

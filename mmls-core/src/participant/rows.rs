@@ -333,7 +333,7 @@ impl<V: Row + Default> Journal for Cell<V> {
 }
 
 /// The first key after every key starting with `prefix` (None: no end).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

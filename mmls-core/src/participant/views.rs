@@ -71,7 +71,24 @@ impl Participant {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Delivered>, MmlsError> {
-        // Nothing comes after the last cursor (and `a + 1` would wrap to 0).
+        self.page_after(Table::Delivered, uid, after, limit)?
+            .into_iter()
+            .map(|(_, v)| {
+                from_cbor(&v).map_err(|e| MmlsError::Store(crate::store::StoreError::Corrupt(e)))
+            })
+            .collect()
+    }
+
+    /// Rows of `t` keyed (universe, number) after number `after` (all
+    /// when None), at most `limit`.
+    pub(super) fn page_after(
+        &self,
+        t: Table,
+        uid: &Id32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::KeyValue>, MmlsError> {
+        // Nothing comes after the last number (and `a + 1` would wrap to 0).
         let start = match after {
             None => 0,
             Some(a) => match a.checked_add(1) {
@@ -79,17 +96,12 @@ impl Participant {
                 None => return Ok(vec![]),
             },
         };
-        let rows = self.provider.store().range(
-            Table::Delivered,
+        Ok(self.provider.store().range(
+            t,
             &log_key(uid, start),
             Some(&log_key(uid, u64::MAX)),
             limit,
-        )?;
-        rows.into_iter()
-            .map(|(_, v)| {
-                from_cbor(&v).map_err(|e| MmlsError::Store(crate::store::StoreError::Corrupt(e)))
-            })
-            .collect()
+        )?)
     }
 
     /// Bytes of the engine's own state rows (openmls's state and the logs
