@@ -54,6 +54,22 @@ pub struct Aad {
     /// The owner's view of every send group: epoch and a short hash of its
     /// epoch authenticator. Acks for rejoin and the equivocation check.
     pub frontier: Vec<FrontierEntry>,
+    /// On a commit: whether it is the owner's MMLS update (a path it chose
+    /// to renew its keys), which other owners import. A path that RFC 9420
+    /// forces on a commit (covering others' Update proposals, removals) is
+    /// not one: importing it adds no healing (the updater's own PSK and leaf
+    /// already went in) and would start a second wave of commits in every
+    /// group. `None` (application messages, commits of older nodes): a
+    /// commit with a path is an update, as before.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<bool>,
+}
+
+impl Aad {
+    /// Whether a commit with this AAD and `path` is an MMLS update.
+    pub fn is_mmls_update(&self, path: bool) -> bool {
+        path && self.update.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,5 +135,52 @@ pub(crate) fn auth8(authenticator: &[u8]) -> [u8; 8] {
 impl UniverseDef {
     pub fn is_admin(&self, m: &MemberId) -> bool {
         self.admins.contains(m)
+    }
+}
+
+#[cfg(test)]
+mod aad_tests {
+    use super::*;
+
+    /// The AAD as nodes wrote it before the `update` flag.
+    #[derive(Serialize)]
+    struct AadBeforeUpdateFlag {
+        seq: u64,
+        deps: Vec<(Id32, u64)>,
+        frontier: Vec<FrontierEntry>,
+    }
+
+    #[test]
+    fn an_older_nodes_path_commit_is_still_an_mmls_update() {
+        let old = to_cbor(&AadBeforeUpdateFlag {
+            seq: 7,
+            deps: vec![],
+            frontier: vec![],
+        });
+        let aad: Aad = from_cbor(&old).expect("older AAD decodes");
+        assert_eq!(aad.update, None);
+        assert!(aad.is_mmls_update(true));
+        assert!(!aad.is_mmls_update(false));
+        // A message's AAD is byte for byte what older nodes wrote and read.
+        assert_eq!(to_cbor(&aad), old);
+    }
+
+    #[test]
+    fn a_forced_path_is_not_an_mmls_update() {
+        let forced = Aad {
+            seq: 3,
+            update: Some(false),
+            ..Aad::default()
+        };
+        let back: Aad = from_cbor(&to_cbor(&forced)).expect("round trip");
+        assert_eq!(back, forced);
+        assert!(!back.is_mmls_update(true));
+        let chosen = Aad {
+            update: Some(true),
+            ..forced
+        };
+        assert!(from_cbor::<Aad>(&to_cbor(&chosen))
+            .expect("round trip")
+            .is_mmls_update(true));
     }
 }

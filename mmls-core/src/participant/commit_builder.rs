@@ -255,6 +255,7 @@ impl Participant {
             seq,
             deps: plan.deps.clone(),
             frontier: self.frontier(&uid),
+            update: Some(plan.force_path),
         };
         let identity = self.identity.clone();
         let provider = &self.provider;

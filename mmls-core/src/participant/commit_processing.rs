@@ -12,7 +12,8 @@ struct CheckedCommit {
     owner_is_admin: bool,
     added: Vec<MemberId>,
     removed: Vec<MemberId>,
-    /// It carries an update path: an MMLS update, to import.
+    /// It carries an update path (an MMLS update if its AAD does not say
+    /// the path was only forced: `Aad::is_mmls_update`).
     path: bool,
     /// Our own leaf rotation is among its Update proposals.
     my_update_committed: bool,
@@ -242,9 +243,10 @@ impl Participant {
             }
         }
         let wants_update = self.uni(&uid)?.leaf_updates.contains(&g);
-        if c.path || !c.added.is_empty() || !c.removed.is_empty() || wants_update {
+        let import = c.aad.is_mmls_update(c.path);
+        if import || !c.added.is_empty() || !c.removed.is_empty() || wants_update {
             let u = self.uni_mut(&uid)?;
-            if c.path {
+            if import {
                 u.pending_imports.insert(g);
                 u.pending_since.get_or_insert(now);
             }

@@ -61,6 +61,7 @@ impl Participant {
             seq: 0,
             deps: vec![],
             frontier: self.frontier(&uid),
+            update: Some(false),
         };
         group.set_aad(to_cbor(&aad));
         let bundle = group
@@ -198,6 +199,7 @@ impl Participant {
             seq,
             deps: vec![],
             frontier: vec![],
+            update: None,
         };
         let identity = self.identity.clone();
         let provider = &self.provider;

@@ -93,6 +93,7 @@ impl Participant {
             seq,
             deps: vec![],
             frontier: vec![],
+            update: None,
         };
         group.set_aad(to_cbor(&aad));
         let epoch = group.epoch().as_u64();
