@@ -130,6 +130,18 @@ impl Envelope {
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::TooLarge(bytes.len()));
         }
+        // Fast path: an envelope of our version parses straight into the
+        // struct (every message takes this). Anything else goes through the
+        // generic value below, which tells a version error from a malformed
+        // envelope: the version is judged before the rest is interpreted.
+        if let Ok(env) =
+            ciborium::de::from_reader_with_recursion_limit::<Envelope, _>(bytes, MAX_DEPTH)
+        {
+            if env.v == ENVELOPE_VERSION {
+                env.check()?;
+                return Ok(env);
+            }
+        }
         let value: ciborium::Value =
             ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH)
                 .map_err(|e| EnvelopeError::Cbor(short(e)))?;

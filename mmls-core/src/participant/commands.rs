@@ -89,9 +89,7 @@ impl Participant {
             self.step(|p| p.commit_own(*universe, false).map(|_| ()))?;
         }
         let seq = self.step(|p| {
-            let u = p.uni_mut(universe)?;
-            let seq = u.next_text_seq;
-            u.next_text_seq += 1;
+            let seq = p.texts_mut(universe)?.take_text_seq();
             let payload = Payload::Text {
                 seq,
                 body: ByteBuf::from(body.to_vec()),

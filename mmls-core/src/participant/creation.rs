@@ -138,9 +138,7 @@ impl Participant {
         deps: Vec<(Id32, u64)>,
     ) -> Result<Envelope, MmlsError> {
         let gs = self
-            .uni_mut(&uid)?
-            .groups
-            .get_mut(&g)
+            .group_state_mut(&uid, &g)
             .ok_or(MmlsError::UnknownGroup(g))?;
         let seq = gs.next_seq;
         gs.next_seq += 1;

@@ -22,7 +22,7 @@ impl Participant {
         let r = ByteBuf::from(r.as_slice().to_vec());
         self.state.my_kp_refs.insert(r.clone(), ());
         self.state.last_resort_refs.insert(r, ());
-        self.state.node.get_mut().my_kp = Some(ByteBuf::from(tls(kp)?));
+        *self.state.my_kp.get_mut() = Some(ByteBuf::from(tls(kp)?));
         Ok(())
     }
 

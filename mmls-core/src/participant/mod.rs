@@ -68,7 +68,7 @@ mod views;
 
 pub use config::Config;
 pub use output::{Delivered, Event, GroupStatus, Output, Publish, Topic, UniverseStatus};
-use state::{EngineState, GroupState, UniverseState};
+use state::{EngineState, GroupState, UniverseState, UniverseTexts};
 
 /// One node's MMLS engine.
 pub struct Participant {
@@ -252,7 +252,7 @@ impl Participant {
             if p.state.node.get().member.as_ref() != Some(&me) {
                 p.state.node.get_mut().member = Some(me.clone());
             }
-            if p.state.node.get().my_kp.is_none() {
+            if p.state.my_kp.get().is_none() {
                 p.refresh_key_package()?;
             }
             Ok(())
@@ -295,9 +295,8 @@ impl Participant {
         let mut e = Envelope::new(
             Kind::KeyPackage,
             self.state
-                .node
-                .get()
                 .my_kp
+                .get()
                 .clone()
                 .map(|b| b.into_vec())
                 .unwrap_or_default(),
@@ -328,6 +327,16 @@ impl Participant {
             .universes
             .get_untracked_mut(u)
             .and_then(|u| u.groups.get_mut(g))
+    }
+
+    /// A universe's text counters, journaled alone (its row is not
+    /// touched): sending or receiving a text writes one small row.
+    fn texts_mut(&mut self, u: &Id32) -> Result<&mut UniverseTexts, MmlsError> {
+        self.state
+            .universes
+            .get_untracked_mut(u)
+            .map(|u| &mut u.texts)
+            .ok_or(MmlsError::UnknownUniverse(*u))
     }
 
     fn uni_mut(&mut self, u: &Id32) -> Result<&mut UniverseState, MmlsError> {

@@ -66,9 +66,7 @@ impl Participant {
         let now = self.now;
         let mark_every = self.config.psk_max_age_ms / 64;
         let gs = self
-            .uni_mut(&uid)?
-            .groups
-            .get_mut(&g)
+            .group_state_mut(&uid, &g)
             .ok_or(MmlsError::UnknownGroup(g))?;
         gs.mark_epoch(epoch, now, mark_every);
         // The cap only: need and age are judged by `prune_psks`.
@@ -128,9 +126,7 @@ impl Participant {
         for (g, owner, epoch, _) in groups {
             let needed_from = self.needed_from(&g, &owner, &roster, epoch)?;
             let gs = self
-                .uni_mut(&uid)?
-                .groups
-                .get_mut(&g)
+                .group_state_mut(&uid, &g)
                 .ok_or(MmlsError::UnknownGroup(g))?;
             gs.mark_epoch(epoch, now, max_age / 64);
             let aged_from = gs.aged_from(now, max_age);
@@ -182,9 +178,7 @@ impl Participant {
 
     fn delete_psks_below(&mut self, uid: Id32, g: Id32, keep_from: u64) -> Result<(), MmlsError> {
         let gs = self
-            .uni_mut(&uid)?
-            .groups
-            .get_mut(&g)
+            .group_state_mut(&uid, &g)
             .ok_or(MmlsError::UnknownGroup(g))?;
         let keep_from = keep_from.min(gs.epoch);
         if gs.psk_min >= keep_from {

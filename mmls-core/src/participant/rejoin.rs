@@ -21,7 +21,7 @@ impl Participant {
             kps.push((owner.clone(), ByteBuf::from(self.fresh_key_package()?)));
         }
         let any = if lost_state {
-            self.state.node.get().my_kp.clone()
+            self.state.my_kp.get().clone()
         } else {
             None
         };

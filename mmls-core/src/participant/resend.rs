@@ -41,7 +41,7 @@ impl Participant {
 
     /// Forgets own texts beyond `sent_retention` (bounded work per call).
     pub(super) fn prune_sent(&mut self, uid: Id32) -> Result<(), MmlsError> {
-        let next = self.uni(&uid)?.next_text_seq;
+        let next = self.uni(&uid)?.texts.next_text_seq();
         let keep = self.config.sent_retention;
         if next <= keep {
             return Ok(());
@@ -65,9 +65,9 @@ impl Participant {
             .universes
             .get(uid)
             .map(|u| {
-                u.received_from
-                    .iter()
-                    .map(|(m, s)| (m.clone(), *s))
+                u.texts
+                    .received_all()
+                    .map(|(m, s)| (m.clone(), s))
                     .collect()
             })
             .unwrap_or_default()
@@ -79,7 +79,7 @@ impl Participant {
         let Some(after) = self.uni_mut(&uid)?.resend_after.remove(member) else {
             return Ok(());
         };
-        let next = self.uni(&uid)?.next_text_seq;
+        let next = self.uni(&uid)?.texts.next_text_seq();
         if after.saturating_add(1) >= next {
             return Ok(());
         }
@@ -137,9 +137,7 @@ impl Participant {
         seq: u64,
         body: ByteBuf,
     ) -> Result<(), MmlsError> {
-        let u = self.uni_mut(&uid)?;
-        let high = u.received_from.entry(owner.clone()).or_insert(0);
-        *high = (*high).max(seq);
+        self.texts_mut(&uid)?.note_received(owner, seq);
         let node = self.state.node.get_mut();
         let cursor = node.delivered_next;
         node.delivered_next += 1;
@@ -174,12 +172,7 @@ impl Participant {
         if *to != self.me {
             return Ok(());
         }
-        let have = self
-            .uni(&uid)?
-            .received_from
-            .get(owner)
-            .copied()
-            .unwrap_or(0);
+        let have = self.uni(&uid)?.texts.received_from(owner);
         let mut texts: Vec<_> = texts.into_iter().filter(|(s, _)| *s > have).collect();
         texts.sort_by_key(|(s, _)| *s);
         texts.dedup_by_key(|(s, _)| *s);

@@ -60,7 +60,13 @@ pub(super) struct UniverseState {
     pub(super) pending_since: Option<u64>,
     pub(super) last_commit_at: u64,
     pub(super) last_update_at: u64,
-    pub(super) next_text_seq: u64,
+    /// Text counters: rows of their own (`TextKey`), so that sending or
+    /// receiving a text writes one small row, not the universe's.
+    #[serde(skip)]
+    pub(super) texts: UniverseTexts,
+    /// Where the counters lived before they had rows: read once, on load.
+    #[serde(default, rename = "next_text_seq", skip_serializing)]
+    legacy_next_text_seq: Option<u64>,
     /// Where Welcomes for each member sit in our log (to serve fetches).
     pub(super) welcomes: BTreeMap<MemberId, Vec<(Id32, u64)>>,
     pub(super) rejoin_nonces: BTreeMap<MemberId, u64>,
@@ -77,9 +83,8 @@ pub(super) struct UniverseState {
     /// Policy: an own MMLS update is due (after rejoining).
     #[serde(default)]
     pub(super) update_due: bool,
-    /// The highest text number delivered from each owner.
-    #[serde(default)]
-    pub(super) received_from: BTreeMap<MemberId, u64>,
+    #[serde(default, rename = "received_from", skip_serializing)]
+    legacy_received_from: BTreeMap<MemberId, u64>,
     /// Rejoiners to re-send our texts to once re-added: after this number.
     #[serde(default)]
     pub(super) resend_after: BTreeMap<MemberId, u64>,
@@ -101,7 +106,8 @@ impl UniverseState {
             pending_since: None,
             last_commit_at: 0,
             last_update_at: 0,
-            next_text_seq: 1,
+            texts: UniverseTexts::default(),
+            legacy_next_text_seq: None,
             welcomes: BTreeMap::new(),
             rejoin_nonces: BTreeMap::new(),
             rejoin_requested_at: None,
@@ -110,10 +116,31 @@ impl UniverseState {
             own_proposals: vec![],
             leaf_updates: BTreeSet::new(),
             update_due: false,
-            received_from: BTreeMap::new(),
+            legacy_received_from: BTreeMap::new(),
             resend_after: BTreeMap::new(),
         }
     }
+    /// Moves counters read from an older universe row under `stored`, the
+    /// counter rows (newer wherever both have a value).
+    fn adopt_texts(&mut self, stored: Rows<TextKey, u64>) {
+        let mut legacy: BTreeMap<TextKey, u64> = std::mem::take(&mut self.legacy_received_from)
+            .into_iter()
+            .map(|(m, v)| (TextKey::From(m), v))
+            .collect();
+        if let Some(n) = self.legacy_next_text_seq.take() {
+            legacy.insert(TextKey::Next, n);
+        }
+        if legacy.is_empty() {
+            self.texts = UniverseTexts(stored);
+            return;
+        }
+        // Written with the next step, so the universe row can drop them.
+        for (k, v) in stored.iter() {
+            legacy.insert(k.clone(), *v);
+        }
+        self.texts = UniverseTexts(Rows::fresh(legacy));
+    }
+
     pub(super) fn has_pending(&self) -> bool {
         !self.pending_imports.is_empty()
             || !self.own_proposals.is_empty()
@@ -133,36 +160,123 @@ plain_row!(GroupState);
 
 impl Row for UniverseState {
     fn undo_image(&mut self) -> Self {
-        // Its groups have their own journal: leave them out of the image.
+        // Its groups and counters have their own journals: leave them out.
         let groups = std::mem::take(&mut self.groups);
+        let texts = std::mem::take(&mut self.texts);
         let image = self.clone();
         self.groups = groups;
+        self.texts = texts;
         image
     }
     fn restore(&mut self, image: Self) {
         let groups = std::mem::take(&mut self.groups);
+        let texts = std::mem::take(&mut self.texts);
         *self = image;
         self.groups = groups;
+        self.texts = texts;
     }
+}
+
+/// A universe's text counters, one row each (`TextKey`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct UniverseTexts(pub(super) Rows<TextKey, u64>);
+
+impl UniverseTexts {
+    /// The number our next own text takes.
+    pub(super) fn next_text_seq(&self) -> u64 {
+        self.0.get(&TextKey::Next).copied().unwrap_or(1)
+    }
+
+    /// Takes the next own text number.
+    pub(super) fn take_text_seq(&mut self) -> u64 {
+        let next = self.0.get_or_insert_with(TextKey::Next, || 1);
+        let seq = *next;
+        *next += 1;
+        seq
+    }
+
+    /// The highest text number delivered from `owner`.
+    pub(super) fn received_from(&self, owner: &MemberId) -> u64 {
+        self.0
+            .get(&TextKey::From(owner.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every owner we received texts from, with the highest number.
+    pub(super) fn received_all(&self) -> impl Iterator<Item = (&MemberId, u64)> {
+        self.0.iter().filter_map(|(k, v)| match k {
+            TextKey::From(m) => Some((m, *v)),
+            TextKey::Next => None,
+        })
+    }
+
+    /// Notes that text `seq` of `owner` was delivered.
+    pub(super) fn note_received(&mut self, owner: &MemberId, seq: u64) {
+        let high = self
+            .0
+            .get_or_insert_with(TextKey::From(owner.clone()), || 0);
+        *high = (*high).max(seq);
+    }
+}
+
+/// A universe's text counter row: our next own text number, or the highest
+/// number delivered from an owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum TextKey {
+    Next,
+    From(MemberId),
+}
+
+impl RowKey for TextKey {
+    fn to_key(&self) -> Vec<u8> {
+        match self {
+            TextKey::Next => b"next".to_vec(),
+            TextKey::From(m) => {
+                let mut k = b"from/".to_vec();
+                k.extend_from_slice(m.as_str().as_bytes());
+                k
+            }
+        }
+    }
+    fn from_key(k: &[u8]) -> Option<Self> {
+        if k == b"next" {
+            return Some(TextKey::Next);
+        }
+        MemberId::from_key(k.strip_prefix(b"from/")?).map(TextKey::From)
+    }
+}
+
+/// Where a universe's text counters live in `Table::Meta`.
+fn texts_prefix(uid: &Id32) -> Vec<u8> {
+    let mut k = TEXTS.to_vec();
+    k.extend_from_slice(uid.as_bytes());
+    k.push(b'/');
+    k
 }
 
 /// Node-wide state that is small and changes often (counters).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub(super) struct NodeState {
     pub(super) member: Option<MemberId>,
-    /// Our own current last-resort KeyPackage.
-    pub(super) my_kp: Option<ByteBuf>,
+    /// Where our KeyPackage lived before it had a row of its own
+    /// (`EngineState::my_kp`): read once, on load.
+    #[serde(default, rename = "my_kp", skip_serializing)]
+    legacy_my_kp: Option<ByteBuf>,
     pub(super) outbox_next: u64,
     pub(super) delivered_next: u64,
     pub(super) rejected_inputs: u64,
 }
 
-plain_row!(NodeState);
+plain_row!(NodeState, Option<ByteBuf>);
 
 /// The engine's state, one store row per entity (see `rows`).
 #[derive(Debug, Default)]
 pub(super) struct EngineState {
     pub(super) node: Cell<NodeState>,
+    /// Our own current last-resort KeyPackage: apart from the counters,
+    /// which change with every message.
+    pub(super) my_kp: Cell<Option<ByteBuf>>,
     pub(super) universes: Rows<Id32, UniverseState>,
     /// Latest last-resort KeyPackage heard from each member (TLS bytes).
     pub(super) known_kps: Rows<MemberId, ByteBuf>,
@@ -198,6 +312,8 @@ const NODE_KEY: &[u8] = b"node";
 const LEGACY_KEY: &[u8] = b"engine";
 const KP_REQUESTED: &[u8] = b"kp-requested/";
 const MY_KP_REFS: &[u8] = b"kp-ref/mine/";
+const MY_KP: &[u8] = b"my-kp";
+const TEXTS: &[u8] = b"texts/";
 const LAST_RESORT_REFS: &[u8] = b"kp-ref/last-resort/";
 const USED_KP_REFS: &[u8] = b"kp-ref/used/";
 
@@ -218,15 +334,22 @@ impl EngineState {
             store.delete(Table::Meta, LEGACY_KEY);
             let mut node = Cell::new(NodeState {
                 member: old.member,
-                my_kp: old.my_kp,
+                legacy_my_kp: None,
                 outbox_next: old.outbox_next,
                 delivered_next: old.delivered_next,
                 rejected_inputs: old.rejected_inputs,
             });
             node.get_mut();
+            let mut my_kp = Cell::new(old.my_kp);
+            my_kp.get_mut();
+            let mut universes = old.universes;
+            for u in universes.values_mut() {
+                u.adopt_texts(Rows::default());
+            }
             return Ok(EngineState {
                 node,
-                universes: Rows::fresh(old.universes),
+                my_kp,
+                universes: Rows::fresh(universes),
                 known_kps: Rows::fresh(old.known_kps),
                 my_kp_refs: set(old.my_kp_refs),
                 last_resort_refs: set(old.last_resort_refs),
@@ -234,13 +357,31 @@ impl EngineState {
                 kp_requested: Rows::fresh(old.kp_requested),
             });
         }
-        let node = match store.get(Table::Meta, NODE_KEY)? {
+        let mut node: NodeState = match store.get(Table::Meta, NODE_KEY)? {
             Some(b) => {
                 from_cbor(&b).map_err(|e| StoreError::Corrupt(format!("engine node row: {e}")))?
             }
             None => NodeState::default(),
         };
+        let my_kp = match store.get(Table::Meta, MY_KP)? {
+            Some(b) => Cell::new(
+                from_cbor(&b)
+                    .map_err(|e| StoreError::Corrupt(format!("engine KeyPackage row: {e}")))?,
+            ),
+            None => {
+                // Kept in the node row before: moved to its own with the
+                // next step.
+                let mut c = Cell::new(node.legacy_my_kp.take());
+                if c.get().is_some() {
+                    c.get_mut();
+                }
+                c
+            }
+        };
         let mut universes: Rows<Id32, UniverseState> = Rows::load(store, Table::Universes, &[])?;
+        for (uid, u) in universes.iter_untracked_mut() {
+            u.adopt_texts(Rows::load(store, Table::Meta, &texts_prefix(uid))?);
+        }
         let groups: Rows<GroupKey, GroupState> = Rows::load(store, Table::Groups, &[])?;
         let mut by_universe: BTreeMap<Id32, BTreeMap<Id32, GroupState>> = BTreeMap::new();
         for (k, g) in groups.iter() {
@@ -253,6 +394,7 @@ impl EngineState {
         }
         Ok(EngineState {
             node: Cell::new(node),
+            my_kp,
             universes,
             known_kps: Rows::load(store, Table::KeyPackages, &[])?,
             my_kp_refs: Rows::load(store, Table::Meta, MY_KP_REFS)?,
@@ -279,17 +421,29 @@ impl EngineState {
         if self.node.is_touched() {
             store.put(Table::Meta, NODE_KEY, &to_cbor(self.node.get()));
         }
+        if self.my_kp.is_touched() {
+            store.put(Table::Meta, MY_KP, &to_cbor(self.my_kp.get()));
+        }
         if self.universes.is_touched() {
             self.universes.write(store, Table::Universes, &[]);
             for gone in self.universes.removed() {
                 for g in gone.groups.keys() {
                     store.delete(Table::Groups, &GroupKey(gone.id, *g).to_key());
                 }
+                let prefix = texts_prefix(&gone.id);
+                for k in gone.texts.0.keys() {
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&k.to_key());
+                    store.delete(Table::Meta, &key);
+                }
             }
         }
         for (uid, u) in self.universes.iter() {
             if u.groups.is_touched() {
                 u.groups.write(store, Table::Groups, uid.as_bytes());
+            }
+            if u.texts.0.is_touched() {
+                u.texts.0.write(store, Table::Meta, &texts_prefix(uid));
             }
         }
         self.known_kps.write(store, Table::KeyPackages, &[]);
@@ -302,9 +456,9 @@ impl EngineState {
 
     /// Serialized size of every row (metrics only: serializes everything).
     pub(super) fn size(&self) -> usize {
-        let mut n = to_cbor(self.node.get()).len();
+        let mut n = to_cbor(self.node.get()).len() + to_cbor(self.my_kp.get()).len();
         for u in self.universes.values() {
-            n += to_cbor(u).len();
+            n += to_cbor(u).len() + u.texts.0.values().count() * 16;
             n += u.groups.values().map(|g| to_cbor(g).len()).sum::<usize>();
         }
         n += self.known_kps.values().map(|k| k.len() + 50).sum::<usize>();
@@ -318,8 +472,12 @@ impl EngineState {
     /// Whether any row was touched since the last commit or rollback.
     pub(super) fn is_touched(&self) -> bool {
         self.node.is_touched()
+            || self.my_kp.is_touched()
             || self.universes.is_touched()
-            || self.universes.values().any(|u| u.groups.is_touched())
+            || self
+                .universes
+                .values()
+                .any(|u| u.groups.is_touched() || u.texts.0.is_touched())
             || self.known_kps.is_touched()
             || self.my_kp_refs.is_touched()
             || self.last_resort_refs.is_touched()
@@ -329,9 +487,11 @@ impl EngineState {
 
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
         f(&mut self.node);
+        f(&mut self.my_kp);
         f(&mut self.universes);
         for (_, u) in self.universes.iter_untracked_mut() {
             f(&mut u.groups);
+            f(&mut u.texts.0);
         }
         f(&mut self.known_kps);
         f(&mut self.my_kp_refs);
@@ -374,6 +534,7 @@ impl RowKey for GroupKey {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rows::prefix_end;
     use super::*;
     use crate::participant::Participant;
     use crate::profile::Profile;
@@ -393,6 +554,12 @@ mod tests {
             let groups: Vec<(Value, Value)> =
                 u.groups.iter().map(|(g, s)| (cbor(g), cbor(s))).collect();
             fields.push((Value::Text("groups".into()), Value::Map(groups)));
+            fields.push((
+                Value::Text("next_text_seq".into()),
+                cbor(&u.texts.next_text_seq()),
+            ));
+            let received: BTreeMap<&MemberId, u64> = u.texts.received_all().collect();
+            fields.push((Value::Text("received_from".into()), cbor(&received)));
             universes.push((cbor(uid), Value::Map(fields)));
         }
         let set = |r: &Rows<ByteBuf, ()>| Value::Array(r.keys().map(|k| cbor(k)).collect());
@@ -408,7 +575,7 @@ mod tests {
                         .collect(),
                 ),
             ),
-            (Value::Text("my_kp".into()), cbor(&node.my_kp)),
+            (Value::Text("my_kp".into()), cbor(st.my_kp.get())),
             (Value::Text("my_kp_refs".into()), set(&st.my_kp_refs)),
             (
                 Value::Text("last_resort_refs".into()),
@@ -516,6 +683,96 @@ mod tests {
             net.node(0).status(&uid).expect("status").groups.len(),
             status_before.groups.len()
         );
+        net.assert_consistent(&uid);
+    }
+
+    /// Rewrites `store`'s rows as the first row format wrote them: text
+    /// counters inside each universe row, our KeyPackage inside the node
+    /// row, neither with rows of its own.
+    fn to_first_row_format(store: &Store) {
+        let st = EngineState::load(store).expect("rows load");
+        for (uid, u) in st.universes.iter() {
+            let Value::Map(mut fields) = Value::serialized(u).expect("row") else {
+                panic!("a universe row is a map")
+            };
+            fields.push((
+                Value::Text("next_text_seq".into()),
+                Value::serialized(&u.texts.next_text_seq()).expect("value"),
+            ));
+            let received: BTreeMap<&MemberId, u64> = u.texts.received_all().collect();
+            fields.push((
+                Value::Text("received_from".into()),
+                Value::serialized(&received).expect("value"),
+            ));
+            let mut row = vec![];
+            ciborium::into_writer(&Value::Map(fields), &mut row).expect("encode");
+            store.put(Table::Universes, uid.as_bytes(), &row);
+        }
+        let Value::Map(mut node) = Value::serialized(st.node.get()).expect("row") else {
+            panic!("the node row is a map")
+        };
+        node.push((
+            Value::Text("my_kp".into()),
+            Value::serialized(st.my_kp.get()).expect("value"),
+        ));
+        let mut row = vec![];
+        ciborium::into_writer(&Value::Map(node), &mut row).expect("encode");
+        store.put(Table::Meta, NODE_KEY, &row);
+        store.delete(Table::Meta, MY_KP);
+        let texts_end = prefix_end(TEXTS);
+        for (k, _) in store
+            .range(Table::Meta, TEXTS, texts_end.as_deref(), usize::MAX)
+            .expect("range")
+        {
+            store.delete(Table::Meta, &k);
+        }
+        store.commit().expect("commit");
+    }
+
+    #[test]
+    fn rows_of_the_first_row_format_open_with_their_counters_and_key_package() {
+        let mut net = Net::new(3);
+        let uid = net.universe(Profile::Mmls00);
+        net.send(0, &uid, "mine");
+        net.send(1, &uid, "from 1");
+        net.send(2, &uid, "from 2");
+        net.send(2, &uid, "from 2 again");
+        net.run();
+        net.settle();
+        let before = view(net.node(0), &uid);
+        let status_before = net.node(0).status(&uid).expect("status");
+        let acks_before = net.node(0).received_acks(&uid);
+        assert_eq!(acks_before.len(), 2, "{acks_before:?}");
+        let kp_before = net.node(0).state.my_kp.get().clone();
+        assert!(kp_before.is_some());
+
+        let store = net.stores[0].clone();
+        to_first_row_format(&store);
+        net.nodes[0] = None;
+        let (p, outs) = Participant::open(net.ids[0].clone(), store.clone(), config(), net.now)
+            .expect("first-format rows open");
+        net.nodes[0] = Some(p);
+        net.absorb(0, outs);
+        assert_eq!(net.node(0).status(&uid).expect("status"), status_before);
+        assert_eq!(net.node(0).received_acks(&uid), acks_before);
+        assert_eq!(net.node(0).state.my_kp.get(), &kp_before);
+        assert_eq!(view(net.node(0), &uid), before);
+        // Moved to rows of their own.
+        assert!(store.get(Table::Meta, MY_KP).expect("get").is_some());
+        assert!(!store
+            .range(Table::Meta, TEXTS, prefix_end(TEXTS).as_deref(), 1)
+            .expect("range")
+            .is_empty());
+
+        // The numbering carries on where it was: no text number twice.
+        net.send(0, &uid, "mine, after");
+        net.run();
+        net.settle();
+        assert_eq!(
+            net.node(0).status(&uid).expect("status").messages_sent,
+            status_before.messages_sent + 1
+        );
+        assert!(net.texts(1).contains(&"mine, after".to_string()));
         net.assert_consistent(&uid);
     }
 

@@ -57,7 +57,7 @@ impl Participant {
             own_group: u.own_group,
             groups,
             pending_imports: u.pending_imports.len(),
-            messages_sent: u.next_text_seq - 1,
+            messages_sent: u.texts.next_text_seq() - 1,
             equivocations: u.equivocations.clone(),
             removed: u.removed,
         })
