@@ -69,13 +69,21 @@ pub enum MmlsError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(
+        "the disk did not take a group commit ({0}); the state in memory is ahead of it: \
+         reopen the store (the node restarts) to carry on from the last durable state"
+    )]
+    Unflushed(String),
 }
 
 impl MmlsError {
     /// Errors caused by input we were sent (as opposed to our own state or
     /// disk); drivers count these as rejected input.
     pub fn is_rejection(&self) -> bool {
-        !matches!(self, MmlsError::Store(_) | MmlsError::Internal(_))
+        !matches!(
+            self,
+            MmlsError::Store(_) | MmlsError::Internal(_) | MmlsError::Unflushed(_)
+        )
     }
     /// A duplicate is normal in gossip; drivers log it quietly.
     pub fn is_duplicate(&self) -> bool {

@@ -11,12 +11,18 @@ pub(super) enum Fault {
     /// The process "dies" just before the commit: the transaction is dropped
     /// without restoring memory (reopen the store to go on).
     CrashBeforeCommit,
+    /// The flush ending a group commit fails (as an fsync error).
+    FlushFails,
 }
 
 impl Participant {
     /// The injected fault of this step's commit, if any.
     pub(super) fn injected_fault(&mut self) -> Option<MmlsError> {
+        if self.fault == Some(Fault::FlushFails) {
+            return None;
+        }
         match self.fault.take()? {
+            Fault::FlushFails => None,
             Fault::CommitFails => Some(MmlsError::Internal("injected commit failure".into())),
             Fault::CrashBeforeCommit => {
                 self.provider.store().crash_discard();
@@ -55,6 +61,19 @@ impl Participant {
             p.commit_own(*uid, false).map(|_| ())
         })?;
         Ok(self.take_outputs())
+    }
+
+    /// The injected fault of a group commit's flush, if any.
+    pub(super) fn injected_flush_fault(&mut self) -> Option<String> {
+        (self.fault == Some(Fault::FlushFails)).then(|| {
+            self.fault = None;
+            "injected flush failure".to_string()
+        })
+    }
+
+    /// Fault injection: the flush that ends the current group commit fails.
+    pub fn inject_flush_failure(&mut self) {
+        self.fault = Some(Fault::FlushFails);
     }
 
     /// Fault injection: the next step's store commit fails (as on a full

@@ -101,6 +101,8 @@ pub struct Participant {
     psk_pruned_at: HashMap<Id32, u64>,
     /// Verified members per send group at one (epoch, authenticator).
     members_cache: HashMap<Id32, MembersAt>,
+    /// Per-step durability or a group commit in progress.
+    durability: step::Durability,
 }
 
 type MembersAt = ((u64, [u8; 8]), Vec<(LeafNodeIndex, MemberId)>);
@@ -242,6 +244,7 @@ impl Participant {
             psk_pruned_at: HashMap::new(),
             members_cache: HashMap::new(),
             alternates: BTreeMap::new(),
+            durability: step::Durability::default(),
         };
         if p.state.is_touched() {
             // A migrated legacy blob: its rows are written, and the blob

@@ -4,7 +4,62 @@
 
 use super::*;
 
+/// How a step's store transaction reaches the disk.
+#[derive(Debug, Default)]
+pub(super) enum Durability {
+    /// Each step is durable (an fsync on disk) before its outputs leave.
+    #[default]
+    PerStep,
+    /// Group commit: steps commit without waiting for the disk and their
+    /// outputs are held until `end_batch`, whose one flush makes them all
+    /// durable. Each step stays atomic: a failed one rolls back alone.
+    Batch,
+    /// A batch's flush failed: memory is ahead of the disk, and nothing
+    /// more may be committed or announced from it.
+    Failed(String),
+}
+
 impl Participant {
+    /// Starts a group commit: the steps of the inputs handled until
+    /// [`Participant::end_batch`] are made durable together, by one flush,
+    /// and their outputs are returned only by `end_batch` (calls in between
+    /// return none). Durable before announced still holds; a crash before
+    /// the flush loses the whole batch, which nothing outside saw.
+    pub fn begin_batch(&mut self) -> Result<(), MmlsError> {
+        match &self.durability {
+            Durability::Failed(e) => Err(MmlsError::Unflushed(e.clone())),
+            _ => {
+                self.durability = Durability::Batch;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a group commit: one flush, then every output of the batch.
+    pub fn end_batch(&mut self) -> Result<Vec<Output>, MmlsError> {
+        match &self.durability {
+            Durability::Failed(e) => return Err(MmlsError::Unflushed(e.clone())),
+            Durability::PerStep => return Ok(self.take_outputs()),
+            Durability::Batch => {}
+        }
+        let r = match self.injected_flush_fault() {
+            Some(e) => Err(e),
+            None => self.provider.store().flush().map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(()) => {
+                self.durability = Durability::PerStep;
+                Ok(self.take_outputs())
+            }
+            Err(e) => {
+                // Nothing of the batch may leave: it may not be on disk.
+                self.outputs.clear();
+                self.durability = Durability::Failed(e.clone());
+                Err(MmlsError::Unflushed(e))
+            }
+        }
+    }
+
     /// Runs `f` as one atomic step: all or nothing, on disk and in memory.
     pub(super) fn step<T>(
         &mut self,
@@ -17,6 +72,9 @@ impl Participant {
             !self.state.is_touched(),
             "engine state changed outside a step"
         );
+        if let Durability::Failed(e) = &self.durability {
+            return Err(MmlsError::Unflushed(e.clone()));
+        }
         let mark = self.outputs.len();
         self.buffer_undo.clear();
         let r = f(self).and_then(|v| self.commit_step().map(|()| v));
@@ -38,8 +96,14 @@ impl Participant {
             self.state.node.get_mut().rejected_inputs += pending;
         }
         self.state.write(self.provider.store());
+        let deferred = matches!(self.durability, Durability::Batch);
         let r = match self.injected_fault() {
             Some(e) => Err(e),
+            None if deferred => self
+                .provider
+                .store()
+                .commit_deferred()
+                .map_err(MmlsError::from),
             None => self.provider.store().commit().map_err(MmlsError::from),
         };
         match r {
@@ -75,7 +139,17 @@ impl Participant {
         None
     }
 
+    #[cfg(not(any(test, feature = "testkit")))]
+    fn injected_flush_fault(&mut self) -> Option<String> {
+        None
+    }
+
+    /// The outputs to hand out now: none inside a batch (held for
+    /// `end_batch`).
     pub(super) fn take_outputs(&mut self) -> Vec<Output> {
+        if matches!(self.durability, Durability::Batch) {
+            return vec![];
+        }
         std::mem::take(&mut self.outputs)
     }
 

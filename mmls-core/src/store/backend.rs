@@ -100,11 +100,13 @@ impl Backend {
         }
     }
 
-    /// Applies a step's writes atomically (one durable transaction on redb).
+    /// Applies a step's writes atomically: one redb transaction, durable
+    /// (fsync) or deferred to the next durable one (group commit).
     pub(super) fn apply(
         &self,
         pending: &Pending,
         mls: &mut MlsWrites<'_>,
+        durable: bool,
     ) -> Result<(), StoreError> {
         match self {
             Backend::Memory(m) => {
@@ -128,7 +130,11 @@ impl Backend {
             }
             Backend::Redb(db) => {
                 let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
+                txn.set_durability(if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                })?;
                 for t in Table::ALL {
                     let writes = &pending.tables[t.index()];
                     if writes.is_empty() {
@@ -151,6 +157,20 @@ impl Backend {
                         };
                     }
                 }
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every deferred transaction durable: an empty durable one
+    /// persists those before it (redb). Memory maps have nothing to do.
+    pub(super) fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redb(db) => {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
                 txn.commit()?;
                 Ok(())
             }

@@ -318,6 +318,24 @@ impl Store {
     /// nothing is written and the step stays pending (call
     /// [`Store::rollback`]).
     pub fn commit(&self) -> Result<(), StoreError> {
+        self.apply_step(true)
+    }
+
+    /// Like [`Store::commit`], but without waiting for the disk (group
+    /// commit): atomic as a step, durable only with the next
+    /// [`Store::flush`] or durable commit. A crash before that loses it and
+    /// every deferred commit after the last durable one, never a part of
+    /// one. Whoever defers must hold back what it announces until the flush.
+    pub fn commit_deferred(&self) -> Result<(), StoreError> {
+        self.apply_step(false)
+    }
+
+    /// Makes every deferred commit durable (one fsync for all of them).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.backend.flush()
+    }
+
+    fn apply_step(&self, durable: bool) -> Result<(), StoreError> {
         let mut pending = lock(&self.inner.pending);
         let mut mls = self.inner.mls.lock();
         if pending.is_empty() && mls.dirty().next().is_none() {
@@ -325,7 +343,9 @@ impl Store {
             mls.undo.clear();
             return Ok(());
         }
-        self.inner.backend.apply(&pending, &mut mls.dirty())?;
+        self.inner
+            .backend
+            .apply(&pending, &mut mls.dirty(), durable)?;
         pending.clear();
         mls.undo.clear();
         Ok(())
