@@ -17,7 +17,7 @@ use crate::error::NodeError;
 use crate::liveness::Liveness;
 use crate::redial::{Redial, Target};
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
-use libp2p::futures::StreamExt;
+use libp2p::futures::{FutureExt, StreamExt};
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -146,6 +146,8 @@ pub(crate) struct Driver {
     /// Names, own-send index, receipts and last-seen (`views.rs`).
     pub(crate) ux: crate::views::Ux,
     pub(crate) stop: bool,
+    /// The group commit in progress (`batch.rs`).
+    batch: crate::batch::Batch,
 }
 
 pub(crate) struct DriverParts {
@@ -201,6 +203,7 @@ impl Driver {
             node_rejected: 0,
             ux: parts.ux,
             stop: false,
+            batch: crate::batch::Batch::default(),
         }
     }
 
@@ -226,6 +229,11 @@ impl Driver {
         }
         tracing::info!(member = %self.me, "node running");
         loop {
+            if let Err(e) = self.p.begin_batch() {
+                tracing::error!(error = %e, "stopping");
+                break;
+            }
+            self.batch.begin();
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 cmd = commands.recv() => match cmd {
@@ -253,6 +261,28 @@ impl Driver {
                     self.gc();
                 }
             }
+            // Whatever else is ready joins the batch (never waited for).
+            while !self.stop && self.batch.take_more() {
+                let mut more = false;
+                if let Ok(job) = commands.try_recv() {
+                    job(&mut self);
+                    more = true;
+                }
+                if let Some(ev) = self.swarm.select_next_some().now_or_never() {
+                    self.on_swarm(ev);
+                    more = true;
+                }
+                if !more {
+                    break;
+                }
+            }
+            if let Err(e) = self.end_batch() {
+                // The disk did not take the batch: what we hold in memory may
+                // not be on it, so nothing more may leave. A restart carries
+                // on from the last durable state (fsync errors are not retried).
+                tracing::error!(error = %e, "stopping: the store failed");
+                break;
+            }
             if self.stop {
                 break;
             }
@@ -276,8 +306,39 @@ impl Driver {
         self.drain();
     }
 
-    /// Carries out what the sync agent asks for.
+    /// Ends the group commit: one flush, then the batch's engine outputs,
+    /// sync responses and API replies, in that order.
+    fn end_batch(&mut self) -> Result<(), MmlsError> {
+        let flushed = self.p.end_batch();
+        let (replies, responses) = self.batch.close();
+        // On failure the replies are dropped unsent: their callers see the
+        // node stop, not an acknowledgement of what may be lost.
+        let outs = flushed?;
+        self.handle_outputs(outs);
+        for (channel, msg) in responses {
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, msg);
+        }
+        for r in replies {
+            r();
+        }
+        Ok(())
+    }
+
+    /// Sends `r` once the current batch is durable (at once outside one).
+    pub(crate) fn reply_when_durable(&mut self, r: crate::batch::Reply) {
+        if self.batch.is_open() {
+            self.batch.reply(r);
+        } else {
+            r();
+        }
+    }
+
+    /// Carries out what the sync agent asks for (after the batch's flush:
+    /// what it publishes may be our own entries).
     fn drain(&mut self) {
+        if self.batch.is_open() {
+            return;
+        }
         while let Some(a) = self.sync.poll_action() {
             match a {
                 Action::Request { peer, id, msg } => {
@@ -681,7 +742,11 @@ impl Driver {
                         .sync
                         .handle_request(&mut self.p, &peer, request, now_ms());
                     self.drain();
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
+                    if self.batch.is_open() {
+                        self.batch.respond(channel, resp);
+                    } else {
+                        let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
+                    }
                 }
                 request_response::Message::Response {
                     request_id,

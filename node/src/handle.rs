@@ -238,7 +238,10 @@ impl NodeHandle {
     ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         let job: Command = Box::new(move |d: &mut Driver| {
-            let _ = tx.send(f(d));
+            let v = f(d);
+            d.reply_when_durable(Box::new(move || {
+                let _ = tx.send(v);
+            }));
         });
         self.inner
             .cmd

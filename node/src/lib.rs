@@ -16,6 +16,7 @@
 //! `web` (the browser app on the API port and its session login).
 
 pub mod api;
+mod batch;
 pub mod client;
 pub mod config;
 pub mod datadir;

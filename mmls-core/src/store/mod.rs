@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use backend::Backend;
@@ -160,6 +161,8 @@ struct Inner {
     path: Option<PathBuf>,
     pending: Mutex<Pending>,
     mls: MlsStorage,
+    /// A deferred commit is not yet durable: the next flush has work.
+    unflushed: AtomicBool,
 }
 
 /// The transactional store. A cheap handle: clones share the database, the
@@ -256,6 +259,7 @@ impl Store {
                 path,
                 pending: Mutex::new(Pending::default()),
                 mls: MlsStorage::new(values),
+                unflushed: AtomicBool::new(false),
             }),
         })
     }
@@ -332,7 +336,13 @@ impl Store {
 
     /// Makes every deferred commit durable (one fsync for all of them).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.backend.flush()
+        if self.inner.unflushed.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.inner.backend.flush() {
+                self.inner.unflushed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn apply_step(&self, durable: bool) -> Result<(), StoreError> {
@@ -346,6 +356,8 @@ impl Store {
         self.inner
             .backend
             .apply(&pending, &mut mls.dirty(), durable)?;
+        // A durable commit persists the deferred ones before it too.
+        self.inner.unflushed.store(!durable, Ordering::SeqCst);
         pending.clear();
         mls.undo.clear();
         Ok(())
