@@ -88,9 +88,7 @@ impl Participant {
             return;
         }
         self.state.kp_requested.insert(m.clone(), now);
-        let mut e = Envelope::new(Kind::KeyPackageRequest, vec![]);
-        e.sender = Some(self.me.to_string());
-        e.to = Some(m.to_string());
+        let e = crate::sync::key_packages::key_package_request(&self.me, m.as_str());
         self.publish_lobby(e);
     }
 

@@ -7,7 +7,7 @@
 //! testkit all drive.
 
 mod agent;
-mod key_packages;
+pub(crate) mod key_packages;
 #[cfg(test)]
 mod tests;
 
