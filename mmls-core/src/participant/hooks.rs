@@ -133,3 +133,36 @@ impl Participant {
         Ok(e.encode())
     }
 }
+
+impl Participant {
+    /// Test only: this node believes the universe's anchors are `anchors`
+    /// and puts them in its own send group with its next commit, as a
+    /// non-admin owner forging an anchor change would.
+    #[cfg(test)]
+    pub(crate) fn forge_anchor_change(
+        &mut self,
+        uid: &Id32,
+        anchors: Vec<crate::federation::DomainAnchor>,
+    ) -> Result<Vec<Output>, MmlsError> {
+        self.step(|p| {
+            let u = p.uni_mut(uid)?;
+            if let Some(d) = u.def.as_mut() {
+                d.anchors = anchors;
+            }
+            u.anchors_pending = true;
+            p.commit_own(*uid, false)?;
+            Ok(())
+        })?;
+        Ok(self.take_outputs())
+    }
+
+    /// Test only: the trust anchors in send group `g`'s GroupContext.
+    #[cfg(test)]
+    pub(crate) fn anchors_of_group(
+        &mut self,
+        g: &Id32,
+    ) -> Result<Vec<crate::federation::DomainAnchor>, MmlsError> {
+        let group = self.group(g)?;
+        Self::group_anchors(group)
+    }
+}

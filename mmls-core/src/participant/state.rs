@@ -83,6 +83,13 @@ pub(super) struct UniverseState {
     /// Rejoiners to re-send our texts to once re-added: after this number.
     #[serde(default)]
     pub(super) resend_after: BTreeMap<MemberId, u64>,
+    /// Federation: the certificate each member last presented (validated).
+    #[serde(default)]
+    pub(super) certs: BTreeMap<MemberId, MemberCert>,
+    /// Our send group's trust anchors differ from the universe's: the next
+    /// own commit carries a GroupContextExtensions proposal.
+    #[serde(default)]
+    pub(super) anchors_pending: bool,
 }
 
 impl UniverseState {
@@ -112,6 +119,8 @@ impl UniverseState {
             update_due: false,
             received_from: BTreeMap::new(),
             resend_after: BTreeMap::new(),
+            certs: BTreeMap::new(),
+            anchors_pending: false,
         }
     }
     pub(super) fn has_pending(&self) -> bool {
@@ -120,6 +129,7 @@ impl UniverseState {
             || !self.pending_adds.is_empty()
             || !self.pending_removes.is_empty()
             || !self.readds.is_empty()
+            || self.anchors_pending
     }
 }
 

@@ -9,6 +9,7 @@ use crate::store::Table;
 use crate::testkit::{config, Net};
 
 mod delivery;
+mod federation;
 mod hostile;
 mod membership;
 mod psk;
