@@ -147,7 +147,9 @@ pub fn init(
                 std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
             let key_pem =
                 std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            DataDir::init_x509(dir, name, &chain, &key_pem)?
+            // One line: the engine's error already says what is wrong.
+            DataDir::init_x509(dir, name, &chain, &key_pem)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     let identity = dd.identity()?;

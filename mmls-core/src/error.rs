@@ -67,7 +67,7 @@ pub enum MmlsError {
         group: Id32,
         epoch: u64,
     },
-    #[error("federation: {0}")]
+    #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
     #[error("internal error: {0}")]
     Internal(String),

@@ -67,29 +67,53 @@ pub fn chain_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, FederationError> {
     Ok(out)
 }
 
-/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), as
-/// `openssl genpkey -algorithm ed25519` writes it; the 32-byte seed follows.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+/// The start of an Ed25519 private key in PKCS#8 (RFC 8410): SEQUENCE,
+/// version (0: v1 as openssl writes it; 1: v2 with the public key, as ring
+/// writes it), the Ed25519 algorithm, then the 32-byte seed.
+const ED25519_PKCS8_AFTER_LEN: [u8; 14] = [
+    0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// The Ed25519 seed of a `PRIVATE KEY` PEM (PKCS#8): the key becomes the
-/// node's identity, so the certificate's key and the PeerId are one.
+/// The Ed25519 seed of a `PRIVATE KEY` PEM (PKCS#8 v1 or v2): the key
+/// becomes the node's identity, so the certificate's key and the PeerId are
+/// one. A v2 key's public key must be the seed's.
 pub fn ed25519_seed_from_pem(pem: &[u8]) -> Result<[u8; 32], FederationError> {
+    let bad = || {
+        FederationError::MalformedKey(
+            "not an Ed25519 PKCS#8 key (make one with `openssl genpkey -algorithm ed25519`)".into(),
+        )
+    };
     for p in x509_parser::pem::Pem::iter_from_buffer(pem) {
         let p = p.map_err(|e| FederationError::MalformedKey(format!("PEM: {e}")))?;
         if p.label != "PRIVATE KEY" {
             continue;
         }
         let c = &p.contents;
-        if c.len() != 48 || c[..16] != ED25519_PKCS8_PREFIX {
-            return Err(FederationError::MalformedKey(
-                "not an Ed25519 PKCS#8 key (make one with `openssl genpkey -algorithm ed25519`)"
-                    .into(),
-            ));
+        if c.len() < 48 || c[0] != 0x30 || usize::from(c[1]) + 2 != c.len() {
+            return Err(bad());
+        }
+        let mut head = ED25519_PKCS8_AFTER_LEN;
+        head[2] = c[4];
+        if c[2..16] != head || c[4] > 1 {
+            return Err(bad());
         }
         let mut seed = [0u8; 32];
-        seed.copy_from_slice(&c[16..]);
+        seed.copy_from_slice(&c[16..48]);
+        let rest = &c[48..];
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        let ok = match (c[4], rest.len()) {
+            (0, 0) => true,
+            // [1] IMPLICIT BIT STRING of the 32-byte public key (RFC 8410;
+            // ring writes it), or the same wrapped explicitly.
+            (1, 35) => rest[..3] == [0x81, 0x21, 0x00] && rest[3..] == public,
+            (1, 37) => rest[..5] == [0xa1, 0x23, 0x03, 0x21, 0x00] && rest[5..] == public,
+            _ => false,
+        };
+        if !ok {
+            return Err(bad());
+        }
         return Ok(seed);
     }
     Err(FederationError::MalformedKey(

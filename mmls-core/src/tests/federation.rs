@@ -556,3 +556,24 @@ fn the_anchors_extension_round_trips_and_avoids_openmls_last_resort() {
         Err(FederationError::DuplicateDomain("alpha.example".into()))
     );
 }
+
+#[test]
+fn ed25519_pkcs8_keys_become_the_identity_and_garbage_is_refused() {
+    // ring (rcgen) writes PKCS#8 v2, with the public key.
+    let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let seed = federation::ed25519_seed_from_pem(key.serialize_pem().as_bytes()).unwrap();
+    assert_eq!(
+        Identity::from_seed(seed).public_key().as_slice(),
+        key.public_key_raw()
+    );
+    // Not Ed25519 (a P-256 key), or no key at all.
+    let p256 = KeyPair::generate().unwrap();
+    assert!(matches!(
+        federation::ed25519_seed_from_pem(p256.serialize_pem().as_bytes()),
+        Err(FederationError::MalformedKey(_))
+    ));
+    assert!(matches!(
+        federation::ed25519_seed_from_pem(b"hello"),
+        Err(FederationError::MalformedKey(_))
+    ));
+}
