@@ -148,8 +148,7 @@ pub fn init(
             let key_pem =
                 std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
             // One line: the engine's error already says what is wrong.
-            DataDir::init_x509(dir, name, &chain, &key_pem)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            DataDir::init_x509(dir, name, &chain, &key_pem).map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     let identity = dd.identity()?;
