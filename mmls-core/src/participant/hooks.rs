@@ -156,6 +156,23 @@ impl Participant {
         Ok(self.take_outputs())
     }
 
+    /// Test only: this node's own idea of the universe's anchors changes,
+    /// nothing else (its send group keeps the real ones): the engine of a
+    /// corrupt admin that would vouch for anyone these anchors accept.
+    #[cfg(test)]
+    pub(crate) fn forge_local_anchors(
+        &mut self,
+        uid: &Id32,
+        anchors: Vec<crate::federation::DomainAnchor>,
+    ) -> Result<(), MmlsError> {
+        self.step(|p| {
+            if let Some(d) = p.uni_mut(uid)?.def.as_mut() {
+                d.anchors = anchors;
+            }
+            Ok(())
+        })
+    }
+
     /// Test only: the trust anchors in send group `g`'s GroupContext.
     #[cfg(test)]
     pub(crate) fn anchors_of_group(

@@ -154,6 +154,19 @@ fn snapshot(net: &mut Net, i: usize, uid: &Id32) -> String {
     format!("{:?}", net.node(i).status(uid).unwrap())
 }
 
+/// The protocol state a refused stream entry must not move: each group's
+/// epoch, authenticator and position, the roster, anchors, certificates
+/// (entries behind the refused one may wait in the buffer).
+fn protocol_state(net: &mut Net, i: usize, uid: &Id32) -> String {
+    let st = net.node(i).status(uid).unwrap();
+    let groups: Vec<_> = st
+        .groups
+        .iter()
+        .map(|g| (g.group, g.epoch, g.auth.clone(), g.next_seq))
+        .collect();
+    format!("{groups:?} {:?} {:?} {:?}", st.roster, st.anchors, st.certs)
+}
+
 #[test]
 fn three_domains_talk_and_every_send_group_carries_the_anchors() {
     let co = Coalition::new();
@@ -576,4 +589,39 @@ fn ed25519_pkcs8_keys_become_the_identity_and_garbage_is_refused() {
         federation::ed25519_seed_from_pem(b"hello"),
         Err(FederationError::MalformedKey(_))
     ));
+}
+
+#[test]
+fn every_reader_refuses_an_added_leaf_from_another_domains_ca() {
+    let co = Coalition::new();
+    let m = identity(3);
+    let mallory = m
+        .clone()
+        .with_x509_chain(co.alpha.chain_for(&m, "mallory@beta.example"))
+        .unwrap();
+    let (mut net, uid) = federated_net(&co, co.identities(vec![mallory]));
+    // A corrupt admin engine believes alpha's CA anchors beta.example, so
+    // it commits the add; its send group still carries the real anchors,
+    // which every reader checks the new leaf against.
+    let mut forged = co.anchors();
+    forged[1] = co.alpha.anchor("beta.example");
+    net.node(0).forge_local_anchors(&uid, forged).unwrap();
+    let before: Vec<String> = [1, 2]
+        .iter()
+        .map(|i| protocol_state(&mut net, *i, &uid))
+        .collect();
+    let rejected_before: Vec<usize> = net.rejections.iter().map(|r| r.len()).collect();
+    let who = net.member(3);
+    let outs = net.node(0).add_member(&uid, &who).unwrap();
+    net.absorb(0, outs);
+    net.run();
+    for (k, i) in [1usize, 2].iter().enumerate() {
+        let got = &net.rejections[*i][rejected_before[*i]..];
+        assert!(
+            got.iter()
+                .any(|r| r.contains("beta.example") && r.contains("alpha.example")),
+            "node {i}: {got:?}"
+        );
+        assert_eq!(protocol_state(&mut net, *i, &uid), before[k], "node {i}");
+    }
 }
