@@ -111,6 +111,9 @@ others' texts, oldest first, paged by cursor, as it always was.")]
         #[arg(long)]
         json: bool,
     },
+    /// This node's X.509 identity (federated universes)
+    #[command(subcommand)]
+    Identity(IdentityCmd),
     /// Force an MMLS update (fresh keys) in this node's send group
     Update {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
@@ -328,6 +331,17 @@ pub enum UniverseCmd {
     Forget {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
         universe: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCmd {
+    /// Renew the certificate (same key): every universe gets an update carrying it,
+    /// and the data dir keeps it
+    Renew {
+        /// The new chain (PEM, leaf first); its leaf must certify this node's key
+        #[arg(long, value_name = "CHAIN.pem")]
+        x509_cert: PathBuf,
     },
 }
 

@@ -820,6 +820,19 @@ fn describe_event(e: &StreamEvent) -> String {
     }
 }
 
+pub fn identity(dir: &Path, cmd: crate::args::IdentityCmd) -> anyhow::Result<()> {
+    match cmd {
+        crate::args::IdentityCmd::Renew { x509_cert } => {
+            let pem = std::fs::read_to_string(&x509_cert)
+                .with_context(|| format!("reading {}", x509_cert.display()))?;
+            let c = client(dir)?;
+            c.renew_certificate(&pem).map_err(|e| api_error(dir, e))?;
+            outln!("certificate renewed: every universe gets an update that carries it");
+            Ok(())
+        }
+    }
+}
+
 pub fn update(dir: &Path, universe: &str) -> anyhow::Result<()> {
     let c = client(dir)?;
     let u = resolve_universe(&c, dir, universe)?;

@@ -88,6 +88,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contact(c) => commands::contact(&dir()?, c)?,
         Command::Tail { universe, json } => commands::tail(&dir()?, &universe, json)?,
         Command::Update { universe } => commands::update(&dir()?, &universe)?,
+        Command::Identity(c) => commands::identity(&dir()?, c)?,
         Command::Status { json } => commands::status(&dir()?, json)?,
         Command::Peers { json } => commands::peers(&dir()?, json)?,
         Command::Rejoin { universe } => commands::rejoin(&dir()?, &universe)?,

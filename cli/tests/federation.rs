@@ -50,23 +50,36 @@ fn ca(dir: &Path, org: &str) -> Ca {
 /// `issuer` naming `USER@DOMAIN` (`USER.pem`).
 fn member(dir: &Path, user: &str, domain: &str, issuer: &Ca) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate_for(&PKCS_ED25519).expect("member key");
+    let k = dir.join(format!("{user}.key"));
+    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    let c = certify(dir, &format!("{user}.pem"), &key, user, domain, issuer, 90);
+    (c, k)
+}
+
+/// A certificate for `key` naming `USER@DOMAIN`, valid for `days`, written
+/// to `dir/FILE`.
+fn certify(
+    dir: &Path,
+    file: &str,
+    key: &KeyPair,
+    user: &str,
+    domain: &str,
+    issuer: &Ca,
+    days: i64,
+) -> PathBuf {
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.distinguished_name.push(DnType::CommonName, user);
     p.subject_alt_names = vec![SanType::Rfc822Name(
         format!("{user}@{domain}").try_into().expect("ia5"),
     )];
     p.not_before = at(now() - 3600);
-    p.not_after = at(now() + 90 * 86_400);
+    p.not_after = at(now() + days * 86_400);
     let cert = p
-        .signed_by(&key, &issuer.cert, &issuer.key)
+        .signed_by(key, &issuer.cert, &issuer.key)
         .expect("member cert");
-    let (k, c) = (
-        dir.join(format!("{user}.key")),
-        dir.join(format!("{user}.pem")),
-    );
-    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    let c = dir.join(file);
     std::fs::write(&c, cert.pem()).expect("write cert");
-    (c, k)
+    c
 }
 
 fn s(p: &Path) -> &str {
@@ -241,6 +254,66 @@ fn coalition_of_three_organisations_end_to_end() {
         .typed();
     assert_eq!(show.roster.len(), 3, "{show:?}");
     assert!(!show.roster.contains(&mallory.member));
+
+    // Bob renews (same key, a year this time): the others see the new
+    // expiry, and the universe still works.
+    let bob_key = KeyPair::from_pem(&std::fs::read_to_string(&bob_k).expect("bob key"))
+        .expect("bob key parses");
+    let renewed = certify(
+        &pki,
+        "bob2.pem",
+        &bob_key,
+        "bob",
+        "beta.example",
+        &beta,
+        365,
+    );
+    bob.cmd(&["identity", "renew", "--x509-cert", s(&renewed)])
+        .ok();
+    wait_for(
+        "bob's renewed certificate seen",
+        Duration::from_secs(30),
+        || {
+            let show: types::Universe = cathy
+                .cmd(&["universe", "show", "coalition", "--json"])
+                .ok()
+                .typed();
+            match show.certificates.iter().find(|c| c.member == bob.member) {
+                Some(c) if c.not_after > now() + 300 * 86_400 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    // A renewal from another organisation's CA is refused.
+    let wrong = certify(
+        &pki,
+        "bob3.pem",
+        &bob_key,
+        "bob",
+        "beta.example",
+        &alpha,
+        365,
+    );
+    let e = bob
+        .cmd(&["identity", "renew", "--x509-cert", s(&wrong)])
+        .one_line_error();
+    assert!(e.contains("alpha.example"), "{e}");
+    bob.cmd(&["send", "coalition", "renewed"]).ok();
+    wait_for(
+        "alice reads bob after renewal",
+        Duration::from_secs(30),
+        || {
+            let got = alice.read(&u);
+            if got.iter().any(|m| m.text == "renewed") {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
+    // The data dir keeps the renewed chain for the next start.
+    let kept = std::fs::read(bob.dir.join("identity.x509.pem")).expect("kept chain");
+    assert_eq!(kept, std::fs::read(&renewed).expect("renewed"));
 
     // A non-admin may not change the anchors.
     let e = bob

@@ -128,6 +128,7 @@ fn router(state: ApiState) -> Router {
     Router::new()
         .merge(web::routes(web_state))
         .route("/v1/id", get(id))
+        .route("/v1/identity/certificate", post(renew_certificate))
         .route("/v1/universes", get(universes).post(create_universe))
         .route("/v1/universes/{id}", get(universe))
         .route(
@@ -324,6 +325,15 @@ fn anchor_in(a: &types::AnchorIn) -> Result<mmls_core::federation::DomainAnchor,
         domain: mmls_core::federation::DomainAnchor::normalise_domain(&a.domain),
         cert,
     })
+}
+
+async fn renew_certificate(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Ok> {
+    let req: types::RenewCertificate = body_json(body)?;
+    s.node.renew_certificate(req.pem.into_bytes()).await?;
+    Ok(Json(types::Ok { ok: true }))
 }
 
 async fn set_anchor(
@@ -681,6 +691,7 @@ mod tests {
         assert!(v["openapi"].as_str().unwrap().starts_with("3."));
         for p in [
             "/v1/id",
+            "/v1/identity/certificate",
             "/v1/universes",
             "/v1/universes/{id}",
             "/v1/universes/{id}/members",

@@ -179,6 +179,15 @@ impl Client {
         self.get(&format!("/v1/universes/{}", enc(id)))
     }
 
+    /// `POST /v1/identity/certificate`: renew this node's certificate.
+    pub fn renew_certificate(&self, pem: &str) -> Result<(), ClientError> {
+        let body = types::RenewCertificate {
+            pem: pem.to_string(),
+        };
+        let _: types::Ok = self.post("/v1/identity/certificate", &body)?;
+        Ok(())
+    }
+
     /// `POST /v1/universes/{id}/anchors` (admins): add a domain or replace
     /// its anchor.
     pub fn set_anchor(&self, id: &str, anchor: &types::AnchorIn) -> Result<(), ClientError> {

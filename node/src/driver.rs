@@ -837,6 +837,11 @@ impl Driver {
         Ok(seq)
     }
 
+    pub(crate) fn cmd_renew_certificate(&mut self, chain: Vec<Vec<u8>>) -> Result<(), NodeError> {
+        let r = self.p.renew_certificate(chain).map(|o| ((), o));
+        self.engine(r)
+    }
+
     pub(crate) fn cmd_set_anchor(
         &mut self,
         u: &Id32,

@@ -404,6 +404,17 @@ impl NodeHandle {
         self.call(|d| d.cmd_peers()).await
     }
 
+    /// Renews our certificate: every universe gets an MMLS update whose
+    /// leaves carry it, then the data dir keeps it for the next start.
+    /// Refused, with nothing changed, if it does not certify our key or a
+    /// federated universe we are in would not accept it.
+    pub async fn renew_certificate(&self, chain_pem: Vec<u8>) -> Result<(), NodeError> {
+        let chain = mmls_core::federation::chain_from_pem(&chain_pem).map_err(MmlsError::from)?;
+        self.call(move |d| d.cmd_renew_certificate(chain)).await??;
+        DataDir::open(self.data_dir())?.set_certificate(&chain_pem)?;
+        Ok(())
+    }
+
     /// Admin: adds a domain or replaces its anchor (DER).
     pub async fn set_anchor(
         &self,

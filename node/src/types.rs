@@ -26,6 +26,13 @@ pub struct CreateUniverse {
     pub anchors: Vec<AnchorIn>,
 }
 
+/// `POST /v1/identity/certificate`: a renewed certificate chain (PEM, leaf
+/// first) for this node's key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewCertificate {
+    pub pem: String,
+}
+
 /// A domain and the PEM certificate that vouches for its members.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AnchorIn {
