@@ -169,14 +169,18 @@ impl Participant {
                 Some((_, m)) if *m == new_id => {}
                 _ => return Err(MmlsError::BadCredential),
             }
+            // A credential already in the group was checked when it came
+            // in; re-checking it here would wedge the group after an anchor
+            // rotation (its member renews instead). A new one must hold now.
             let leaf = up.update_proposal().leaf_node();
-            let renewed = old_credential(self, *i).as_ref() != Some(leaf.credential());
-            certs.extend(self.check_credential(
-                &anchors,
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
-                renewed,
-            )?);
+            if old_credential(self, *i).as_ref() != Some(leaf.credential()) {
+                certs.extend(self.check_credential(
+                    &anchors,
+                    leaf.credential(),
+                    leaf.signature_key().as_slice(),
+                    true,
+                )?);
+            }
             if *i == my_leaf {
                 my_update_committed = true;
             }
@@ -212,20 +216,21 @@ impl Participant {
             return Err(MmlsError::NotAdmin);
         }
         // The owner's own new leaf (a path): same member, and a renewed
-        // certificate must hold now.
+        // certificate must hold now (an unchanged one, as for Updates, was
+        // checked when it came in).
         if let Some(leaf) = commit.update_path_leaf_node() {
             let who = verify_binding(leaf.credential(), leaf.signature_key().as_slice())?;
             if who != owner {
                 return Err(MmlsError::BadCredential);
             }
-            let renewed =
-                old_credential(self, LeafNodeIndex::new(0)).as_ref() != Some(leaf.credential());
-            certs.extend(self.check_credential(
-                &anchors,
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
-                renewed,
-            )?);
+            if old_credential(self, LeafNodeIndex::new(0)).as_ref() != Some(leaf.credential()) {
+                certs.extend(self.check_credential(
+                    &anchors,
+                    leaf.credential(),
+                    leaf.signature_key().as_slice(),
+                    true,
+                )?);
+            }
         }
         Ok(CheckedCommit {
             aad: staged.aad.clone(),

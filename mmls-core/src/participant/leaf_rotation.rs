@@ -95,18 +95,20 @@ impl Participant {
         };
         check_update_proposal(&q)?;
         // Federation: a renewed certificate must hold now; an unchanged one
-        // must still reach its domain's anchor.
+        // was checked when it came in (see `check_peer_commit`).
         let anchors = Self::group_anchors(group)?;
-        let cert = if let (Proposal::Update(upd), Sender::Member(i)) = (q.proposal(), q.sender()) {
-            let leaf = upd.leaf_node();
-            let renewed = group.member(*i) != Some(leaf.credential());
-            let (cred, key) = (
-                leaf.credential().clone(),
-                leaf.signature_key().as_slice().to_vec(),
-            );
-            self.check_credential(&anchors, &cred, &key, renewed)?
-        } else {
-            None
+        let cert = match (q.proposal(), q.sender()) {
+            (Proposal::Update(upd), Sender::Member(i))
+                if group.member(*i) != Some(upd.leaf_node().credential()) =>
+            {
+                let leaf = upd.leaf_node();
+                let (cred, key) = (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                );
+                self.check_credential(&anchors, &cred, &key, true)?
+            }
+            _ => None,
         };
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &g)?;

@@ -625,3 +625,68 @@ fn every_reader_refuses_an_added_leaf_from_another_domains_ca() {
         assert_eq!(protocol_state(&mut net, *i, &uid), before[k], "node {i}");
     }
 }
+
+#[test]
+fn rotating_an_anchor_keeps_the_universe_working_and_members_renew_under_it() {
+    let co = Coalition::new();
+    let (mut net, uid) = federated_net(&co, co.identities(vec![]));
+    let beta2 = Ca::new("beta CA 2");
+    let outs = net
+        .node(0)
+        .set_anchor(&uid, "beta.example", &beta2.der())
+        .unwrap();
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    let mut want = co.anchors();
+    want[1] = beta2.anchor("beta.example");
+    for i in 0..3 {
+        let groups: Vec<Id32> = net
+            .node(i)
+            .status(&uid)
+            .unwrap()
+            .groups
+            .iter()
+            .map(|g| g.group)
+            .collect();
+        for g in groups {
+            assert_eq!(net.node(i).anchors_of_group(&g).unwrap(), want, "node {i}");
+        }
+    }
+    // Bob still holds a certificate of the old beta CA: his key rotation
+    // with it is not a new credential, so nothing wedges.
+    net.update(1, &uid);
+    net.run();
+    net.settle();
+    net.send(1, &uid, "old cert, new anchor");
+    net.run();
+    net.settle();
+    assert!(net.texts(2).contains(&"old cert, new anchor".to_string()));
+    net.assert_consistent(&uid);
+    // A renewal must hold under the new anchor...
+    let b = identity(1);
+    let now = (net.now / 1000) as i64;
+    let before = snapshot(&mut net, 1, &uid);
+    let stale = vec![co
+        .beta
+        .leaf_for(&b, "bob@beta.example", now - 60, now + DAY)];
+    let e = net.node(1).renew_certificate(stale).unwrap_err();
+    assert!(
+        matches!(&e, MmlsError::Federation(FederationError::UntrustedChain(d)) if d == "beta.example"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&mut net, 1, &uid), before);
+    // ...and one from the new CA is taken by everyone.
+    let fresh = vec![beta2.leaf_for(&b, "bob@beta.example", now - 60, now + 60 * DAY)];
+    let outs = net.node(1).renew_certificate(fresh).unwrap();
+    net.absorb(1, outs);
+    net.run();
+    net.settle();
+    for i in [0usize, 2] {
+        let bob = net.member(1);
+        let st = net.node(i).status(&uid).unwrap();
+        let c = st.certs.iter().find(|c| c.member == bob).unwrap();
+        assert_eq!(c.not_after, now + 60 * DAY, "node {i}");
+    }
+    net.assert_consistent(&uid);
+}
