@@ -45,6 +45,15 @@ pub enum Command {
         /// (only to them, inside MLS); the default `mmls-node` is not announced
         #[arg(long, default_value = "mmls-node")]
         name: String,
+        /// An X.509 certificate chain (PEM, leaf first) whose leaf certifies the key of
+        /// --x509-key and names you (SAN rfc822Name `you@your.domain` or a URI); it is
+        /// your credential in federated universes
+        #[arg(long, value_name = "CHAIN.pem", requires = "x509_key")]
+        x509_cert: Option<PathBuf>,
+        /// The Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`)
+        /// the certificate is for; it becomes this node's identity key (and PeerId)
+        #[arg(long, value_name = "KEY.pem", requires = "x509_cert")]
+        x509_key: Option<PathBuf>,
     },
     /// Print this node's member id (= its libp2p PeerId) and, if the node runs, its addresses
     Id {
@@ -102,6 +111,9 @@ others' texts, oldest first, paged by cursor, as it always was.")]
         #[arg(long)]
         json: bool,
     },
+    /// This node's X.509 identity (federated universes)
+    #[command(subcommand)]
+    Identity(IdentityCmd),
     /// Force an MMLS update (fresh keys) in this node's send group
     Update {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
@@ -263,9 +275,23 @@ pub enum UniverseCmd {
         /// Key-derivation profile: `mmls-00` (draft-xue-multi-mls) or `dmls`
         #[arg(long, default_value = "mmls-00", value_parser = ["mmls-00", "dmls"])]
         profile: String,
+        /// Federation: the domain and the CA certificate (PEM) that vouches for its
+        /// members, as DOMAIN=CA.pem; repeat for each organisation. Every member then
+        /// needs a certificate from its own domain's anchor (`mmls init --x509-cert`)
+        #[arg(long = "anchor", value_name = "DOMAIN=CA.pem")]
+        anchors: Vec<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Add a trust-anchor domain, or replace a domain's anchor (admins only);
+    /// every member's send group takes it on
+    Anchor {
+        /// Universe id, unique id prefix (>= 8 hex chars) or unique name
+        universe: String,
+        /// DOMAIN=CA.pem
+        #[arg(value_name = "DOMAIN=CA.pem")]
+        anchor: String,
     },
     /// List the universes this node is in
     List {
@@ -305,6 +331,17 @@ pub enum UniverseCmd {
     Forget {
         /// Universe id, unique id prefix (>= 8 hex chars) or unique name
         universe: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCmd {
+    /// Renew the certificate (same key): every universe gets an update carrying it,
+    /// and the data dir keeps it
+    Renew {
+        /// The new chain (PEM, leaf first); its leaf must certify this node's key
+        #[arg(long, value_name = "CHAIN.pem")]
+        x509_cert: PathBuf,
     },
 }
 

@@ -131,15 +131,40 @@ pub fn with_p2p(addr: &str, peer: &str) -> String {
 
 // ------------------------------------------------------------ commands --
 
-pub fn init(dir: &Path, name: &str) -> anyhow::Result<()> {
+pub fn init(
+    dir: &Path,
+    name: &str,
+    x509: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {
         bail!("--name must not be empty");
     }
-    let dd = DataDir::init(dir, name)?;
-    let member = dd.identity()?.member_id();
+    let dd = match &x509 {
+        None => DataDir::init(dir, name)?,
+        Some((cert, key)) => {
+            let chain =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            // One line: the engine's error already says what is wrong.
+            DataDir::init_x509(dir, name, &chain, &key_pem).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    let identity = dd.identity()?;
+    let member = identity.member_id();
     outln!("initialised {}", dir.display());
     outln!("member id  {member}");
+    if let Some(chain) = identity.x509_chain() {
+        let cred = mmls_core::federation::x509_credential(chain)?;
+        let info = mmls_core::federation::inspect(&cred, &identity.public_key())?;
+        outln!(
+            "certificate {} (domain {}, valid until {})",
+            info.name,
+            info.domain,
+            unix_date(info.not_after)
+        );
+    }
     outln!();
     outln!("Next: `mmls run` starts the node; give your member id to whoever creates a universe.");
     outln!(
@@ -191,6 +216,7 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
             name,
             members,
             profile,
+            anchors,
             json,
         } => {
             // Validate everything before contacting the node.
@@ -202,9 +228,13 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|m| parse_member(m).map(|m| m.to_string()))
                 .collect::<anyhow::Result<_>>()?;
+            let anchors = anchors
+                .iter()
+                .map(|a| read_anchor(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let c = client(dir)?;
             let id = c
-                .create_universe(&name, &members, Some(&profile), None)
+                .create_federated_universe(&name, &members, Some(&profile), None, &anchors)
                 .map_err(|e| api_error(dir, e))?;
             if json {
                 print_json(&json!({"id": id, "name": name, "profile": profile, "members": members}))
@@ -247,6 +277,18 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
                 return print_json(&u);
             }
             show_universe(&u, &me)
+        }
+        UniverseCmd::Anchor { universe, anchor } => {
+            let a = read_anchor(&anchor)?;
+            let c = client(dir)?;
+            let u = resolve_universe(&c, dir, &universe)?;
+            c.set_anchor(&u, &a).map_err(|e| api_error(dir, e))?;
+            outln!(
+                "domain {} now anchored in universe {} (every member's send group takes it on)",
+                a.domain,
+                short_hex(&u, 16)
+            );
+            Ok(())
         }
         UniverseCmd::Add { universe, id } => {
             let m = parse_member(&id)?;
@@ -384,6 +426,31 @@ fn show_universe(u: &types::Universe, me: &str) -> anyhow::Result<()> {
             mark(m)
         );
     }
+    if !u.ciphersuites.is_empty() {
+        let suites: Vec<String> = u.ciphersuites.iter().map(|c| format!("{c:#06x}")).collect();
+        outln!("suites     {}", suites.join(", "));
+    }
+    for (i, a) in u.anchors.iter().enumerate() {
+        outln!(
+            "{}{}  {}  until {}  sha256 {}",
+            if i == 0 { "anchors    " } else { "           " },
+            a.domain,
+            a.subject,
+            unix_date(a.not_after),
+            short_hex(&a.fingerprint, 16)
+        );
+    }
+    for (i, c) in u.certificates.iter().enumerate() {
+        outln!(
+            "{}{}  {}  domain {}  until {}{}",
+            if i == 0 { "certs      " } else { "           " },
+            mark(&c.member),
+            c.name,
+            c.domain,
+            unix_date(c.not_after),
+            if c.expired { "  EXPIRED" } else { "" }
+        );
+    }
     outln!("state      {}", universe_state(u));
     outln!(
         "sent       {} message(s); pending imports {}",
@@ -402,6 +469,51 @@ fn show_universe(u: &types::Universe, me: &str) -> anyhow::Result<()> {
     outln!("send groups:");
     outln!("{}", groups_table(u, me, 2));
     Ok(())
+}
+
+/// `DOMAIN=CA.pem` as the API takes it.
+fn read_anchor(arg: &str) -> anyhow::Result<node::types::AnchorIn> {
+    let Some((domain, path)) = arg.split_once('=') else {
+        bail!("--anchor wants DOMAIN=CA.pem, got {arg:?}");
+    };
+    let domain = domain.trim();
+    if domain.is_empty() {
+        bail!("--anchor {arg:?}: the domain is empty");
+    }
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let chain = mmls_core::federation::chain_from_pem(pem.as_bytes())
+        .with_context(|| format!("{path}: not a PEM certificate"))?;
+    if chain.len() != 1 {
+        bail!(
+            "{path}: an anchor is exactly one certificate, found {}",
+            chain.len()
+        );
+    }
+    Ok(node::types::AnchorIn {
+        domain: domain.to_string(),
+        pem,
+    })
+}
+
+/// Unix seconds as a UTC date and time.
+fn unix_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 /// The text argument: the words joined, or stdin for `-`.
@@ -696,6 +808,28 @@ fn describe_event(e: &StreamEvent) -> String {
             format!("fell behind: {missed} event(s) skipped (see `mmls read`)")
         }
         StreamEvent::Sent(m) => format!("you sent #{}", m.seq),
+        StreamEvent::CertificateExpired {
+            member, not_after, ..
+        } => format!(
+            "CERTIFICATE EXPIRED: {member}'s certificate ran out at {} (it must renew)",
+            unix_date(*not_after)
+        ),
+        StreamEvent::AnchorsChanged { by, .. } => {
+            format!("trust anchors changed by admin {}", short_member(by))
+        }
+    }
+}
+
+pub fn identity(dir: &Path, cmd: crate::args::IdentityCmd) -> anyhow::Result<()> {
+    match cmd {
+        crate::args::IdentityCmd::Renew { x509_cert } => {
+            let pem = std::fs::read_to_string(&x509_cert)
+                .with_context(|| format!("reading {}", x509_cert.display()))?;
+            let c = client(dir)?;
+            c.renew_certificate(&pem).map_err(|e| api_error(dir, e))?;
+            outln!("certificate renewed: every universe gets an update that carries it");
+            Ok(())
+        }
     }
 }
 

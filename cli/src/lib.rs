@@ -58,7 +58,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Demo(a) => return demo::run(&a),
-        Command::Init { name } => commands::init(&dir()?, &name)?,
+        Command::Init {
+            name,
+            x509_cert,
+            x509_key,
+        } => commands::init(&dir()?, &name, x509_cert.zip(x509_key))?,
         Command::Id { json } => commands::id(&dir()?, json)?,
         Command::Run(a) => run::run(&dir()?, a)?,
         Command::Universe(u) => commands::universe(&dir()?, u)?,
@@ -84,6 +88,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contact(c) => commands::contact(&dir()?, c)?,
         Command::Tail { universe, json } => commands::tail(&dir()?, &universe, json)?,
         Command::Update { universe } => commands::update(&dir()?, &universe)?,
+        Command::Identity(c) => commands::identity(&dir()?, c)?,
         Command::Status { json } => commands::status(&dir()?, json)?,
         Command::Peers { json } => commands::peers(&dir()?, json)?,
         Command::Rejoin { universe } => commands::rejoin(&dir()?, &universe)?,

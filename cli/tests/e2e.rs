@@ -30,7 +30,7 @@ fn help_on_every_subcommand() {
     let _wd = Watchdog::arm("help_on_every_subcommand", Duration::from_secs(60));
     let cases: &[(&[&str], &[&str])] = &[
         (&[], &["init", "run", "universe", "send", "read", "status"]),
-        (&["init"], &["--name"]),
+        (&["init"], &["--name", "--x509-cert", "--x509-key"]),
         (&["id"], &["--json"]),
         (
             &["run"],
@@ -44,12 +44,15 @@ fn help_on_every_subcommand() {
         ),
         (
             &["universe"],
-            &["create", "list", "show", "add", "remove", "leave", "forget"],
+            &[
+                "create", "list", "show", "add", "remove", "anchor", "leave", "forget",
+            ],
         ),
         (
             &["universe", "create"],
-            &["--member", "--profile", "--json"],
+            &["--member", "--profile", "--anchor", "--json"],
         ),
+        (&["universe", "anchor"], &["<UNIVERSE>", "DOMAIN=CA.pem"]),
         (&["universe", "list"], &["--json"]),
         (&["universe", "show"], &["--json"]),
         (&["universe", "add"], &["<UNIVERSE>", "<ID>"]),

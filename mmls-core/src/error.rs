@@ -67,6 +67,8 @@ pub enum MmlsError {
         group: Id32,
         epoch: u64,
     },
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(

@@ -122,16 +122,19 @@ impl fmt::Debug for MemberId {
     }
 }
 
-/// The node's secret identity.
+/// The node's secret identity, and the certificate chain that names it in
+/// federated universes (its leaf certifies this very key).
 #[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
+    x509_chain: Option<Vec<Vec<u8>>>,
 }
 
 impl Identity {
     pub fn generate() -> Identity {
         Identity {
             key: SigningKey::generate(&mut rand::rngs::OsRng),
+            x509_chain: None,
         }
     }
 
@@ -139,6 +142,7 @@ impl Identity {
     pub fn from_seed(seed: [u8; 32]) -> Identity {
         Identity {
             key: SigningKey::from_bytes(&seed),
+            x509_chain: None,
         }
     }
 
@@ -161,8 +165,36 @@ impl Identity {
         MemberId::from_public_key(&self.public_key())
     }
 
+    /// Presents `chain` (DER, leaf first) as our credential from now on. The
+    /// leaf must certify our key and name us; trust in its issuer is each
+    /// universe's decision.
+    pub fn set_x509_chain(&mut self, chain: Vec<Vec<u8>>) -> Result<(), MmlsError> {
+        let cred = crate::federation::x509_credential(&chain)?;
+        crate::federation::inspect(&cred, &self.public_key())?;
+        self.x509_chain = Some(chain);
+        Ok(())
+    }
+
+    /// With a certificate chain (see `set_x509_chain`).
+    pub fn with_x509_chain(mut self, chain: Vec<Vec<u8>>) -> Result<Identity, MmlsError> {
+        self.set_x509_chain(chain)?;
+        Ok(self)
+    }
+
+    pub fn x509_chain(&self) -> Option<&[Vec<u8>]> {
+        self.x509_chain.as_deref()
+    }
+
+    /// Our MLS credential: the X509 chain if we have one (valid in every
+    /// universe: one without anchors checks only that it certifies our
+    /// key), else a BasicCredential of our PeerId.
     pub fn credential_with_key(&self) -> CredentialWithKey {
-        let cred: Credential = BasicCredential::new(self.member_id().to_peer_id_bytes()).into();
+        let x509 = self
+            .x509_chain
+            .as_ref()
+            .and_then(|c| crate::federation::x509_credential(c).ok());
+        let cred: Credential = x509
+            .unwrap_or_else(|| BasicCredential::new(self.member_id().to_peer_id_bytes()).into());
         CredentialWithKey {
             credential: cred,
             signature_key: self.public_key().to_vec().into(),
@@ -190,6 +222,9 @@ pub fn verify_binding(
     credential: &Credential,
     signature_key: &[u8],
 ) -> Result<MemberId, MmlsError> {
+    if credential.credential_type() == openmls::prelude::CredentialType::X509 {
+        return Ok(crate::federation::inspect(credential, signature_key)?.member);
+    }
     let basic =
         BasicCredential::try_from(credential.clone()).map_err(|_| MmlsError::BadCredential)?;
     let pk: [u8; 32] = signature_key

@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod envelope;
 pub mod error;
+pub mod federation;
 pub mod id;
 pub mod identity;
 pub mod participant;

@@ -70,6 +70,13 @@ impl Net {
     }
 
     pub fn with_config(n: usize, cfg: Config) -> Net {
+        Net::with_identities((0..n).map(identity).collect(), cfg, 1_000)
+    }
+
+    /// A network of nodes with these identities (e.g. with certificates),
+    /// starting at driver time `now` (ms).
+    pub fn with_identities(ids: Vec<Identity>, cfg: Config, now: u64) -> Net {
+        let n = ids.len();
         let mut net = Net {
             nodes: vec![],
             ids: vec![],
@@ -77,7 +84,7 @@ impl Net {
             queue: VecDeque::new(),
             agents: vec![],
             requests: VecDeque::new(),
-            now: 1_000,
+            now,
             delivered: vec![vec![]; n],
             events: vec![vec![]; n],
             rejections: vec![vec![]; n],
@@ -88,8 +95,7 @@ impl Net {
             all_bytes: vec![],
             config: cfg.clone(),
         };
-        for i in 0..n {
-            let id = identity(i);
+        for (i, id) in ids.into_iter().enumerate() {
             let store = Store::in_memory().expect("store");
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");

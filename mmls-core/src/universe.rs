@@ -19,6 +19,11 @@ pub struct UniverseDef {
     pub export_len: u16,
     /// Accepted ciphersuites (u16 code points); anything else is refused.
     pub ciphersuites: Vec<u16>,
+    /// Federation: the anchor of each domain whose members may join.
+    /// Empty: no federation (basic or X.509 credentials, PeerId binding
+    /// only). Changed only by an admin's GroupContextExtensions commit.
+    #[serde(default)]
+    pub anchors: Vec<crate::federation::DomainAnchor>,
 }
 
 /// The payload of every application message, CBOR inside MLS.

@@ -128,6 +128,7 @@ fn router(state: ApiState) -> Router {
     Router::new()
         .merge(web::routes(web_state))
         .route("/v1/id", get(id))
+        .route("/v1/identity/certificate", post(renew_certificate))
         .route("/v1/universes", get(universes).post(create_universe))
         .route("/v1/universes/{id}", get(universe))
         .route(
@@ -145,6 +146,7 @@ fn router(state: ApiState) -> Router {
         .route("/v1/universes/{id}/messages", get(messages).post(send))
         .route("/v1/universes/{id}/stream", get(stream))
         .route("/v1/universes/{id}/update", post(update))
+        .route("/v1/universes/{id}/anchors", post(set_anchor))
         .route("/v1/universes/{id}/rejoin", post(rejoin))
         .route("/v1/universes/{id}/leave", post(leave))
         .route("/v1/universes/{id}/forget", post(forget))
@@ -296,11 +298,54 @@ async fn create_universe(
             .parse()
             .map_err(|e: String| ApiError::bad("bad_profile", e))?,
     };
+    let anchors = req
+        .anchors
+        .iter()
+        .map(anchor_in)
+        .collect::<Result<Vec<_>, _>>()?;
     let id = s
         .node
-        .create_universe_with_admins(name, &members, &admins, profile)
+        .create_federated_universe(name, &members, &admins, profile, anchors)
         .await?;
     Ok((StatusCode::CREATED, Json(types::Created { id: id.hex() })))
+}
+
+/// A domain and its PEM anchor, as the engine takes it (one DER
+/// certificate).
+fn anchor_in(a: &types::AnchorIn) -> Result<mmls_core::federation::DomainAnchor, ApiError> {
+    let chain = mmls_core::federation::chain_from_pem(a.pem.as_bytes())
+        .map_err(|e| ApiError::bad("bad_anchor", format!("anchor of {}: {e}", a.domain)))?;
+    let [cert] = <[Vec<u8>; 1]>::try_from(chain).map_err(|_| {
+        ApiError::bad(
+            "bad_anchor",
+            format!("anchor of {}: give exactly one certificate", a.domain),
+        )
+    })?;
+    Ok(mmls_core::federation::DomainAnchor {
+        domain: mmls_core::federation::DomainAnchor::normalise_domain(&a.domain),
+        cert,
+    })
+}
+
+async fn renew_certificate(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Ok> {
+    let req: types::RenewCertificate = body_json(body)?;
+    s.node.renew_certificate(req.pem.into_bytes()).await?;
+    Ok(Json(types::Ok { ok: true }))
+}
+
+async fn set_anchor(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Ok> {
+    let u = universe_id(&id)?;
+    let req: types::AnchorIn = body_json(body)?;
+    let a = anchor_in(&req)?;
+    s.node.set_anchor(u, a.domain, a.cert).await?;
+    Ok(Json(types::Ok { ok: true }))
 }
 
 async fn universe(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::Universe> {
@@ -646,6 +691,7 @@ mod tests {
         assert!(v["openapi"].as_str().unwrap().starts_with("3."));
         for p in [
             "/v1/id",
+            "/v1/identity/certificate",
             "/v1/universes",
             "/v1/universes/{id}",
             "/v1/universes/{id}/members",
@@ -653,6 +699,7 @@ mod tests {
             "/v1/universes/{id}/messages",
             "/v1/universes/{id}/stream",
             "/v1/universes/{id}/update",
+            "/v1/universes/{id}/anchors",
             "/v1/universes/{id}/rejoin",
             "/v1/universes/{id}/bundle",
             "/v1/bundles",

@@ -151,11 +151,24 @@ impl Client {
         profile: Option<&str>,
         admins: Option<&[String]>,
     ) -> Result<String, ClientError> {
+        self.create_federated_universe(name, members, profile, admins, &[])
+    }
+
+    /// `POST /v1/universes` with trust anchors (domain, PEM).
+    pub fn create_federated_universe(
+        &self,
+        name: &str,
+        members: &[String],
+        profile: Option<&str>,
+        admins: Option<&[String]>,
+        anchors: &[types::AnchorIn],
+    ) -> Result<String, ClientError> {
         let body = types::CreateUniverse {
             name: name.to_string(),
             members: members.to_vec(),
             profile: profile.map(str::to_string),
             admins: admins.map(<[String]>::to_vec),
+            anchors: anchors.to_vec(),
         };
         let c: types::Created = self.post("/v1/universes", &body)?;
         Ok(c.id)
@@ -164,6 +177,22 @@ impl Client {
     /// `GET /v1/universes/{id}`
     pub fn universe(&self, id: &str) -> Result<types::Universe, ClientError> {
         self.get(&format!("/v1/universes/{}", enc(id)))
+    }
+
+    /// `POST /v1/identity/certificate`: renew this node's certificate.
+    pub fn renew_certificate(&self, pem: &str) -> Result<(), ClientError> {
+        let body = types::RenewCertificate {
+            pem: pem.to_string(),
+        };
+        let _: types::Ok = self.post("/v1/identity/certificate", &body)?;
+        Ok(())
+    }
+
+    /// `POST /v1/universes/{id}/anchors` (admins): add a domain or replace
+    /// its anchor.
+    pub fn set_anchor(&self, id: &str, anchor: &types::AnchorIn) -> Result<(), ClientError> {
+        let _: types::Ok = self.post(&format!("/v1/universes/{}/anchors", enc(id)), anchor)?;
+        Ok(())
     }
 
     /// `POST /v1/universes/{id}/members`

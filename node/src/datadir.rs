@@ -3,6 +3,9 @@
 //! ```text
 //! DIR/identity.key   Ed25519 secret, 32 bytes as hex (mode 0600): the libp2p
 //!                    key *and* the MLS signature key
+//! DIR/identity.x509.pem  optional: the certificate chain (leaf first) whose
+//!                    leaf certifies that key; presented as an X.509
+//!                    credential (federated universes)
 //! DIR/node.json      {"name": ..., "created": unix seconds}
 //! DIR/store.redb     the engine's store (mmls_core::Store)
 //! DIR/api.token      local API bearer token, 32 random bytes as hex (0600)
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 pub const IDENTITY_FILE: &str = "identity.key";
+pub const CERT_FILE: &str = "identity.x509.pem";
 pub const NODE_FILE: &str = "node.json";
 pub const STORE_FILE: &str = "store.redb";
 pub const TOKEN_FILE: &str = "api.token";
@@ -43,6 +47,29 @@ impl DataDir {
     /// fresh identity, `node.json` and an API token. Fails if an identity is
     /// already there.
     pub fn init(dir: &Path, name: &str) -> Result<DataDir, NodeError> {
+        Self::init_with(dir, name, None)
+    }
+
+    /// As `init`, but with an X.509 identity: `key_pem` (an Ed25519 PKCS#8
+    /// key, e.g. from `openssl genpkey -algorithm ed25519`) becomes the
+    /// node's identity key, and `chain_pem` (leaf first) must certify it.
+    /// Checked before anything is written.
+    pub fn init_x509(
+        dir: &Path,
+        name: &str,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<DataDir, NodeError> {
+        let seed =
+            mmls_core::federation::ed25519_seed_from_pem(key_pem).map_err(MmlsError::from)?;
+        let chain = mmls_core::federation::chain_from_pem(chain_pem).map_err(MmlsError::from)?;
+        Identity::from_seed(seed).with_x509_chain(chain)?;
+        let d = Self::init_with(dir, name, Some(seed))?;
+        write_private(&d.file(CERT_FILE), chain_pem, false)?;
+        Ok(d)
+    }
+
+    fn init_with(dir: &Path, name: &str, seed: Option<[u8; 32]>) -> Result<DataDir, NodeError> {
         fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
         let d = DataDir {
             path: dir.to_path_buf(),
@@ -50,7 +77,10 @@ impl DataDir {
         if d.file(IDENTITY_FILE).exists() {
             return Err(NodeError::IdentityExists(dir.to_path_buf()));
         }
-        let identity = Identity::generate();
+        let identity = match seed {
+            Some(s) => Identity::from_seed(s),
+            None => Identity::generate(),
+        };
         let secret = Zeroizing::new(hex::encode(identity.secret_bytes().as_slice()));
         write_private(&d.file(IDENTITY_FILE), secret.as_bytes(), true)?;
         let info = NodeInfo {
@@ -114,10 +144,44 @@ impl DataDir {
         Ok(Zeroizing::new(arr))
     }
 
-    /// The engine identity.
+    /// The engine identity, with its certificate chain if the data dir
+    /// holds one.
     pub fn identity(&self) -> Result<Identity, NodeError> {
         let s = self.identity_secret()?;
-        Identity::from_secret_bytes(s.as_slice()).map_err(NodeError::from)
+        let id = Identity::from_secret_bytes(s.as_slice())?;
+        match self.certificate_chain()? {
+            Some(chain) => id
+                .with_x509_chain(chain)
+                .map_err(|e| NodeError::CorruptIdentity {
+                    path: self.file(CERT_FILE),
+                    reason: e.to_string(),
+                }),
+            None => Ok(id),
+        }
+    }
+
+    /// The certificate chain (DER, leaf first), if any.
+    pub fn certificate_chain(&self) -> Result<Option<Vec<Vec<u8>>>, NodeError> {
+        let path = self.file(CERT_FILE);
+        match fs::read(&path) {
+            Ok(pem) => mmls_core::federation::chain_from_pem(&pem)
+                .map(Some)
+                .map_err(|e| NodeError::CorruptIdentity {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::io(path, e)),
+        }
+    }
+
+    /// Replaces the certificate chain (a renewal), once it certifies our key.
+    pub fn set_certificate(&self, chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, NodeError> {
+        let chain = mmls_core::federation::chain_from_pem(chain_pem).map_err(MmlsError::from)?;
+        let s = self.identity_secret()?;
+        Identity::from_secret_bytes(s.as_slice())?.with_x509_chain(chain.clone())?;
+        write_private(&self.file(CERT_FILE), chain_pem, false)?;
+        Ok(chain)
     }
 
     /// `node.json` (a default name if the file is missing).

@@ -874,8 +874,11 @@ impl Driver {
         members: &[MemberId],
         admins: &[MemberId],
         profile: Profile,
+        anchors: Vec<mmls_core::federation::DomainAnchor>,
     ) -> Result<Id32, NodeError> {
-        let r = self.p.create_universe(name, members, admins, profile);
+        let r = self
+            .p
+            .create_federated_universe(name, members, admins, profile, anchors);
         let u = self.engine(r)?;
         self.queue_announcement(u);
         self.flush_announcements();
@@ -897,6 +900,21 @@ impl Driver {
         let seq = self.engine(r)?;
         self.sent(u, seq, body);
         Ok(seq)
+    }
+
+    pub(crate) fn cmd_renew_certificate(&mut self, chain: Vec<Vec<u8>>) -> Result<(), NodeError> {
+        let r = self.p.renew_certificate(chain).map(|o| ((), o));
+        self.engine(r)
+    }
+
+    pub(crate) fn cmd_set_anchor(
+        &mut self,
+        u: &Id32,
+        domain: &str,
+        cert: &[u8],
+    ) -> Result<(), NodeError> {
+        let r = self.p.set_anchor(u, domain, cert).map(|o| ((), o));
+        self.engine(r)
     }
 
     pub(crate) fn cmd_update(&mut self, u: &Id32) -> Result<(), NodeError> {

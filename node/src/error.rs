@@ -120,6 +120,7 @@ fn engine_code(e: &MmlsError) -> &'static str {
         MmlsError::MissingKeyPackage(_) => "missing_key_package",
         MmlsError::NoMembers => "no_members",
         MmlsError::TooLarge(..) => "too_large",
+        MmlsError::Federation(_) => "certificate_refused",
         MmlsError::Store(_) | MmlsError::Internal(_) => "internal",
         _ => "rejected",
     }

@@ -33,7 +33,7 @@ impl Node {
     pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         let dd = DataDir::open(&config.data_dir)?;
         let secret = dd.identity_secret()?;
-        let identity = mmls_core::Identity::from_secret_bytes(secret.as_slice())?;
+        let identity = dd.identity()?;
         let key = swarm::keypair(&secret)?;
         drop(secret);
         let info = dd.info()?;
@@ -315,11 +315,30 @@ impl NodeHandle {
         admins: &[MemberId],
         profile: Profile,
     ) -> Result<Id32, NodeError> {
+        self.create_federated_universe(name, members, admins, profile, vec![])
+            .await
+    }
+
+    /// Creates a federated universe: `anchors` lists each domain and the
+    /// certificate that vouches for its members.
+    pub async fn create_federated_universe(
+        &self,
+        name: &str,
+        members: &[MemberId],
+        admins: &[MemberId],
+        profile: Profile,
+        anchors: Vec<mmls_core::federation::DomainAnchor>,
+    ) -> Result<Id32, NodeError> {
         let deadline = Instant::now() + self.inner.key_package_wait;
         loop {
-            let (n, m, a) = (name.to_string(), members.to_vec(), admins.to_vec());
+            let (n, m, a, x) = (
+                name.to_string(),
+                members.to_vec(),
+                admins.to_vec(),
+                anchors.clone(),
+            );
             match self
-                .call(move |d| d.cmd_create_universe(&n, &m, &a, profile))
+                .call(move |d| d.cmd_create_universe(&n, &m, &a, profile, x))
                 .await?
             {
                 Err(NodeError::Engine(MmlsError::MissingKeyPackage(_)))
@@ -386,6 +405,28 @@ impl NodeHandle {
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
         self.call(|d| d.cmd_peers()).await
+    }
+
+    /// Renews our certificate: every universe gets an MMLS update whose
+    /// leaves carry it, then the data dir keeps it for the next start.
+    /// Refused, with nothing changed, if it does not certify our key or a
+    /// federated universe we are in would not accept it.
+    pub async fn renew_certificate(&self, chain_pem: Vec<u8>) -> Result<(), NodeError> {
+        let chain = mmls_core::federation::chain_from_pem(&chain_pem).map_err(MmlsError::from)?;
+        self.call(move |d| d.cmd_renew_certificate(chain)).await??;
+        DataDir::open(self.data_dir())?.set_certificate(&chain_pem)?;
+        Ok(())
+    }
+
+    /// Admin: adds a domain or replaces its anchor (DER).
+    pub async fn set_anchor(
+        &self,
+        universe: Id32,
+        domain: String,
+        cert: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.call(move |d| d.cmd_set_anchor(&universe, &domain, &cert))
+            .await?
     }
 
     /// Forces an MMLS update (commit with a fresh path) in our send group.

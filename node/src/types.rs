@@ -21,6 +21,23 @@ pub struct CreateUniverse {
     pub profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admins: Option<Vec<String>>,
+    /// Federation: each domain and its anchor certificate (PEM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchors: Vec<AnchorIn>,
+}
+
+/// `POST /v1/identity/certificate`: a renewed certificate chain (PEM, leaf
+/// first) for this node's key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewCertificate {
+    pub pem: String,
+}
+
+/// A domain and the PEM certificate that vouches for its members.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnchorIn {
+    pub domain: String,
+    pub pem: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,6 +158,36 @@ pub struct Universe {
     pub messages_sent: u64,
     pub equivocations: Vec<Equivocation>,
     pub removed: bool,
+    /// Federation: the universe's domains and anchors.
+    #[serde(default)]
+    pub anchors: Vec<Anchor>,
+    /// Federation: each member's certificate as this node validated it.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    /// Accepted ciphersuites (code points).
+    #[serde(default)]
+    pub ciphersuites: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Anchor {
+    pub domain: String,
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// SHA-256 of the DER certificate, hex.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Certificate {
+    pub member: String,
+    pub name: String,
+    pub domain: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// It expired while the member was in the universe.
+    pub expired: bool,
 }
 
 impl From<&UniverseStatus> for Universe {
@@ -166,6 +213,28 @@ impl From<&UniverseStatus> for Universe {
                 })
                 .collect(),
             removed: u.removed,
+            anchors: u
+                .anchors
+                .iter()
+                .map(|a| Anchor {
+                    domain: a.domain.clone(),
+                    subject: a.subject.clone(),
+                    not_after: a.not_after,
+                    fingerprint: a.fingerprint.clone(),
+                })
+                .collect(),
+            certificates: u
+                .certs
+                .iter()
+                .map(|c| Certificate {
+                    member: c.member.to_string(),
+                    name: c.name.clone(),
+                    domain: c.domain.clone(),
+                    not_after: c.not_after,
+                    expired: c.expired,
+                })
+                .collect(),
+            ciphersuites: u.ciphersuites.clone(),
         }
     }
 }
@@ -240,6 +309,17 @@ pub enum StreamEvent {
         imports: usize,
         path: bool,
     },
+    /// A member's certificate expired while it is in the universe.
+    CertificateExpired {
+        universe: String,
+        member: String,
+        not_after: i64,
+    },
+    /// An admin changed the universe's trust anchors.
+    AnchorsChanged {
+        universe: String,
+        by: String,
+    },
     /// The subscriber fell behind and missed this many events (read them
     /// with the messages endpoint).
     Lagged {
@@ -263,6 +343,8 @@ impl StreamEvent {
             StreamEvent::Equivocation { .. } => "equivocation",
             StreamEvent::Rejected { .. } => "rejected",
             StreamEvent::Committed { .. } => "committed",
+            StreamEvent::CertificateExpired { .. } => "certificate_expired",
+            StreamEvent::AnchorsChanged { .. } => "anchors_changed",
             StreamEvent::Lagged { .. } => "lagged",
             StreamEvent::Sent(_) => "sent",
         }
@@ -339,6 +421,19 @@ impl From<&Event> for StreamEvent {
                 imports: *imports,
                 path: *path,
             },
+            Event::CertificateExpired {
+                universe,
+                member,
+                not_after,
+            } => StreamEvent::CertificateExpired {
+                universe: universe.hex(),
+                member: member.to_string(),
+                not_after: *not_after,
+            },
+            Event::AnchorsChanged { universe, by } => StreamEvent::AnchorsChanged {
+                universe: universe.hex(),
+                by: by.to_string(),
+            },
         }
     }
 }
@@ -354,7 +449,9 @@ pub fn event_universe(e: &Event) -> mmls_core::Id32 {
         | Event::Rejoined { universe, .. }
         | Event::Equivocation { universe, .. }
         | Event::Rejected { universe, .. }
-        | Event::Committed { universe, .. } => *universe,
+        | Event::Committed { universe, .. }
+        | Event::CertificateExpired { universe, .. }
+        | Event::AnchorsChanged { universe, .. } => *universe,
         Event::Message(d) => d.universe,
     }
 }

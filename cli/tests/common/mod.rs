@@ -454,9 +454,16 @@ impl NodeProc {
     /// [`NodeProc::init`] for a node that runs in network namespace
     /// `netns` (if given).
     pub fn init_in(root: &Path, name: &str, netns: Option<&str>) -> NodeProc {
+        Self::init_with(root, name, netns, &[])
+    }
+
+    /// [`NodeProc::init_in`] with more `init` arguments (`--x509-cert`, ...).
+    pub fn init_with(root: &Path, name: &str, netns: Option<&str>, extra: &[&str]) -> NodeProc {
         let dir = root.join(name);
         let d = dir.to_str().expect("utf-8 path");
-        let out = mmls(&["--data-dir", d, "init", "--name", name]).ok();
+        let mut args = vec!["--data-dir", d, "init", "--name", name];
+        args.extend_from_slice(extra);
+        let out = mmls(&args).ok();
         let member = out
             .stdout
             .lines()

@@ -14,6 +14,29 @@ impl Participant {
         admins: &[MemberId],
         profile: Profile,
     ) -> Result<(Id32, Vec<Output>), MmlsError> {
+        self.create_federated_universe(name, members, admins, profile, vec![])
+    }
+
+    /// INIT for a federated universe: `anchors` lists each domain whose
+    /// members may join and the certificate that vouches for them. Every
+    /// member (us included) must hold a certificate valid now that reaches
+    /// its own domain's anchor. Without anchors, as `create_universe`.
+    pub fn create_federated_universe(
+        &mut self,
+        name: &str,
+        members: &[MemberId],
+        admins: &[MemberId],
+        profile: Profile,
+        anchors: Vec<crate::federation::DomainAnchor>,
+    ) -> Result<(Id32, Vec<Output>), MmlsError> {
+        crate::federation::DomainAnchor::check_list(&anchors)?;
+        let own = self.identity.credential_with_key();
+        self.check_credential(
+            &anchors,
+            &own.credential,
+            own.signature_key.as_slice(),
+            true,
+        )?;
         let others: BTreeSet<MemberId> =
             members.iter().filter(|m| **m != self.me).cloned().collect();
         if others.is_empty() {
@@ -36,6 +59,16 @@ impl Participant {
             let _ = outs;
             return Err(MmlsError::MissingKeyPackage(missing[0].to_string()));
         }
+        for m in &others {
+            let kp = self.key_package_of(m)?;
+            let leaf = kp.leaf_node();
+            self.check_credential(
+                &anchors,
+                leaf.credential(),
+                leaf.signature_key().as_slice(),
+                true,
+            )?;
+        }
         let mut id = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let uid = Id32(id);
@@ -51,6 +84,7 @@ impl Participant {
             profile,
             export_len: 32,
             ciphersuites: vec![u16::from(CS)],
+            anchors,
         };
         self.step(|p| {
             let mut u = UniverseState::new(uid);
@@ -137,6 +171,9 @@ impl Participant {
             })?;
             return Err(MmlsError::MissingKeyPackage(member.to_string()));
         }
+        // A federated universe: the newcomer's certificate, now.
+        let kp = self.key_package_of(member)?;
+        self.check_kp_trust(universe, &kp, true)?;
         self.step(|p| {
             let m = member.clone();
             let u = p.uni_mut(universe)?;

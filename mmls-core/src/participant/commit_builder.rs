@@ -23,6 +23,9 @@ struct CommitPlan {
     proposals_in: Vec<ByteBuf>,
     /// What readers must hold before processing it (imports, admin epochs).
     deps: Vec<(Id32, u64)>,
+    /// New trust anchors for our GroupContext (an admin's change, or our
+    /// mirror of one).
+    anchors: Option<Vec<crate::federation::DomainAnchor>>,
 }
 
 impl CommitPlan {
@@ -33,6 +36,7 @@ impl CommitPlan {
             && self.adds.is_empty()
             && self.removals.is_empty()
             && self.proposals_in.is_empty()
+            && self.anchors.is_none()
     }
 }
 
@@ -115,6 +119,7 @@ impl Participant {
             deferred: BTreeSet::new(),
             proposals_in: vec![],
             deps: vec![],
+            anchors: None,
         };
         let u = self.uni(&uid)?;
         for m in &u.pending_removes {
@@ -123,7 +128,10 @@ impl Participant {
             }
         }
         for (m, kp) in &u.readds {
-            match self.validate_kp(kp, Some(m)) {
+            match self
+                .validate_kp(kp, Some(m))
+                .and_then(|kp| self.check_kp_trust(&uid, &kp, true).map(|_| kp))
+            {
                 Ok(kp) => {
                     if let Some(i) = leaf_of(m) {
                         if !plan.removals.contains(&i) {
@@ -143,15 +151,31 @@ impl Participant {
             if members.iter().any(|(_, x)| x == m) || plan.added.contains(m) {
                 continue;
             }
-            match self.key_package_of(m) {
+            // A KeyPackage whose certificate this universe refuses (now)
+            // waits like a missing one: the member may renew.
+            match self
+                .key_package_of(m)
+                .and_then(|kp| self.check_kp_trust(&uid, &kp, true).map(|_| kp))
+            {
                 Ok(kp) => {
                     plan.adds.push(kp);
                     plan.added.push(m.clone());
                 }
-                Err(_) => plan.waiting_kp.push(m.clone()),
+                Err(e) => {
+                    tracing::debug!(member = %m.short(), error = %e, "add waits");
+                    plan.waiting_kp.push(m.clone())
+                }
             }
         }
         plan.proposals_in = u.own_proposals.clone();
+        if u.anchors_pending {
+            plan.anchors = Some(
+                u.def
+                    .as_ref()
+                    .map(|d| d.anchors.clone())
+                    .unwrap_or_default(),
+            );
+        }
         // PSK imports: only where every reader of our group can derive the
         // PSK, i.e. is a member of that group now (we import its current
         // epoch, which every current member has reached or will reach), and
@@ -204,7 +228,9 @@ impl Participant {
         plan.deps = plan.imports.clone();
         let u = self.uni(&uid)?;
         let is_admin = |m: &MemberId| u.def.as_ref().is_some_and(|d| d.is_admin(m));
-        if !is_admin(&self.me) && plan.added.iter().any(|m| !plan.readded.contains(m)) {
+        let mirrors_admin =
+            plan.anchors.is_some() || plan.added.iter().any(|m| !plan.readded.contains(m));
+        if !is_admin(&self.me) && mirrors_admin {
             for (g, gs) in &u.groups {
                 if is_admin(&gs.owner) && !gs.stale && gs.owner != self.me {
                     plan.deps.push((*g, gs.epoch));
@@ -257,13 +283,24 @@ impl Participant {
             frontier: self.frontier(&uid),
             update: Some(plan.force_path),
         };
+        let gce = match &plan.anchors {
+            None => None,
+            Some(a) => Some(crate::federation::group_context_extensions(a)?),
+        };
         let identity = self.identity.clone();
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &own)?;
         group.set_aad(to_cbor(&aad));
         let removals = &plan.removals;
-        let bundle = group
-            .commit_builder()
+        let leaf = Self::leaf_params(&identity, group);
+        let mut builder = group.commit_builder();
+        if let Some(ext) = gce {
+            builder = builder
+                .propose_group_context_extensions(ext)
+                .map_err(MmlsError::mls)?;
+        }
+        let bundle = builder
+            .leaf_node_parameters(leaf)
             .propose_removals(removals.iter().copied())
             .propose_adds(plan.adds.iter().cloned())
             .add_proposals(proposals)
@@ -326,6 +363,9 @@ impl Participant {
             u.own_proposals.clear();
             u.pending_adds.retain(|m| plan.waiting_kp.contains(m));
             u.pending_removes.clear();
+            if plan.anchors.is_some() {
+                u.anchors_pending = false;
+            }
             for m in &plan.readded {
                 u.readds.remove(m);
             }

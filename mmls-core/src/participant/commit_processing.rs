@@ -18,6 +18,10 @@ struct CheckedCommit {
     /// Our own leaf rotation is among its Update proposals.
     my_update_committed: bool,
     self_removed: bool,
+    /// An admin's new trust anchors (or a mirror of them).
+    anchors: Option<Vec<crate::federation::DomainAnchor>>,
+    /// Certificates of added and updated leaves, validated.
+    certs: Vec<crate::federation::CertInfo>,
 }
 
 impl Participant {
@@ -134,6 +138,24 @@ impl Participant {
         let my_leaf = self.group(&g)?.own_leaf_index();
         let commit = &staged.commit;
         let mut my_update_committed = false;
+        let u = self.uni(&uid)?;
+        let owner = u
+            .groups
+            .get(&g)
+            .map(|s| s.owner.clone())
+            .ok_or(MmlsError::UnknownGroup(g))?;
+        let owner_is_admin = u.def.as_ref().is_some_and(|d| d.is_admin(&owner));
+        // First who may change the anchors: the leaves below are judged
+        // under the anchors the commit leaves.
+        let anchor_change = self.check_anchor_change(&uid, commit, &owner, owner_is_admin)?;
+        // The anchors this commit leaves the group with: every new or
+        // renewed credential in it must hold under them.
+        let anchors =
+            crate::federation::anchors_from_extensions(commit.group_context().extensions())?;
+        let mut certs = vec![];
+        let old_credential = |p: &Self, i: LeafNodeIndex| -> Option<Credential> {
+            p.groups.get(&g).and_then(|gr| gr.member(i).cloned())
+        };
         for up in commit.update_proposals() {
             let Sender::Member(i) = up.sender() else {
                 return Err(MmlsError::Unexpected(
@@ -148,6 +170,18 @@ impl Participant {
                 Some((_, m)) if *m == new_id => {}
                 _ => return Err(MmlsError::BadCredential),
             }
+            // A credential already in the group was checked when it came
+            // in; re-checking it here would wedge the group after an anchor
+            // rotation (its member renews instead). A new one must hold now.
+            let leaf = up.update_proposal().leaf_node();
+            if old_credential(self, *i).as_ref() != Some(leaf.credential()) {
+                certs.extend(self.check_credential(
+                    &anchors,
+                    leaf.credential(),
+                    leaf.signature_key().as_slice(),
+                    true,
+                )?);
+            }
             if *i == my_leaf {
                 my_update_committed = true;
             }
@@ -158,6 +192,13 @@ impl Participant {
             added.push(verify_binding(
                 leaf.credential(),
                 leaf.signature_key().as_slice(),
+            )?);
+            // Re-adds (rejoin) and newcomers alike join now.
+            certs.extend(self.check_credential(
+                &anchors,
+                leaf.credential(),
+                leaf.signature_key().as_slice(),
+                true,
             )?);
         }
         let removed: Vec<MemberId> = commit
@@ -171,15 +212,26 @@ impl Participant {
             })
             .collect();
         let u = self.uni(&uid)?;
-        let owner = u
-            .groups
-            .get(&g)
-            .map(|s| s.owner.clone())
-            .ok_or(MmlsError::UnknownGroup(g))?;
         // Adds of new members need an admin; re-adds (rejoin) are fine.
-        let owner_is_admin = u.def.as_ref().is_some_and(|d| d.is_admin(&owner));
         if !owner_is_admin && added.iter().any(|m| !u.roster.contains(m)) {
             return Err(MmlsError::NotAdmin);
+        }
+        // The owner's own new leaf (a path): same member, and a renewed
+        // certificate must hold now (an unchanged one, as for Updates, was
+        // checked when it came in).
+        if let Some(leaf) = commit.update_path_leaf_node() {
+            let who = verify_binding(leaf.credential(), leaf.signature_key().as_slice())?;
+            if who != owner {
+                return Err(MmlsError::BadCredential);
+            }
+            if old_credential(self, LeafNodeIndex::new(0)).as_ref() != Some(leaf.credential()) {
+                certs.extend(self.check_credential(
+                    &anchors,
+                    leaf.credential(),
+                    leaf.signature_key().as_slice(),
+                    true,
+                )?);
+            }
         }
         Ok(CheckedCommit {
             aad: staged.aad.clone(),
@@ -190,6 +242,8 @@ impl Participant {
             path: commit.update_path_leaf_node().is_some(),
             my_update_committed,
             self_removed: commit.self_removed(),
+            anchors: anchor_change,
+            certs,
         })
     }
 
@@ -257,6 +311,14 @@ impl Participant {
             self.mirror_membership(uid, &c.added, &c.removed, c.owner_is_admin)?;
         }
         self.record_equivocations(uid, equivocations)?;
+        if let Some(a) = c.anchors {
+            if c.owner_is_admin {
+                self.apply_anchor_change(uid, &c.owner, a)?;
+            }
+        }
+        for cert in c.certs {
+            self.record_cert(&uid, cert)?;
+        }
         self.record_psk_views(&c.owner, &g, &c.aad);
         self.export_psk(uid, g)?;
         if wants_update && !c.my_update_committed {

@@ -49,10 +49,27 @@ impl Participant {
             .iter()
             .map(|m| self.key_package_of(m))
             .collect::<Result<Vec<_>, _>>()?;
+        // Members already in the universe: their chains must reach their
+        // domain's anchor; an expiry is flagged, not a reason to leave them
+        // out of our group.
+        let mut certs = vec![];
+        for kp in &kps {
+            certs.extend(self.check_kp_trust(&uid, kp, false)?);
+        }
+        let anchors = self.universe_anchors(&uid);
+        let own = self.identity.credential_with_key();
+        if let Ok(Some(c)) = self.check_credential(
+            &anchors,
+            &own.credential,
+            own.signature_key.as_slice(),
+            false,
+        ) {
+            certs.push(c);
+        }
         let mut group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.identity,
-            &create_config(),
+            &create_config(&anchors)?,
             gid(&gid_new),
             self.identity.credential_with_key(),
         )
@@ -110,8 +127,12 @@ impl Participant {
         }
         u.groups.insert(gid_new, gs);
         u.owner_group.insert(me, gid_new);
+        u.anchors_pending = false;
         u.last_commit_at = now;
         u.last_update_at = now;
+        for c in certs {
+            self.record_cert(&uid, c)?;
+        }
         self.export_psk(uid, gid_new)?;
         let commit_env = self.own_envelope(uid, gid_new, Kind::Commit, 0, tls(&commit)?, vec![])?;
         self.emit_stream(Topic::Universe(uid), &commit_env);

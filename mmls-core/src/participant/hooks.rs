@@ -153,3 +153,53 @@ impl Participant {
         Ok(e.encode())
     }
 }
+
+impl Participant {
+    /// Test only: this node believes the universe's anchors are `anchors`
+    /// and puts them in its own send group with its next commit, as a
+    /// non-admin owner forging an anchor change would.
+    #[cfg(test)]
+    pub(crate) fn forge_anchor_change(
+        &mut self,
+        uid: &Id32,
+        anchors: Vec<crate::federation::DomainAnchor>,
+    ) -> Result<Vec<Output>, MmlsError> {
+        self.step(|p| {
+            let u = p.uni_mut(uid)?;
+            if let Some(d) = u.def.as_mut() {
+                d.anchors = anchors;
+            }
+            u.anchors_pending = true;
+            p.commit_own(*uid, false)?;
+            Ok(())
+        })?;
+        Ok(self.take_outputs())
+    }
+
+    /// Test only: this node's own idea of the universe's anchors changes,
+    /// nothing else (its send group keeps the real ones): the engine of a
+    /// corrupt admin that would vouch for anyone these anchors accept.
+    #[cfg(test)]
+    pub(crate) fn forge_local_anchors(
+        &mut self,
+        uid: &Id32,
+        anchors: Vec<crate::federation::DomainAnchor>,
+    ) -> Result<(), MmlsError> {
+        self.step(|p| {
+            if let Some(d) = p.uni_mut(uid)?.def.as_mut() {
+                d.anchors = anchors;
+            }
+            Ok(())
+        })
+    }
+
+    /// Test only: the trust anchors in send group `g`'s GroupContext.
+    #[cfg(test)]
+    pub(crate) fn anchors_of_group(
+        &mut self,
+        g: &Id32,
+    ) -> Result<Vec<crate::federation::DomainAnchor>, MmlsError> {
+        let group = self.group(g)?;
+        Self::group_anchors(group)
+    }
+}

@@ -82,9 +82,29 @@ impl Participant {
                 seq: env.seq,
             });
         }
+        // Federation: the group's anchors must be the universe's (a
+        // non-admin owner cannot pick its own CAs), and every member's chain
+        // must reach the anchor of its domain. Lifetimes were checked when
+        // each joined; an expiry since is flagged, not refused.
+        let anchors =
+            crate::federation::anchors_from_extensions(staged.group_context().extensions())?;
+        if let Some(def) = self.state.universes.get(&uid).and_then(|u| u.def.as_ref()) {
+            if def.anchors != anchors {
+                return Err(
+                    crate::federation::FederationError::AnchorsMismatch(g.to_string()).into(),
+                );
+            }
+        }
         let mut members = vec![];
+        let mut certs = vec![];
         for m in staged.members() {
             members.push(verify_binding(&m.credential, &m.signature_key)?);
+            certs.extend(self.check_credential(
+                &anchors,
+                &m.credential,
+                &m.signature_key,
+                false,
+            )?);
         }
         if let Some(u) = self.state.universes.get(&uid) {
             if u.def.is_some() && !u.roster.contains(&owner) {
@@ -131,6 +151,23 @@ impl Participant {
         );
         u.pending_imports.insert(g);
         u.pending_since.get_or_insert(now);
+        for c in certs {
+            if u.certs
+                .get(&c.member)
+                .is_none_or(|x| x.not_after != c.not_after || x.name != c.name)
+            {
+                u.certs.insert(
+                    c.member.clone(),
+                    MemberCert {
+                        member: c.member,
+                        name: c.name,
+                        domain: c.domain,
+                        not_after: c.not_after,
+                        expired: false,
+                    },
+                );
+            }
+        }
         if u.groups.values().all(|s| !s.stale) {
             u.rejoin_requested_at = None;
         }

@@ -34,8 +34,9 @@ impl Participant {
         let identity = self.identity.clone();
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let leaf = Self::leaf_params(&identity, group);
         let (msg, _) = group
-            .propose_self_update(provider, &identity, LeafNodeParameters::default())
+            .propose_self_update(provider, &identity, leaf)
             .map_err(MmlsError::mls)?;
         let mut e = Envelope::new(Kind::Proposal, tls(&msg)?);
         e.universe = Some(uid);
@@ -93,9 +94,30 @@ impl Participant {
             return Err(MmlsError::Unexpected("not a proposal".into()));
         };
         check_update_proposal(&q)?;
+        // Federation: a renewed certificate must hold now; an unchanged one
+        // was checked when it came in (see `check_peer_commit`).
+        let anchors = Self::group_anchors(group)?;
+        let cert = match (q.proposal(), q.sender()) {
+            (Proposal::Update(upd), Sender::Member(i))
+                if group.member(*i) != Some(upd.leaf_node().credential()) =>
+            {
+                let leaf = upd.leaf_node();
+                let (cred, key) = (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                );
+                self.check_credential(&anchors, &cred, &key, true)?
+            }
+            _ => None,
+        };
+        let provider = &self.provider;
+        let group = cached(&mut self.groups, provider.storage(), &g)?;
         group
             .store_pending_proposal(provider.storage(), *q)
             .map_err(MmlsError::mls)?;
+        if let Some(c) = cert {
+            self.record_cert(&uid, c)?;
+        }
         let now = self.now;
         let u = self.uni_mut(&uid)?;
         u.own_proposals.push(ByteBuf::from(env.body.to_vec()));

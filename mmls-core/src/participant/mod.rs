@@ -64,10 +64,13 @@ mod step;
 mod stream;
 mod stream_buffer;
 mod tick;
+mod trust;
 mod views;
 
 pub use config::Config;
-pub use output::{Delivered, Event, GroupStatus, Output, Publish, Topic, UniverseStatus};
+pub use output::{
+    AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
+};
 use state::{EngineState, GroupState, UniverseState, UniverseTexts};
 
 /// One node's MMLS engine.
@@ -117,26 +120,37 @@ fn gid(id: &Id32) -> GroupId {
     GroupId::from_slice(id.as_bytes())
 }
 
-/// Leaf capabilities: last-resort KeyPackages need their extension listed.
+/// Leaf capabilities: last-resort KeyPackages need their extension listed,
+/// federated send groups the trust-anchors one, and every member must
+/// support every credential type in a group (X.509 next to basic).
 fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CS]),
-        Some(&[ExtensionType::LastResort]),
+        Some(&[
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(crate::federation::GROUP_TRUST_ANCHORS),
+        ]),
         None,
-        None,
+        Some(&[CredentialType::Basic, CredentialType::X509]),
     )
 }
 
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+/// A new send group's config; a federated universe's carries its anchors
+/// in the GroupContext.
+fn create_config(
+    anchors: &[crate::federation::DomainAnchor],
+) -> Result<MlsGroupCreateConfig, MmlsError> {
+    let ext = crate::federation::group_context_extensions(anchors)?;
+    Ok(MlsGroupCreateConfig::builder()
+        .with_group_context_extensions(ext)
         .capabilities(capabilities())
         .ciphersuite(CS)
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(0)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(64, 10_000))
-        .build()
+        .build())
 }
 
 fn join_config() -> MlsGroupJoinConfig {

@@ -80,6 +80,18 @@ pub enum Event {
         seq: u64,
         reason: String,
     },
+    /// A member's certificate expired while it is in the universe: it stays
+    /// (flagged in status) until it renews or an admin removes it.
+    CertificateExpired {
+        universe: Id32,
+        member: MemberId,
+        not_after: i64,
+    },
+    /// An admin changed the universe's trust anchors.
+    AnchorsChanged {
+        universe: Id32,
+        by: MemberId,
+    },
     /// Own commit made (for metrics: `path` = it was an MMLS update).
     Committed {
         universe: Id32,
@@ -132,4 +144,35 @@ pub struct UniverseStatus {
     pub messages_sent: u64,
     pub equivocations: Vec<(MemberId, Id32, u64)>,
     pub removed: bool,
+    /// Federation: the universe's domains and anchors (empty without).
+    #[serde(default)]
+    pub anchors: Vec<AnchorStatus>,
+    /// Federation: each member's certificate, as last validated.
+    #[serde(default)]
+    pub certs: Vec<MemberCert>,
+    /// The ciphersuites the universe accepts (code points).
+    #[serde(default)]
+    pub ciphersuites: Vec<u16>,
+}
+
+/// A domain and its anchor, for display.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnchorStatus {
+    pub domain: String,
+    /// The anchor's subject name.
+    pub subject: String,
+    pub not_after: i64,
+    /// SHA-256 of the anchor certificate (DER), hex.
+    pub fingerprint: String,
+}
+
+/// A member's certificate as this node last validated it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberCert {
+    pub member: MemberId,
+    pub name: String,
+    pub domain: String,
+    pub not_after: i64,
+    /// Its certificate expired while it was in the universe.
+    pub expired: bool,
 }

@@ -127,7 +127,7 @@ impl Participant {
             .ok_or(MmlsError::UnknownGroup(g))?;
         match payload {
             Payload::Text { seq, body } => self.deliver_text(uid, g, &owner, epoch, seq, body)?,
-            Payload::Hello { def, roster } => self.on_hello(uid, &owner, def, roster)?,
+            Payload::Hello { def, roster } => self.on_hello(uid, g, &owner, def, roster)?,
             Payload::Resend { to, texts } => self.on_resend(uid, g, &owner, epoch, &to, texts)?,
             Payload::Leave => self.on_leave(uid, &owner)?,
         }
@@ -137,12 +137,19 @@ impl Participant {
     pub(super) fn on_hello(
         &mut self,
         uid: Id32,
+        g: Id32,
         owner: &MemberId,
         def: UniverseDef,
         roster: Vec<MemberId>,
     ) -> Result<(), MmlsError> {
         if def.id != uid {
             return Err(MmlsError::AadMismatch("Hello names another universe"));
+        }
+        // The anchors a Hello claims are those its send group carries in
+        // its GroupContext (authenticated, agreed by all its members).
+        let group_anchors = Self::group_anchors(self.group(&g)?)?;
+        if def.anchors != group_anchors && self.uni(&uid)?.def.is_none() {
+            return Err(crate::federation::FederationError::AnchorsMismatch(g.to_string()).into());
         }
         if !def.ciphersuites.contains(&u16::from(CS)) {
             return Err(MmlsError::CiphersuiteRefused(

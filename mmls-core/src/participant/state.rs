@@ -88,6 +88,13 @@ pub(super) struct UniverseState {
     /// Rejoiners to re-send our texts to once re-added: after this number.
     #[serde(default)]
     pub(super) resend_after: BTreeMap<MemberId, u64>,
+    /// Federation: the certificate each member last presented (validated).
+    #[serde(default)]
+    pub(super) certs: BTreeMap<MemberId, MemberCert>,
+    /// Our send group's trust anchors differ from the universe's: the next
+    /// own commit carries a GroupContextExtensions proposal.
+    #[serde(default)]
+    pub(super) anchors_pending: bool,
 }
 
 impl UniverseState {
@@ -118,6 +125,8 @@ impl UniverseState {
             update_due: false,
             legacy_received_from: BTreeMap::new(),
             resend_after: BTreeMap::new(),
+            certs: BTreeMap::new(),
+            anchors_pending: false,
         }
     }
     /// Moves counters read from an older universe row under `stored`, the
@@ -147,6 +156,7 @@ impl UniverseState {
             || !self.pending_adds.is_empty()
             || !self.pending_removes.is_empty()
             || !self.readds.is_empty()
+            || self.anchors_pending
     }
 }
 

@@ -28,6 +28,10 @@ impl Participant {
         if u.removed {
             return Ok(());
         }
+        if !u.certs.is_empty() {
+            self.flag_expired(uid)?;
+        }
+        let u = self.uni(&uid)?;
         // Own send group not created yet (joined, but KeyPackages missing).
         if u.own_group.is_none() && u.def.is_some() && u.roster.contains(&self.me) {
             self.try_create_own_group(uid)?;

@@ -47,6 +47,7 @@ impl Participant {
                 last_key_update: s.last_key_update,
             });
         }
+        let (anchors, certs) = Self::federation_status(&u);
         Ok(UniverseStatus {
             id: u.id,
             name: u.def.as_ref().map(|d| d.name.clone()),
@@ -60,6 +61,13 @@ impl Participant {
             messages_sent: u.texts.next_text_seq() - 1,
             equivocations: u.equivocations.clone(),
             removed: u.removed,
+            anchors,
+            certs,
+            ciphersuites: u
+                .def
+                .as_ref()
+                .map(|d| d.ciphersuites.clone())
+                .unwrap_or_default(),
         })
     }
 
