@@ -1982,18 +1982,18 @@ fn run_local(node: &mut Node, ctx: &Ctx<'_>, t: u64, ev: &mut Ev) -> LocalOut {
     let now = t / 1000;
     let t0 = Instant::now();
     let (local, what) = match ev {
+        // An offline node does nothing (its agent's actions wait until it
+        // is back: acking a publish nobody received would lose it).
+        Ev::Tick(_) if !node.online => (Local::Done(vec![]), None),
+        Ev::SyncStart(_) | Ev::SyncNow(_) if !node.online => (Local::Done(vec![]), None),
         Ev::Tick(_) => {
-            if node.online {
-                let outs = node.p.tick(now);
-                absorb_local(node, ctx, outs, now);
-                node.sync.handle_timeout(now);
-            }
+            let outs = node.p.tick(now);
+            absorb_local(node, ctx, outs, now);
+            node.sync.handle_timeout(now);
             (Local::Done(collect(node)), Some("tick"))
         }
         Ev::SyncStart(_) | Ev::SyncNow(_) => {
-            if node.online {
-                node.sync.sync_all(&node.p, now);
-            }
+            node.sync.sync_all(&node.p, now);
             (Local::Done(collect(node)), None)
         }
         Ev::Gossip {
