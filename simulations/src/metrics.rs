@@ -1,7 +1,8 @@
 //! What a run measures: the metrics object (JSON) and the time series
 //! (CSV). Everything here is computed from virtual time and the event
-//! trace, except `wall_seconds` and `peak_rss_mb` (informational, left out
-//! of determinism checks by [`Metrics::deterministic_json`]).
+//! trace, except the wall-clock and memory fields of [`RunCost`] and
+//! `wall_seconds` / `peak_rss_mb` (informational, left out of determinism
+//! checks by [`Metrics::deterministic_json`]).
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -177,8 +178,58 @@ pub struct Metrics {
     /// Events of the engine API the driver could not carry out.
     pub driver_errors: Vec<String>,
     pub pcs: Vec<Pcs>,
+    /// The crypto the run performed and what it would cost in plain
+    /// openmls, against what the run cost.
+    pub cost: RunCost,
     pub wall_seconds: f64,
     pub peak_rss_mb: f64,
+}
+
+/// The openmls baseline prices (criterion medians of
+/// `cargo bench -p mmls-core --bench engine`, BENCHMARKS.md, 2026-12-02):
+/// `protect/openmls/unprotect/100` and `update_round/openmls/N` (one
+/// self-update commit created and processed by the N-1 others) at N = 4,
+/// 16, 64.
+pub const OPENMLS_DECRYPT_US: f64 = 71.8;
+pub const OPENMLS_UPDATE_ROUND_US: [(f64, f64); 3] =
+    [(4.0, 3_456.6), (16.0, 12_688.1), (64.0, 83_379.9)];
+
+/// The openmls price (µs) of one commit, created or processed, in a group
+/// of `n`: an update round over its N commit handlings, interpolated
+/// linearly in N between the measured sizes (and beyond them along the
+/// nearest segment).
+pub fn openmls_commit_us(n: usize) -> f64 {
+    let per = |(k, us): (f64, f64)| (k, us / k);
+    let pts = OPENMLS_UPDATE_ROUND_US.map(per);
+    let x = n.max(2) as f64;
+    let (a, b) = if x <= pts[1].0 {
+        (pts[0], pts[1])
+    } else {
+        (pts[1], pts[2])
+    };
+    (a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0)).max(0.0)
+}
+
+/// What a run cost against the crypto it did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunCost {
+    /// Commits handled: `commits` x the universe's members (each commit
+    /// made by one member and processed by the others).
+    pub commit_handlings: u64,
+    /// Application messages decrypted (every `Message` event).
+    pub decryptions: u64,
+    /// Their price in plain openmls, seconds (deterministic).
+    pub openmls_seconds: f64,
+    /// Worker threads (informational).
+    pub threads: usize,
+    /// wall_seconds / openmls_seconds (informational): the simulator's
+    /// and the engine's overhead over the bare crypto it drives.
+    pub overhead: Option<f64>,
+    /// Peak RSS per simulated node, bytes (informational).
+    pub bytes_per_member: u64,
+    /// Key + value bytes in a node's store at the end (openmls's state and
+    /// the engine's tables), mean over nodes (informational).
+    pub store_bytes_per_member: u64,
 }
 
 impl Metrics {
@@ -189,6 +240,12 @@ impl Metrics {
         if let Some(o) = v.as_object_mut() {
             o.remove("wall_seconds");
             o.remove("peak_rss_mb");
+            if let Some(c) = o.get_mut("cost").and_then(|c| c.as_object_mut()) {
+                c.remove("threads");
+                c.remove("overhead");
+                c.remove("bytes_per_member");
+                c.remove("store_bytes_per_member");
+            }
         }
         v
     }
@@ -233,5 +290,15 @@ mod tests {
         assert_eq!(l.p99, 99.0);
         assert_eq!(l.max, 100.0);
         assert_eq!(Latency::of(&[]), Latency::default());
+    }
+
+    #[test]
+    fn commit_prices_follow_the_baseline_points() {
+        assert!((openmls_commit_us(16) - 12_688.1 / 16.0).abs() < 1e-6);
+        assert!((openmls_commit_us(64) - 83_379.9 / 64.0).abs() < 1e-6);
+        let mid = openmls_commit_us(40);
+        assert!(mid > openmls_commit_us(16) && mid < openmls_commit_us(64));
+        // Beyond 64: along the 16..64 segment.
+        assert!(openmls_commit_us(128) > openmls_commit_us(64));
     }
 }

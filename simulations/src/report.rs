@@ -200,8 +200,23 @@ pub fn summary(out: &SimOutput, files: &[PathBuf]) -> String {
     }
     let _ = writeln!(
         s,
-        "  run         {:.1} s wall, {:.0} MB peak RSS",
-        m.wall_seconds, m.peak_rss_mb
+        "  run         {:.1} s wall on {} thread{}, {:.0} MB peak RSS ({:.2} MB per member; store {:.2} MB per member at the end)",
+        m.wall_seconds,
+        m.cost.threads,
+        if m.cost.threads == 1 { "" } else { "s" },
+        m.peak_rss_mb,
+        m.cost.bytes_per_member as f64 / 1e6,
+        m.cost.store_bytes_per_member as f64 / 1e6
+    );
+    let _ = writeln!(
+        s,
+        "  overhead    {} (wall / openmls price of {} commit handlings and {} decryptions = {:.1} s)",
+        m.cost
+            .overhead
+            .map_or_else(|| "-".to_string(), |o| format!("{o:.2}x")),
+        m.cost.commit_handlings,
+        m.cost.decryptions,
+        m.cost.openmls_seconds
     );
     if let Some(dir) = files.first().and_then(|f| f.parent()) {
         let names: Vec<String> = files

@@ -10,7 +10,10 @@
 //! ids), which changes bytes but not sizes or decisions.
 
 use crate::attacker::{self, Attacker, SentMessage};
-use crate::metrics::{peak_rss_mb, Convergence, Latency, Metrics, Series};
+use crate::metrics::{
+    openmls_commit_us, peak_rss_mb, Convergence, Latency, Metrics, RunCost, Series,
+    OPENMLS_DECRYPT_US,
+};
 use crate::network::{Network, SeenCache, Transmission};
 use crate::scenario::Scenario;
 use anyhow::{anyhow, Context, Result};
@@ -21,6 +24,7 @@ use mmls_core::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -181,6 +185,8 @@ struct Counters {
     sends_refused: u64,
     updates_refused: u64,
     driver_errors: Vec<String>,
+    /// `Message` events (application messages decrypted).
+    decryptions: u64,
 }
 
 /// Options of one run.
@@ -190,6 +196,9 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Worker threads for the node-local work of a slice (0: one per
+    /// available core). Changes wall time only, never the metrics.
+    pub threads: usize,
 }
 
 /// A member's view of one send group: epoch and an epoch-secret fingerprint.
@@ -261,6 +270,9 @@ pub struct Sim {
     progress: Option<indicatif::ProgressBar>,
     /// Wall time per engine call kind (MMLS_SIM_PROFILE=1 prints it).
     prof: BTreeMap<&'static str, (u64, f64)>,
+    /// Worker threads of the slices (None: one thread).
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
 }
 
 impl Sim {
@@ -284,6 +296,21 @@ impl Sim {
             Profile::Dmls
         } else {
             Profile::Mmls00
+        };
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.threads
+        };
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .context("starting the simulator's worker threads")?,
+            )
+        } else {
+            None
         };
         let end = s_to_us(sc.end_s());
         let sample_us = if sc.sim.sample_s > 0.0 {
@@ -332,6 +359,8 @@ impl Sim {
             started: Instant::now(),
             progress,
             prof: BTreeMap::new(),
+            pool,
+            threads,
             sc,
         };
         sim.setup()?;
@@ -440,15 +469,44 @@ impl Sim {
     }
 
     /// Runs to the end and computes the metrics.
+    ///
+    /// Events run in slices of virtual time no longer than the smallest
+    /// link latency: nothing a node sends within a slice reaches another
+    /// node within it. In a slice, every node's engine work on its own
+    /// events (in their order) runs in parallel, each node on its own
+    /// state; then the outcomes are merged sequentially in event order
+    /// (time, then scheduling sequence), and only the merge touches the
+    /// RNG, the network, the bookkeeping and the event queue. The thread
+    /// count therefore changes nothing but wall time. Global events
+    /// (partitions, churn, compromise, samples...) run alone, between
+    /// slices.
     pub fn run(mut self) -> Result<SimOutput> {
-        while let Some(item) = self.queue.pop() {
-            if item.t > self.end {
+        let lookahead = self.net.min_latency_us().max(1);
+        let mut next_progress = 0;
+        while let Some(top) = self.queue.peek() {
+            if top.t > self.end {
                 break;
             }
-            self.now = item.t;
-            self.events += 1;
-            self.handle(item.ev)?;
-            if self.events.is_multiple_of(2048) {
+            if node_of(&top.ev).is_some() {
+                let limit = top.t.saturating_add(lookahead);
+                let mut slice = vec![];
+                while let Some(top) = self.queue.peek() {
+                    if top.t >= limit || top.t > self.end {
+                        break;
+                    }
+                    let Some(x) = node_of(&top.ev) else { break };
+                    if let Some(item) = self.queue.pop() {
+                        slice.push((x, item));
+                    }
+                }
+                self.run_slice(slice)?;
+            } else if let Some(item) = self.queue.pop() {
+                self.now = item.t;
+                self.events += 1;
+                self.handle(item.ev)?;
+            }
+            if self.events >= next_progress {
+                next_progress = self.events + 2048;
                 if let Some(pb) = &self.progress {
                     pb.set_position(self.now / SEC);
                     pb.set_message(format!(
@@ -465,50 +523,174 @@ impl Sim {
         self.finish()
     }
 
-    fn handle(&mut self, ev: Ev) -> Result<()> {
-        match ev {
-            Ev::Tick(x) => {
+    /// One slice: the node-local work of every event (per node, in event
+    /// order; nodes in parallel), then the merge in event order.
+    fn run_slice(&mut self, slice: Vec<(usize, Item)>) -> Result<()> {
+        let len = slice.len();
+        let mut per_node: Vec<Vec<(usize, Item)>> = Vec::new();
+        per_node.resize_with(self.nodes.len(), Vec::new);
+        for (k, (x, item)) in slice.into_iter().enumerate() {
+            if let Some(v) = per_node.get_mut(x) {
+                v.push((k, item));
+            }
+        }
+        let ctx = Ctx {
+            net: &self.net,
+            group_owner: &self.group_owner,
+            member_index: &self.member_index,
+            cache_ms: (self.sc.network.gossip_cache_s * 1000.0).round() as u64,
+        };
+        let work = |node: &mut Node, items: Vec<(usize, Item)>| -> Vec<(usize, Item, LocalOut)> {
+            items
+                .into_iter()
+                .map(|(k, mut item)| {
+                    let out = run_local(node, &ctx, item.t, &mut item.ev);
+                    (k, item, out)
+                })
+                .collect()
+        };
+        let done: Vec<Vec<(usize, Item, LocalOut)>> = match &self.pool {
+            Some(pool) => pool.install(|| {
+                self.nodes
+                    .par_iter_mut()
+                    .zip(per_node.into_par_iter())
+                    .map(|(node, items)| work(node, items))
+                    .collect()
+            }),
+            None => self
+                .nodes
+                .iter_mut()
+                .zip(per_node)
+                .map(|(node, items)| work(node, items))
+                .collect(),
+        };
+        // Back in event order, whatever order the work finished in.
+        let mut merged: Vec<Option<(Item, LocalOut)>> = Vec::new();
+        merged.resize_with(len, || None);
+        for (k, item, out) in done.into_iter().flatten() {
+            merged[k] = Some((item, out));
+        }
+        for (item, out) in merged.into_iter().flatten() {
+            self.now = item.t;
+            self.events += 1;
+            self.merge(item.ev, out)?;
+        }
+        Ok(())
+    }
+
+    /// The shared half of a node event, given its node-local outcome.
+    fn merge(&mut self, ev: Ev, out: LocalOut) -> Result<()> {
+        if let Some((what, secs)) = out.prof {
+            let e = self.prof.entry(what).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += secs;
+        }
+        match (ev, out.local) {
+            (Ev::Send(x), Local::Deferred) => self.on_send(x),
+            (Ev::Update(x), Local::Deferred) => self.on_update(x),
+            (Ev::Tick(x), Local::Done(actions)) => {
                 let next = self.now + self.sc.sim.tick_ms * 1000;
                 self.push(next, Ev::Tick(x));
-                if self.nodes[x].online {
-                    let now = self.now_ms();
-                    let t0 = Instant::now();
-                    let outs = self.nodes[x].p.tick(now);
-                    self.prof("tick", t0);
-                    self.absorb(x, outs);
-                    self.nodes[x].sync.handle_timeout(now);
-                    self.drain(x);
-                }
+                self.dispatch(x, actions);
             }
-            Ev::Gossip {
-                to,
-                from,
-                id,
-                bytes,
-                lobby,
-            } => self.on_gossip(to, from, id, bytes, lobby),
-            Ev::SyncStart(x) => {
+            (Ev::SyncStart(x), Local::Done(actions)) => {
                 let next = self.now + s_to_us(self.sc.sim.sync_interval_s);
                 self.push(next, Ev::SyncStart(x));
-                self.start_sync(x);
+                self.dispatch(x, actions);
             }
-            Ev::SyncNow(x) => self.start_sync(x),
-            Ev::SyncReq {
-                to,
-                from,
-                inc,
-                id,
-                msg,
-            } => self.on_sync_request(to, from, inc, id, msg),
-            Ev::SyncResp {
-                to,
-                from,
-                inc,
-                id,
-                msg,
-            } => self.on_sync_response(to, from, inc, id, msg),
-            Ev::Send(x) => self.on_send(x),
-            Ev::Update(x) => self.on_update(x),
+            (Ev::SyncNow(x), Local::Done(actions)) => self.dispatch(x, actions),
+            (Ev::Gossip { .. }, Local::GossipUnreachable) => self.c.frames_lost += 1,
+            (Ev::Gossip { .. }, Local::GossipRedundant) => self.c.gossip_redundant += 1,
+            (
+                Ev::Gossip {
+                    to,
+                    from,
+                    id,
+                    bytes,
+                    lobby,
+                },
+                Local::Gossip {
+                    forward,
+                    error,
+                    actions,
+                },
+            ) => {
+                if forward {
+                    self.forward(to, id, bytes, lobby, Some(from));
+                }
+                self.dispatch(to, actions);
+                if let Some(e) = error {
+                    self.input_error(&e);
+                }
+            }
+            (Ev::SyncReq { .. }, Local::Answered(None)) => {}
+            (
+                Ev::SyncReq {
+                    to: server,
+                    from: client,
+                    inc,
+                    id,
+                    ..
+                },
+                Local::Answered(Some((answer, actions))),
+            ) => {
+                self.dispatch(server, actions);
+                if let SyncMessage::Fetched(resp) = &answer {
+                    for e in &resp.envelopes {
+                        let id = self.intern(e);
+                        self.tap(id, e);
+                    }
+                }
+                let len = answer.encode().len();
+                self.send_sync(
+                    server,
+                    client,
+                    len,
+                    Ev::SyncResp {
+                        to: client,
+                        from: server,
+                        inc,
+                        id,
+                        msg: answer,
+                    },
+                );
+            }
+            (Ev::SyncResp { .. }, Local::Responded(None)) => {}
+            (Ev::SyncResp { to, .. }, Local::Responded(Some((fetched, actions)))) => {
+                self.c.fetched_envelopes += fetched;
+                self.dispatch(to, actions);
+            }
+            (ev, _) => {
+                return Err(anyhow!(
+                    "internal: event {ev:?} does not match its node-local outcome"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one event alone (global events; node events outside a slice).
+    fn handle(&mut self, mut ev: Ev) -> Result<()> {
+        if let Some(x) = node_of(&ev) {
+            let ctx = Ctx {
+                net: &self.net,
+                group_owner: &self.group_owner,
+                member_index: &self.member_index,
+                cache_ms: (self.sc.network.gossip_cache_s * 1000.0).round() as u64,
+            };
+            let out = run_local(&mut self.nodes[x], &ctx, self.now, &mut ev);
+            return self.merge(ev, out);
+        }
+        match ev {
+            // Node events: above.
+            Ev::Tick(_)
+            | Ev::Gossip { .. }
+            | Ev::SyncStart(_)
+            | Ev::SyncNow(_)
+            | Ev::SyncReq { .. }
+            | Ev::SyncResp { .. }
+            | Ev::Send(_)
+            | Ev::Update(_) => {}
             Ev::Create => self.on_create()?,
             Ev::PartitionStart(i) => {
                 let groups = self.sc.partitions[i].groups.clone();
@@ -653,44 +835,6 @@ impl Sim {
         }
     }
 
-    fn on_gossip(&mut self, to: usize, from: usize, id: u32, bytes: Arc<Vec<u8>>, lobby: bool) {
-        if !self.net.reachable(from, to) {
-            self.c.frames_lost += 1;
-            return;
-        }
-        self.nodes[to].bytes_recv += bytes.len() as u64;
-        let (now, ttl) = (self.now_ms(), self.cache_ms());
-        if !self.nodes[to].seen.insert(id, now, ttl) {
-            self.c.gossip_redundant += 1;
-            return;
-        }
-        let t0 = Instant::now();
-        let r = self.nodes[to].p.handle_incoming(&bytes);
-        self.prof("handle_incoming", t0);
-        // gossipsub validates before it forwards (`validate_messages`), by
-        // the engine's relay rule, as the node does.
-        if mmls_core::relay(&r, lobby) == Relay::Forward {
-            self.forward(to, id, bytes.clone(), lobby, Some(from));
-        }
-        let seen = match r {
-            Ok(outs) => {
-                self.absorb(to, outs);
-                true
-            }
-            Err(e) if e.is_duplicate() => true,
-            Err(e) => {
-                self.input_error(&e);
-                false
-            }
-        };
-        if seen && lobby {
-            // The KeyPackage relay, as the node's driver feeds it.
-            let now = self.now_ms();
-            self.nodes[to].sync.lobby_envelope(&bytes, Some(&from), now);
-            self.drain(to);
-        }
-    }
-
     fn input_error(&mut self, e: &mmls_core::MmlsError) {
         let d = format!("{e:?}");
         if names_a_psk(&d) {
@@ -781,31 +925,9 @@ impl Sim {
         }
     }
 
-    /// Sends our summaries to every reachable neighbour.
-    fn start_sync(&mut self, x: usize) {
-        if !self.nodes[x].online {
-            return;
-        }
-        let now = self.now_ms();
-        let n = &mut self.nodes[x];
-        n.sync.sync_all(&n.p, now);
-        self.drain(x);
-    }
-
     /// A position for a fetch that does not depend on random group ids.
     fn fetch_key(&self, r: &FetchRequest) -> (u8, usize, u64) {
-        match r {
-            FetchRequest::Range { group, from, .. } => (
-                0,
-                self.group_owner.get(group).copied().unwrap_or(usize::MAX),
-                *from,
-            ),
-            FetchRequest::Welcomes { member, .. } => (
-                1,
-                self.member_index.get(member).copied().unwrap_or(usize::MAX),
-                0,
-            ),
-        }
+        fetch_key(&self.group_owner, &self.member_index, r)
     }
 
     /// A canonical position for a sync request: summaries and pushes first
@@ -839,97 +961,39 @@ impl Sim {
         );
     }
 
-    fn on_sync_request(
-        &mut self,
-        server: usize,
-        client: usize,
-        inc: usize,
-        id: RequestId,
-        msg: SyncMessage,
-    ) {
-        if !self.net.reachable(client, server) {
-            return;
-        }
-        let now = self.now_ms();
-        let t0 = Instant::now();
-        let n = &mut self.nodes[server];
-        let answer = n.sync.handle_request(&mut n.p, &client, msg, now);
-        self.prof("sync request", t0);
-        self.drain(server);
-        if let SyncMessage::Fetched(resp) = &answer {
-            for e in &resp.envelopes {
-                let id = self.intern(e);
-                self.tap(id, e);
-            }
-        }
-        let len = answer.encode().len();
-        self.send_sync(
-            server,
-            client,
-            len,
-            Ev::SyncResp {
-                to: client,
-                from: server,
-                inc,
-                id,
-                msg: answer,
-            },
-        );
-    }
-
-    fn on_sync_response(
-        &mut self,
-        client: usize,
-        server: usize,
-        inc: usize,
-        id: RequestId,
-        msg: SyncMessage,
-    ) {
-        if !self.net.reachable(server, client) || self.nodes[client].lost_at.len() != inc {
-            return;
-        }
-        if let SyncMessage::Fetched(resp) = &msg {
-            self.c.fetched_envelopes += resp.envelopes.len() as u64;
-        }
-        let now = self.now_ms();
-        let t0 = Instant::now();
-        let n = &mut self.nodes[client];
-        // An unknown id is a request the agent gave up on (timed out).
-        let _ = n.sync.handle_response(&mut n.p, id, msg, now);
-        self.prof("sync response", t0);
-        self.drain(client);
-    }
-
     // -------------------------------------------------- engine outputs --
 
     /// Feeds a node's outputs through its sync agent into the network and
-    /// the bookkeeping. Fetches go to the agent in a canonical order (the
-    /// engine's follows its random group ids).
+    /// the bookkeeping.
     fn absorb(&mut self, x: usize, outs: Vec<Output>) {
-        let (mut fetches, mut rest): (Vec<Output>, Vec<Output>) = outs
-            .into_iter()
-            .partition(|o| matches!(o, Output::Fetch(_)));
-        fetches.sort_by_key(|o| match o {
-            Output::Fetch(r) => self.fetch_key(r),
-            _ => (2, 0, 0),
-        });
-        rest.extend(fetches);
         let now = self.now_ms();
-        self.nodes[x].sync.handle_outputs(rest, None, now);
+        let ctx = Ctx {
+            net: &self.net,
+            group_owner: &self.group_owner,
+            member_index: &self.member_index,
+            cache_ms: 0,
+        };
+        absorb_local(&mut self.nodes[x], &ctx, outs, now);
         self.drain(x);
     }
 
     /// Carries out what node `x`'s sync agent asks for.
     fn drain(&mut self, x: usize) {
-        let mut acks = vec![];
+        let actions = collect(&mut self.nodes[x]);
+        self.dispatch(x, actions);
+    }
+
+    /// The shared half of [`drain`](Self::drain): bookkeeping, network and
+    /// RNG, in the order of `actions` (run sequentially, in event order).
+    fn dispatch(&mut self, x: usize, actions: Vec<Action<usize>>) {
+        if actions.is_empty() {
+            return;
+        }
         let mut requests = vec![];
         let mut publishes = vec![];
-        while let Some(a) = self.nodes[x].sync.poll_action() {
+        for a in actions {
             match a {
                 Action::Publish(p) => {
-                    if let Some(id) = p.outbox_id {
-                        acks.push(id);
-                    }
                     let env = Envelope::decode(&p.bytes).ok();
                     if let Some(env) = &env {
                         self.on_own_publish(x, env, &p.bytes);
@@ -939,9 +1003,6 @@ impl Sim {
                 Action::Event(e) => self.on_event(x, e),
                 Action::Request { peer, id, msg } => requests.push((peer, id, msg)),
             }
-        }
-        if !acks.is_empty() {
-            self.nodes[x].p.ack_published(&acks);
         }
         // The engine emits the publishes of one call in the order of its
         // (random) group ids; each takes network randomness in turn, so that
@@ -1027,6 +1088,7 @@ impl Sim {
         }
         match e {
             Event::Message(d) => {
+                self.c.decryptions += 1;
                 let Some(mid) = message_id(&d.body) else {
                     return;
                 };
@@ -1470,7 +1532,38 @@ impl Sim {
 
     // ---------------------------------------------------------- finish --
 
+    /// The crypto the run did, priced in plain openmls, against its cost.
+    fn cost(&self, wall: f64) -> RunCost {
+        let c = &self.c;
+        // Every commit is made once and processed by the group's other
+        // members: a group's size in handlings (members in the universe at
+        // the end; a new member joins by Welcome instead, not counted).
+        let group = self.nodes.iter().filter(|n| n.in_universe).count().max(1);
+        let commit_handlings = c.commits * group as u64;
+        let openmls_seconds = (commit_handlings as f64 * openmls_commit_us(group)
+            + c.decryptions as f64 * OPENMLS_DECRYPT_US)
+            / 1e6;
+        let rss = peak_rss_mb() * 1024.0 * 1024.0;
+        let store: f64 = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.store.memory_usage())
+            .map(|(_, _, b)| b as f64)
+            .sum();
+        RunCost {
+            commit_handlings,
+            decryptions: c.decryptions,
+            openmls_seconds: (openmls_seconds * 1000.0).round() / 1000.0,
+            threads: self.threads,
+            overhead: (openmls_seconds > 0.0)
+                .then(|| (wall / openmls_seconds * 100.0).round() / 100.0),
+            bytes_per_member: (rss / self.nodes.len().max(1) as f64) as u64,
+            store_bytes_per_member: (store / self.nodes.len().max(1) as f64) as u64,
+        }
+    }
+
     fn finish(mut self) -> Result<SimOutput> {
+        let wall = self.started.elapsed().as_secs_f64();
         let n = self.nodes.len();
         if std::env::var_os("MMLS_SIM_PROFILE").is_some() {
             let total = self.started.elapsed().as_secs_f64();
@@ -1485,6 +1578,10 @@ impl Sim {
                 "  engine state of member 0: {} bytes",
                 self.nodes[0].p.state_size()
             );
+            eprintln!("  store of member 0 (entries, key + value bytes):");
+            for (table, entries, bytes) in self.nodes[0].store.memory_usage() {
+                eprintln!("    {table:<12} {entries:>8} {bytes:>12}");
+            }
         }
         let mut conv = Convergence::default();
         // Epochs: every checked member's view of every owner's group agrees.
@@ -1706,7 +1803,8 @@ impl Sim {
             updates_refused: c.updates_refused,
             driver_errors: c.driver_errors.clone(),
             pcs,
-            wall_seconds: (self.started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+            cost: self.cost(wall),
+            wall_seconds: (wall * 100.0).round() / 100.0,
             peak_rss_mb: peak_rss_mb(),
         };
         let bytes_per_node = self.nodes.iter().map(|n| n.bytes_sent).collect();
@@ -1766,6 +1864,224 @@ impl Sim {
             };
         }
         Class::Expected
+    }
+}
+
+// ------------------------------------------------- the parallel phase --
+
+/// What node-local work may read of the shared state: nothing it reads
+/// changes while a slice's node-local work runs.
+struct Ctx<'a> {
+    net: &'a Network,
+    group_owner: &'a BTreeMap<Id32, usize>,
+    member_index: &'a BTreeMap<MemberId, usize>,
+    /// The gossip duplicate cache's time to live, ms.
+    cache_ms: u64,
+}
+
+/// A position for a fetch that does not depend on random group ids.
+fn fetch_key(
+    group_owner: &BTreeMap<Id32, usize>,
+    member_index: &BTreeMap<MemberId, usize>,
+    r: &FetchRequest,
+) -> (u8, usize, u64) {
+    match r {
+        FetchRequest::Range { group, from, .. } => (
+            0,
+            group_owner.get(group).copied().unwrap_or(usize::MAX),
+            *from,
+        ),
+        FetchRequest::Welcomes { member, .. } => (
+            1,
+            member_index.get(member).copied().unwrap_or(usize::MAX),
+            0,
+        ),
+    }
+}
+
+/// Hands engine outputs to the node's sync agent, fetches in a canonical
+/// order (the engine's follows its random group ids).
+fn absorb_local(node: &mut Node, ctx: &Ctx<'_>, outs: Vec<Output>, now_ms: u64) {
+    if outs.is_empty() {
+        return;
+    }
+    let (mut fetches, mut rest): (Vec<Output>, Vec<Output>) = outs
+        .into_iter()
+        .partition(|o| matches!(o, Output::Fetch(_)));
+    fetches.sort_by_key(|o| match o {
+        Output::Fetch(r) => fetch_key(ctx.group_owner, ctx.member_index, r),
+        _ => (2, 0, 0),
+    });
+    rest.extend(fetches);
+    node.sync.handle_outputs(rest, None, now_ms);
+}
+
+/// The node's half of draining its sync agent: takes its actions and acks
+/// its own publishes (the network delivers them when they are dispatched).
+fn collect(node: &mut Node) -> Vec<Action<usize>> {
+    let mut actions = vec![];
+    let mut acks = vec![];
+    while let Some(a) = node.sync.poll_action() {
+        if let Action::Publish(p) = &a {
+            if let Some(id) = p.outbox_id {
+                acks.push(id);
+            }
+        }
+        actions.push(a);
+    }
+    if !acks.is_empty() {
+        node.p.ack_published(&acks);
+    }
+    actions
+}
+
+/// Events whose engine work touches only their node: a slice runs that
+/// work for every node in parallel.
+fn node_of(ev: &Ev) -> Option<usize> {
+    match ev {
+        Ev::Tick(x)
+        | Ev::SyncStart(x)
+        | Ev::SyncNow(x)
+        | Ev::Send(x)
+        | Ev::Update(x)
+        | Ev::Gossip { to: x, .. }
+        | Ev::SyncReq { to: x, .. }
+        | Ev::SyncResp { to: x, .. } => Some(*x),
+        _ => None,
+    }
+}
+
+/// The outcome of one event's node-local work.
+enum Local {
+    /// Nothing was done here (the event runs entirely in the merge).
+    Deferred,
+    /// The node did its part (online or not): actions to dispatch.
+    Done(Vec<Action<usize>>),
+    GossipUnreachable,
+    GossipRedundant,
+    Gossip {
+        forward: bool,
+        error: Option<mmls_core::MmlsError>,
+        actions: Vec<Action<usize>>,
+    },
+    /// A sync request answered (None: the client was unreachable).
+    Answered(Option<(SyncMessage, Vec<Action<usize>>)>),
+    /// A sync response taken (None: not for this incarnation, or unreachable).
+    Responded(Option<(u64, Vec<Action<usize>>)>),
+}
+
+/// One event's node-local work, with the wall time it took.
+struct LocalOut {
+    local: Local,
+    prof: Option<(&'static str, f64)>,
+}
+
+/// Runs the node-local part of event `ev` at virtual time `t` (µs) on
+/// `node`: the engine and the sync agent, nothing shared.
+fn run_local(node: &mut Node, ctx: &Ctx<'_>, t: u64, ev: &mut Ev) -> LocalOut {
+    let now = t / 1000;
+    let t0 = Instant::now();
+    let (local, what) = match ev {
+        // An offline node does nothing (its agent's actions wait until it
+        // is back: acking a publish nobody received would lose it).
+        Ev::Tick(_) if !node.online => (Local::Done(vec![]), None),
+        Ev::SyncStart(_) | Ev::SyncNow(_) if !node.online => (Local::Done(vec![]), None),
+        Ev::Tick(_) => {
+            let outs = node.p.tick(now);
+            absorb_local(node, ctx, outs, now);
+            node.sync.handle_timeout(now);
+            (Local::Done(collect(node)), Some("tick"))
+        }
+        Ev::SyncStart(_) | Ev::SyncNow(_) => {
+            node.sync.sync_all(&node.p, now);
+            (Local::Done(collect(node)), None)
+        }
+        Ev::Gossip {
+            from,
+            to,
+            id,
+            bytes,
+            lobby,
+        } => {
+            if !ctx.net.reachable(*from, *to) {
+                (Local::GossipUnreachable, None)
+            } else {
+                node.bytes_recv += bytes.len() as u64;
+                if !node.seen.insert(*id, now, ctx.cache_ms) {
+                    (Local::GossipRedundant, None)
+                } else {
+                    let r = node.p.handle_incoming(bytes);
+                    // gossipsub validates before it forwards
+                    // (`validate_messages`), by the engine's relay rule,
+                    // as the node does.
+                    let forward = mmls_core::relay(&r, *lobby) == Relay::Forward;
+                    let (seen, error) = match r {
+                        Ok(outs) => {
+                            absorb_local(node, ctx, outs, now);
+                            (true, None)
+                        }
+                        Err(e) if e.is_duplicate() => (true, None),
+                        Err(e) => (false, Some(e)),
+                    };
+                    if seen && *lobby {
+                        // The KeyPackage relay, as the node's driver feeds it.
+                        node.sync.lobby_envelope(bytes, Some(from), now);
+                    }
+                    let actions = collect(node);
+                    (
+                        Local::Gossip {
+                            forward,
+                            error,
+                            actions,
+                        },
+                        Some("handle_incoming"),
+                    )
+                }
+            }
+        }
+        Ev::SyncReq { to, from, msg, .. } => {
+            if !ctx.net.reachable(*from, *to) {
+                (Local::Answered(None), None)
+            } else {
+                // The merge needs the request's addresses, not its body.
+                let msg = std::mem::replace(msg, SyncMessage::Summary(Vec::new()));
+                let answer = node.sync.handle_request(&mut node.p, from, msg, now);
+                let actions = collect(node);
+                (
+                    Local::Answered(Some((answer, actions))),
+                    Some("sync request"),
+                )
+            }
+        }
+        Ev::SyncResp {
+            to,
+            from,
+            inc,
+            id,
+            msg,
+        } => {
+            if !ctx.net.reachable(*from, *to) || node.lost_at.len() != *inc {
+                (Local::Responded(None), None)
+            } else {
+                let fetched = match msg {
+                    SyncMessage::Fetched(resp) => resp.envelopes.len() as u64,
+                    _ => 0,
+                };
+                // An unknown id is a request the agent gave up on (timed out).
+                let msg = std::mem::replace(msg, SyncMessage::Summary(Vec::new()));
+                let _ = node.sync.handle_response(&mut node.p, *id, msg, now);
+                let actions = collect(node);
+                (
+                    Local::Responded(Some((fetched, actions))),
+                    Some("sync response"),
+                )
+            }
+        }
+        _ => (Local::Deferred, None),
+    };
+    LocalOut {
+        local,
+        prof: what.map(|w| (w, t0.elapsed().as_secs_f64())),
     }
 }
 

@@ -335,6 +335,7 @@ fn simulate(toml: &str, source: &str) -> Result<Metrics, String> {
     let opts = RunOptions {
         seed: None,
         progress: false,
+        threads: 0,
     };
     run(sc, &opts)
         .map(|o| o.metrics)

@@ -17,6 +17,7 @@ fn metrics(sc: Scenario, seed: Option<u64>) -> Metrics {
     let opts = RunOptions {
         seed,
         progress: false,
+        threads: 0,
     };
     match run(sc, &opts) {
         Ok(out) => out.metrics,
@@ -84,14 +85,8 @@ fn a_partition_that_heals_converges_with_every_message_delivered_exactly_once() 
 /// ids (random: MLS group ids come from the crypto's randomness; groups are
 /// also named by their owner's index, which is compared).
 fn comparable(m: &Metrics) -> serde_json::Value {
-    let mut v = match serde_json::to_value(m) {
-        Ok(v) => v,
-        Err(e) => panic!("metrics do not serialize: {e}"),
-    };
-    if let Some(o) = v.as_object_mut() {
-        o.remove("wall_seconds");
-        o.remove("peak_rss_mb");
-    }
+    // Without the wall-clock and memory fields.
+    let mut v = m.deterministic_json();
     if let Some(pcs) = v.get_mut("pcs").and_then(|p| p.as_array_mut()) {
         for p in pcs {
             if let Some(groups) = p.get_mut("groups").and_then(|g| g.as_array_mut()) {

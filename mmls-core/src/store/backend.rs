@@ -6,6 +6,12 @@
 //! allocation, checksums, copies), about a third of an application
 //! message's cost in the engine. The maps keep exactly what a memory store
 //! needs: committed values, atomic commits, and independent snapshots.
+//!
+//! openmls's state is not copied into the maps: the store's `MlsStorage`
+//! already holds all of it in memory (committed values plus the step's
+//! undo log), so for a memory store that one image is the committed state
+//! and a snapshot is taken from it. A second serialized copy per store
+//! would double the largest part of a simulated node.
 
 use super::{lock, KeyValue, Pending, StoreError, Table};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -25,6 +31,9 @@ fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
 #[derive(Clone, Default)]
 pub(super) struct Maps {
     tables: [BTreeMap<Vec<u8>, Vec<u8>>; Table::ALL.len()],
+    /// openmls's state a snapshot starts from, handed over (and emptied)
+    /// when its store opens: afterwards the store's `MlsStorage` is the one
+    /// copy.
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -40,7 +49,7 @@ impl Backend {
     /// Creates the tables if missing and returns openmls's committed state.
     pub(super) fn init(&self) -> Result<HashMap<Vec<u8>, Vec<u8>>, StoreError> {
         match self {
-            Backend::Memory(m) => Ok(lock(m).mls.clone()),
+            Backend::Memory(m) => Ok(std::mem::take(&mut lock(m).mls)),
             Backend::Redb(db) => {
                 let txn = db.begin_write()?;
                 for t in Table::ALL {
@@ -120,12 +129,9 @@ impl Backend {
                         };
                     }
                 }
-                for (k, v) in mls {
-                    match v {
-                        Some(v) => maps.mls.insert(k.to_vec(), v.to_vec()),
-                        None => maps.mls.remove(k),
-                    };
-                }
+                // openmls's committed state is the store's `MlsStorage`
+                // image itself (see the module documentation).
+                let _ = mls;
                 Ok(())
             }
             Backend::Redb(db) => {
@@ -177,10 +183,18 @@ impl Backend {
         }
     }
 
-    /// An independent memory copy of the committed state.
-    pub(super) fn snapshot(&self) -> Result<Backend, StoreError> {
+    /// An independent memory copy of the committed state; `mls` is
+    /// openmls's committed state for a memory backend (which does not keep
+    /// its own copy).
+    pub(super) fn snapshot(
+        &self,
+        mls: impl FnOnce() -> HashMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<Backend, StoreError> {
         let maps = match self {
-            Backend::Memory(m) => lock(m).clone(),
+            Backend::Memory(m) => {
+                let tables = lock(m).tables.clone();
+                Maps { tables, mls: mls() }
+            }
             Backend::Redb(db) => {
                 let mut maps = Maps::default();
                 let read = db.begin_read()?;
@@ -200,5 +214,24 @@ impl Backend {
             }
         };
         Ok(Backend::Memory(Box::new(Mutex::new(maps))))
+    }
+
+    /// Entries and key + value bytes of each committed table of a memory
+    /// backend, in [`Table::ALL`] order (empty for redb).
+    pub(super) fn memory_usage(&self) -> Vec<(Table, usize, usize)> {
+        match self {
+            Backend::Memory(m) => {
+                let maps = lock(m);
+                Table::ALL
+                    .iter()
+                    .map(|t| {
+                        let table = &maps.tables[t.index()];
+                        let bytes = table.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        (*t, table.len(), bytes)
+                    })
+                    .collect()
+            }
+            Backend::Redb(_) => vec![],
+        }
     }
 }

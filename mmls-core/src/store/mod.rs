@@ -268,7 +268,28 @@ impl Store {
     /// and openmls's state; this step's pending writes are not included),
     /// e.g. to model an attacker who copies a device's storage.
     pub fn snapshot(&self) -> Result<Store, StoreError> {
-        Self::with_backend(self.inner.backend.snapshot()?, None)
+        let backend = self
+            .inner
+            .backend
+            .snapshot(|| self.inner.mls.lock().committed())?;
+        Self::with_backend(backend, None)
+    }
+
+    /// What the store holds in memory, by table: entries and key + value
+    /// bytes (openmls's state as `"mls"`; the engine's tables only for a
+    /// memory store, whose committed tables live in memory too). For
+    /// measuring, e.g. the simulator's bytes per member.
+    pub fn memory_usage(&self) -> Vec<(&'static str, usize, usize)> {
+        let (entries, bytes) = self.inner.mls.lock().usage();
+        let mut out = vec![("mls", entries, bytes)];
+        out.extend(
+            self.inner
+                .backend
+                .memory_usage()
+                .into_iter()
+                .map(|(t, n, b)| (t.name(), n, b)),
+        );
+        out
     }
 
     /// openmls's storage provider view (shares this store's transaction).

@@ -389,6 +389,42 @@ fn snapshot_is_an_independent_copy_of_the_committed_state() {
 }
 
 #[test]
+fn a_memory_snapshot_holds_the_committed_openmls_state_only() {
+    // A memory store keeps openmls's state once (its `MlsStorage`), not in
+    // its maps too: a snapshot must still see exactly the committed state.
+    let store = Store::in_memory().unwrap();
+    let provider = MmlsProvider::new(store.clone());
+    let (signer, credential) = signer_and_credential("dave");
+    let first = new_group(&provider, &signer, &credential);
+    store.commit().unwrap();
+    let second = new_group(&provider, &signer, &credential);
+
+    let snap = store.snapshot().unwrap();
+    assert!(MlsGroup::load(snap.mls(), first.group_id())
+        .unwrap()
+        .is_some());
+    assert!(MlsGroup::load(snap.mls(), second.group_id())
+        .unwrap()
+        .is_none());
+
+    store.commit().unwrap();
+    assert!(MlsGroup::load(store.mls(), second.group_id())
+        .unwrap()
+        .is_some());
+    assert!(MlsGroup::load(snap.mls(), second.group_id())
+        .unwrap()
+        .is_none());
+    let again = snap.snapshot().unwrap();
+    assert!(MlsGroup::load(again.mls(), first.group_id())
+        .unwrap()
+        .is_some());
+
+    let usage = store.memory_usage();
+    let mls = usage.iter().find(|(name, _, _)| *name == "mls").unwrap();
+    assert!(mls.1 > 0 && mls.2 > 0, "{usage:?}");
+}
+
+#[test]
 fn garbage_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let mut seed: u64 = 42;

@@ -45,6 +45,10 @@ enum Cmd {
         /// and no unexpected delivery.
         #[arg(long)]
         check: bool,
+        /// Worker threads (default: one per available core). The metrics
+        /// do not depend on it.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// List the shipped scenarios.
     ListScenarios,
@@ -86,6 +90,7 @@ fn real_main() -> Result<ExitCode> {
             out,
             json,
             check,
+            threads,
         } => {
             let mut sc = Scenario::load(&scenario)?;
             if let Some(n) = members {
@@ -100,7 +105,14 @@ fn real_main() -> Result<ExitCode> {
             }
             let dir = out.unwrap_or_else(|| PathBuf::from("mmls-sim-out").join(&sc.name));
             let progress = !json && std::io::stderr().is_terminal();
-            let result = run(sc, &RunOptions { seed, progress })?;
+            let result = run(
+                sc,
+                &RunOptions {
+                    seed,
+                    progress,
+                    threads,
+                },
+            )?;
             let files = report::write_outputs(&result, &dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result.metrics)?);

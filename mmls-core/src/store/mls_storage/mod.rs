@@ -83,6 +83,25 @@ impl MlsState {
         })
     }
 
+    /// The committed values: the current ones with this step's changes
+    /// undone.
+    pub(super) fn committed(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+        let mut values = self.values.clone();
+        for (k, original) in &self.undo {
+            match original {
+                Some(v) => values.insert(k.clone(), v.clone()),
+                None => values.remove(k),
+            };
+        }
+        values
+    }
+
+    /// Entries and key + value bytes.
+    pub(super) fn usage(&self) -> (usize, usize) {
+        let bytes = self.values.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.values.len(), bytes)
+    }
+
     pub(super) fn rollback(&mut self) {
         for (k, original) in self.undo.drain() {
             match original {
