@@ -17,7 +17,7 @@ use crate::error::NodeError;
 use crate::liveness::Liveness;
 use crate::redial::{Redial, Target};
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
-use libp2p::futures::{FutureExt, StreamExt};
+use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -268,7 +268,18 @@ impl Driver {
                     job(&mut self);
                     more = true;
                 }
-                if let Some(ev) = self.swarm.select_next_some().now_or_never() {
+                // Polled with this task's waker (not a no-op one, as
+                // `now_or_never` would): a no-op waker left the swarm's
+                // connections unwoken and a flooded node read less.
+                let swarm = &mut self.swarm;
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match swarm.poll_next_unpin(cx) {
+                        std::task::Poll::Ready(ev) => ev,
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await;
+                if let Some(ev) = ready {
                     self.on_swarm(ev);
                     more = true;
                 }
