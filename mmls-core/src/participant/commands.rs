@@ -146,12 +146,9 @@ impl Participant {
         Ok(self.take_outputs())
     }
 
-    /// Admin: add a member to the universe. Every owner mirrors it.
-    pub fn add_member(
-        &mut self,
-        universe: &Id32,
-        member: &MemberId,
-    ) -> Result<Vec<Output>, MmlsError> {
+    /// The universe, if it is defined and we are one of its admins (the
+    /// check every admin command starts with).
+    pub(super) fn admin_universe(&self, universe: &Id32) -> Result<&UniverseState, MmlsError> {
         let u = self.uni(universe)?;
         let def = u
             .def
@@ -160,6 +157,16 @@ impl Participant {
         if !def.is_admin(&self.me) {
             return Err(MmlsError::NotAdmin);
         }
+        Ok(u)
+    }
+
+    /// Admin: add a member to the universe. Every owner mirrors it.
+    pub fn add_member(
+        &mut self,
+        universe: &Id32,
+        member: &MemberId,
+    ) -> Result<Vec<Output>, MmlsError> {
+        let u = self.admin_universe(universe)?;
         if u.roster.contains(member) {
             return Err(MmlsError::AlreadyMember(member.to_string()));
         }
@@ -195,14 +202,7 @@ impl Participant {
         universe: &Id32,
         member: &MemberId,
     ) -> Result<Vec<Output>, MmlsError> {
-        let u = self.uni(universe)?;
-        let def = u
-            .def
-            .as_ref()
-            .ok_or(MmlsError::UniverseNotReady(*universe))?;
-        if !def.is_admin(&self.me) {
-            return Err(MmlsError::NotAdmin);
-        }
+        let u = self.admin_universe(universe)?;
         if !u.roster.contains(member) || *member == self.me {
             return Err(MmlsError::NotAMember(member.to_string()));
         }

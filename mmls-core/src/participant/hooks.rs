@@ -18,17 +18,17 @@ pub(super) enum Fault {
 impl Participant {
     /// The injected fault of this step's commit, if any.
     pub(super) fn injected_fault(&mut self) -> Option<MmlsError> {
-        if self.fault == Some(Fault::FlushFails) {
-            return None;
-        }
-        match self.fault.take()? {
-            Fault::FlushFails => None,
-            Fault::CommitFails => Some(MmlsError::Internal("injected commit failure".into())),
+        // A flush fault waits for the flush (`injected_flush_fault`).
+        let e = match self.fault? {
+            Fault::FlushFails => return None,
+            Fault::CommitFails => MmlsError::Internal("injected commit failure".into()),
             Fault::CrashBeforeCommit => {
                 self.provider.store().crash_discard();
-                Some(MmlsError::Internal("injected crash".into()))
+                MmlsError::Internal("injected crash".into())
             }
-        }
+        };
+        self.fault = None;
+        Some(e)
     }
 
     /// Test only: whether the exported PSK of `g` at `epoch` is still in

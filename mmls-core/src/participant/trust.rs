@@ -185,14 +185,7 @@ impl Participant {
         domain: &str,
         cert_der: &[u8],
     ) -> Result<Vec<Output>, MmlsError> {
-        let u = self.uni(universe)?;
-        let def = u
-            .def
-            .as_ref()
-            .ok_or(MmlsError::UniverseNotReady(*universe))?;
-        if !def.is_admin(&self.me) {
-            return Err(MmlsError::NotAdmin);
-        }
+        let u = self.admin_universe(universe)?;
         if u.own_group.is_none() {
             return Err(MmlsError::UniverseNotReady(*universe));
         }
@@ -201,7 +194,11 @@ impl Participant {
             domain: domain.clone(),
             cert: cert_der.to_vec(),
         };
-        let mut anchors = def.anchors.clone();
+        let mut anchors = u
+            .def
+            .as_ref()
+            .map(|d| d.anchors.clone())
+            .unwrap_or_default();
         match anchors.iter_mut().find(|a| a.domain == domain) {
             Some(a) => *a = new,
             None => anchors.push(new),
