@@ -16,6 +16,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
+/// The testkit steps sync rounds by hand ([`Net::sync_all`]), so a test
+/// says when peers compare summaries.
+fn manual_rounds() -> SyncConfig {
+    SyncConfig {
+        round_interval_ms: None,
+        ..SyncConfig::default()
+    }
+}
+
 pub struct Net {
     pub nodes: Vec<Option<Participant>>,
     pub ids: Vec<Identity>,
@@ -100,7 +109,7 @@ impl Net {
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
             net.agents
-                .push(SyncAgent::new(id.member_id(), SyncConfig::default()));
+                .push(SyncAgent::new(id.member_id(), manual_rounds()));
             net.ids.push(id);
             net.stores.push(store);
             net.nodes.push(Some(p));
@@ -293,7 +302,9 @@ impl Net {
             let now = self.now;
             let outs = self.node(i).tick(now);
             self.absorb(i, outs);
-            self.agents[i].handle_timeout(now);
+            if let Some(p) = self.nodes[i].as_ref() {
+                self.agents[i].handle_timeout(p, now);
+            }
             self.drain(i);
         }
         self.run();

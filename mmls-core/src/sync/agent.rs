@@ -39,6 +39,10 @@ pub struct SyncConfig {
     pub max_heads_per_peer: usize,
     /// Others' KeyPackages kept to hand to new peers.
     pub kp_cache: usize,
+    /// How often every connected peer gets our summaries (the periodic
+    /// round that repairs what gossip lost). `None`: only when the driver
+    /// calls [`SyncAgent::sync_all`] (tests that step sync by hand).
+    pub round_interval_ms: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -51,6 +55,7 @@ impl Default for SyncConfig {
             max_summaries: 1024,
             max_heads_per_peer: 4096,
             kp_cache: 256,
+            round_interval_ms: Some(5_000),
         }
     }
 }
@@ -149,6 +154,9 @@ pub struct SyncAgent<P> {
     welcome_polls: BTreeMap<Id32, u64>,
     kps: KeyPackageRelay,
     actions: VecDeque<Action<P>>,
+    /// When the next summary round is due (set by the first timeout or by
+    /// [`SyncAgent::start_rounds`]).
+    next_round: Option<u64>,
 }
 
 impl<P: Ord + Clone> SyncAgent<P> {
@@ -165,6 +173,15 @@ impl<P: Ord + Clone> SyncAgent<P> {
             welcome_polls: BTreeMap::new(),
             kps,
             actions: VecDeque::new(),
+            next_round: None,
+        }
+    }
+
+    /// The first periodic round runs at `at` (a simulator spreads its
+    /// nodes' rounds over the interval instead of starting them together).
+    pub fn start_rounds(&mut self, at: u64) {
+        if self.cfg.round_interval_ms.is_some() {
+            self.next_round = Some(at);
         }
     }
 
@@ -356,12 +373,24 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.asked
             .values()
             .map(|a| a.at.saturating_add(self.cfg.request_timeout_ms))
+            .chain(self.next_round)
             .min()
     }
 
-    /// Fails the requests unanswered for `request_timeout_ms`, and forgets
-    /// rate-limit records that cannot matter any more.
-    pub fn handle_timeout(&mut self, now: u64) {
+    /// Runs the periodic summary round when it is due, fails the requests
+    /// unanswered for `request_timeout_ms`, and forgets rate-limit records
+    /// that cannot matter any more.
+    pub fn handle_timeout(&mut self, p: &Participant, now: u64) {
+        if let Some(every) = self.cfg.round_interval_ms {
+            match self.next_round {
+                None => self.next_round = Some(now.saturating_add(every)),
+                Some(due) if now >= due => {
+                    self.next_round = Some(now.saturating_add(every));
+                    self.sync_all(p, now);
+                }
+                Some(_) => {}
+            }
+        }
         let timeout = self.cfg.request_timeout_ms;
         let due: Vec<RequestId> = self
             .asked

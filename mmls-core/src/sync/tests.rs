@@ -46,7 +46,11 @@ fn participant(i: usize) -> Participant {
 /// An agent of participant 0 with `peers` connected and its connection
 /// actions drained.
 fn agent(p: &Participant, peers: &[u32]) -> SyncAgent<u32> {
-    let mut a = SyncAgent::new(p.me().clone(), SyncConfig::default());
+    let cfg = SyncConfig {
+        round_interval_ms: None,
+        ..SyncConfig::default()
+    };
+    let mut a = SyncAgent::new(p.me().clone(), cfg);
     for peer in peers {
         a.peer_connected(p, *peer, T0);
     }
@@ -133,9 +137,9 @@ fn a_timed_out_fetch_goes_to_another_peer() {
     let req = range(0);
     let sent = engine_fetch(&mut a, &req, T0);
     assert_eq!(a.poll_timeout(), Some(T0 + timeout));
-    a.handle_timeout(T0 + timeout - 1);
+    a.handle_timeout(&p, T0 + timeout - 1);
     assert!(drain(&mut a).is_empty(), "retried before its timeout");
-    a.handle_timeout(T0 + timeout);
+    a.handle_timeout(&p, T0 + timeout);
     let next = requests(&drain(&mut a));
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].0, sent[0].0);
@@ -487,4 +491,47 @@ fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
             .any(|(_, _, m)| matches!(m, SyncMessage::Summary(_))),
         "{after:?}"
     );
+}
+
+#[test]
+fn the_agent_runs_its_own_summary_rounds() {
+    let p = participant(0);
+    let every = 5_000;
+    let cfg = SyncConfig {
+        round_interval_ms: Some(every),
+        ..SyncConfig::default()
+    };
+    let mut a = SyncAgent::new(p.me().clone(), cfg);
+    a.start_rounds(T0 + 100);
+    assert_eq!(a.poll_timeout(), Some(T0 + 100));
+    // No peer yet: the round is due but asks nobody.
+    a.handle_timeout(&p, T0 + 100);
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(a.poll_timeout(), Some(T0 + 100 + every));
+    for peer in [1, 2] {
+        a.peer_connected(&p, peer, T0 + 200);
+    }
+    for (_, id, _) in requests(&drain(&mut a)) {
+        a.handle_failure(id, T0 + 200);
+    }
+    a.handle_timeout(&p, T0 + 100 + every - 1);
+    assert!(drain(&mut a).is_empty(), "a round before it was due");
+    a.handle_timeout(&p, T0 + 100 + every);
+    let round = requests(&drain(&mut a));
+    let mut to: Vec<u32> = round.iter().map(|r| r.0).collect();
+    to.sort();
+    assert_eq!(to, vec![1, 2], "one summary to each connected peer");
+    assert!(round.iter().all(|r| matches!(r.2, SyncMessage::Summary(_))));
+    // The next round is one interval later, not at once again.
+    a.handle_timeout(&p, T0 + 100 + every + 1);
+    assert!(requests(&drain(&mut a)).is_empty());
+}
+
+#[test]
+fn without_an_interval_rounds_are_the_drivers() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1]);
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(&p, T0 + 3_600_000);
+    assert!(drain(&mut a).is_empty());
 }
