@@ -229,3 +229,56 @@ fn catch_up_through_a_peer_that_is_not_the_owner() {
     assert!(!resp.pruned);
     assert!(resp.oldest.is_some_and(|o| o > 0));
 }
+
+/// A Welcome lost on the lobby can be fetched from any member that holds
+/// it, not only from its owner: in a mesh the owner may be out of the
+/// recipient's reach (found by the long-partition scenario: a member
+/// missing one send group blocked every stream whose commits named it,
+/// rejoined after 30 s, and the rejoins cascaded).
+#[test]
+fn a_lost_welcome_comes_from_a_member_when_the_owner_is_out_of_reach() {
+    let mut net = Net::new(3);
+    // Node 2 misses the creation: node 0's Welcome and node 1's.
+    net.offline[2] = true;
+    let members: Vec<crate::identity::MemberId> = (0..3).map(|i| net.member(i)).collect();
+    let (uid, outs) = net
+        .node(0)
+        .create_universe("test", &members, &[], Profile::Mmls00)
+        .expect("create");
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    // The owner leaves reach before node 2 comes back.
+    net.offline[0] = true;
+    net.offline[2] = false;
+    let m0 = net.member(0);
+    assert!(net.node(2).group_of(&uid, &m0).is_none());
+    // What node 1 serves for node 2: Welcomes that name node 2 only.
+    let req = crate::sync::FetchRequest::Welcomes {
+        universe: uid,
+        member: net.member(2),
+    };
+    let resp = net.node(1).serve_fetch(&req).expect("serve");
+    assert_eq!(
+        resp.envelopes.len(),
+        2,
+        "node 0's Welcome (held by node 1) and node 1's own"
+    );
+    net.sync_all();
+    net.settle();
+    let g0 = net
+        .node(2)
+        .group_of(&uid, &m0)
+        .expect("node 2 joined node 0's group through node 1");
+    let fp1 = net.node(1).epoch_fingerprint(&g0).unwrap();
+    let fp2 = net.node(2).epoch_fingerprint(&g0).unwrap();
+    assert_eq!(fp1, fp2);
+    // Node 0 back: its texts reach node 2 in the group it joined.
+    let before = net.texts(2).len();
+    net.offline[0] = false;
+    net.send(0, &uid, "after the lost welcome");
+    net.run();
+    net.settle();
+    assert!(net.texts(2).len() > before);
+    assert!(net.texts(2).iter().any(|t| t == "after the lost welcome"));
+}
