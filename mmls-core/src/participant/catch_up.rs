@@ -153,27 +153,8 @@ impl Participant {
                     .uni(universe)
                     .map_err(|_| MmlsError::NotInUniverse(*universe))?;
                 let mut resp = FetchResponse::default();
-                // Ours, indexed by recipient when we made them.
-                let ours = u.welcomes.get(member).cloned().unwrap_or_default();
-                // Others' groups' Welcomes that we hold, for a member whose
-                // KeyPackage we know: their owner may be out of its reach.
-                let refs = self.key_package_refs_of(member);
-                let held = u
-                    .welcome_log
-                    .iter()
-                    .filter(|_| !refs.is_empty())
-                    .flat_map(|(g, seqs)| seqs.iter().map(move |s| (*g, *s)))
-                    .filter(|at| !ours.contains(at));
-                let wanted: Vec<(Id32, u64, bool)> = ours
-                    .iter()
-                    .map(|(g, s)| (*g, *s, true))
-                    .chain(held.map(|(g, s)| (g, s, false)))
-                    .collect();
-                for (g, seq, known_for_member) in wanted {
-                    let Some(v) = self.provider.store().get(Table::Log, &log_key(&g, seq))? else {
-                        continue;
-                    };
-                    if known_for_member || welcome_names(&v, &refs) {
+                for (g, seq) in u.welcomes.get(member).cloned().unwrap_or_default() {
+                    if let Some(v) = self.provider.store().get(Table::Log, &log_key(&g, seq))? {
                         resp.envelopes.push(ByteBuf::from(v));
                     }
                 }
@@ -243,56 +224,4 @@ impl Participant {
         }
         outs
     }
-}
-
-impl Participant {
-    /// Notes that the Welcome at `seq` of `g` is in our log (the last few
-    /// per group), so that we can serve it to a recipient that missed it.
-    pub(super) fn index_welcome(&mut self, uid: Id32, g: Id32, seq: u64) -> Result<(), MmlsError> {
-        let v = self.uni_mut(&uid)?.welcome_log.entry(g).or_default();
-        if !v.contains(&seq) {
-            v.push(seq);
-            if v.len() > WELCOMES_KEPT_PER_GROUP {
-                v.remove(0);
-            }
-        }
-        Ok(())
-    }
-
-    /// The hash references of the KeyPackages we know for `m` (a Welcome
-    /// names its recipients by these).
-    fn key_package_refs_of(&self, m: &MemberId) -> Vec<Vec<u8>> {
-        let Some(bytes) = self.state.known_kps.get(m) else {
-            return vec![];
-        };
-        KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
-            .ok()
-            .and_then(|kp| {
-                kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)
-                    .ok()
-            })
-            .and_then(|kp| kp.hash_ref(self.provider.crypto()).ok())
-            .map(|r| vec![r.as_slice().to_vec()])
-            .unwrap_or_default()
-    }
-}
-
-/// Welcomes of each group whose place in the log we remember.
-const WELCOMES_KEPT_PER_GROUP: usize = 4;
-
-/// Whether the Welcome envelope `raw` has secrets for one of `refs`.
-fn welcome_names(raw: &[u8], refs: &[Vec<u8>]) -> bool {
-    let Ok(env) = Envelope::decode(raw) else {
-        return false;
-    };
-    let Ok(msg) = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()) else {
-        return false;
-    };
-    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
-        return false;
-    };
-    w.secrets().iter().any(|s| {
-        refs.iter()
-            .any(|r| r.as_slice() == s.new_member().as_slice())
-    })
 }

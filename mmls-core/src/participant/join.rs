@@ -174,7 +174,6 @@ impl Participant {
         let _ = me;
         // Our Welcome is part of the stream peers behind us need to pass.
         self.log_entry(g, env.seq, raw);
-        self.index_welcome(uid, g, env.seq)?;
         self.export_psk(uid, g)?;
         let stale_below: Vec<u64> = self
             .buffers

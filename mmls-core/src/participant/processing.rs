@@ -49,7 +49,7 @@ impl Participant {
                 let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
                 owner.verify(&env.welcome_signed_bytes(), sig)?;
                 self.advance(uid, g)?;
-                self.index_welcome(uid, g, env.seq)
+                Ok(())
             }
             Kind::Commit => self.process_commit(uid, g, env),
             Kind::Application => self.process_application(uid, g, env),

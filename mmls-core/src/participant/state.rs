@@ -95,11 +95,6 @@ pub(super) struct UniverseState {
     /// own commit carries a GroupContextExtensions proposal.
     #[serde(default)]
     pub(super) anchors_pending: bool,
-    /// Where the last Welcomes of each send group sit in our log, ours or
-    /// not: any member holding a Welcome can hand it to a recipient whose
-    /// copy was lost, not only its owner (who may be out of reach).
-    #[serde(default)]
-    pub(super) welcome_log: BTreeMap<Id32, Vec<u64>>,
 }
 
 impl UniverseState {
@@ -132,7 +127,6 @@ impl UniverseState {
             resend_after: BTreeMap::new(),
             certs: BTreeMap::new(),
             anchors_pending: false,
-            welcome_log: BTreeMap::new(),
         }
     }
     /// Moves counters read from an older universe row under `stored`, the
