@@ -48,20 +48,23 @@ fn a_universe_of_suites_1_and_3_with_nodes_preferring_each() {
     start(&mut cathy, run(&[a, bob.addr.clone().expect("addr")], "1"));
     wait_mesh(&[&alice, &bob, &cathy], Duration::from_secs(30));
 
-    // A suite the node does not implement: a one-line typed error, no
-    // universe made.
-    let e = alice
-        .cmd(&[
-            "universe",
-            "create",
-            "bad",
-            "--member",
-            &bob.member,
-            "--suites",
-            "1,7",
-        ])
-        .one_line_error();
-    assert!(e.contains("0x0007"), "{e}");
+    // A suite the node does not implement: refused before the node is
+    // asked (a usage error naming it), no universe made.
+    let out = alice.cmd(&[
+        "universe",
+        "create",
+        "bad",
+        "--member",
+        &bob.member,
+        "--suites",
+        "1,7",
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("0x0007 is not implemented"),
+        "{out:?}"
+    );
+    let list: Vec<types::Universe> = alice.cmd(&["universe", "list", "--json"]).ok().typed();
+    assert!(list.is_empty(), "{list:?}");
 
     let u = alice
         .cmd(&[
