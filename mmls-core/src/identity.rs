@@ -129,6 +129,9 @@ impl fmt::Debug for MemberId {
     }
 }
 
+/// The longest DER encoding of a P-256 ECDSA signature.
+const P256_DER_MAX: usize = 72;
+
 /// The length of a PeerId in binary form (Ed25519 keys only).
 const PEER_ID_LEN: usize = 38;
 
@@ -304,10 +307,25 @@ pub struct SuiteSigner<'a> {
 impl Signer for SuiteSigner<'_> {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
         if self.p256 {
-            // DER, as openmls verifies ECDSA signatures.
-            let sig: p256::ecdsa::Signature =
-                p256::ecdsa::signature::Signer::sign(&self.identity.p256.key, payload);
-            return Ok(sig.to_der().as_bytes().to_vec());
+            // DER, as openmls verifies ECDSA signatures, and always its
+            // longest form (both integers 33 bytes, one signature in four;
+            // random nonces, so another try differs): message sizes then
+            // do not depend on a signature's value, so they leak nothing
+            // and the simulator's byte counts stay those of its seed.
+            let mut der = vec![];
+            for _ in 0..256 {
+                let sig: p256::ecdsa::Signature =
+                    p256::ecdsa::signature::RandomizedSigner::sign_with_rng(
+                        &self.identity.p256.key,
+                        &mut rand::rngs::OsRng,
+                        payload,
+                    );
+                der = sig.to_der().as_bytes().to_vec();
+                if der.len() == P256_DER_MAX {
+                    break;
+                }
+            }
+            return Ok(der);
         }
         self.identity.sign(payload)
     }
@@ -453,6 +471,9 @@ mod tests {
         for suite in crate::ciphersuites::IMPLEMENTED {
             let signer = a.signer(*suite);
             let sig = signer.sign(b"payload").unwrap();
+            if *suite == crate::ciphersuites::P256_AES128GCM {
+                assert_eq!(sig.len(), P256_DER_MAX, "one length, whatever the nonce");
+            }
             let key = a.credential_for(*suite).signature_key;
             RustCrypto::default()
                 .verify_signature(signer.signature_scheme(), b"payload", key.as_slice(), &sig)
