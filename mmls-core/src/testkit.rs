@@ -85,7 +85,15 @@ impl Net {
     /// A network of nodes with these identities (e.g. with certificates),
     /// starting at driver time `now` (ms).
     pub fn with_identities(ids: Vec<Identity>, cfg: Config, now: u64) -> Net {
+        let cfgs = vec![cfg; ids.len()];
+        Net::with_node_configs(ids, cfgs, now)
+    }
+
+    /// A network whose node `i` runs with `cfgs[i]` (e.g. preferring other
+    /// ciphersuites); `Net::config` is the first one.
+    pub fn with_node_configs(ids: Vec<Identity>, cfgs: Vec<Config>, now: u64) -> Net {
         let n = ids.len();
+        assert_eq!(cfgs.len(), n, "one config per node");
         let mut net = Net {
             nodes: vec![],
             ids: vec![],
@@ -102,9 +110,9 @@ impl Net {
             dup_prob: 0.0,
             offline: vec![false; n],
             all_bytes: vec![],
-            config: cfg.clone(),
+            config: cfgs[0].clone(),
         };
-        for (i, id) in ids.into_iter().enumerate() {
+        for (i, (id, cfg)) in ids.into_iter().zip(cfgs).enumerate() {
             let store = Store::in_memory().expect("store");
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
@@ -320,10 +328,15 @@ impl Net {
 
     /// Node 0 creates a universe with everyone.
     pub fn universe(&mut self, profile: Profile) -> Id32 {
+        self.universe_with_suites(profile, crate::ciphersuites::DEFAULT_ACCEPTED)
+    }
+
+    /// Node 0 creates a universe with everyone, accepting `suites`.
+    pub fn universe_with_suites(&mut self, profile: Profile, suites: &[u16]) -> Id32 {
         let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
         let (uid, outs) = self
             .node(0)
-            .create_universe("test", &members, &[], profile)
+            .create_universe_with("test", &members, &[], profile, vec![], suites)
             .expect("create");
         self.absorb(0, outs);
         self.run();

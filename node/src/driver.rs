@@ -882,10 +882,11 @@ impl Driver {
         admins: &[MemberId],
         profile: Profile,
         anchors: Vec<mmls_core::federation::DomainAnchor>,
+        suites: &[u16],
     ) -> Result<Id32, NodeError> {
         let r = self
             .p
-            .create_federated_universe(name, members, admins, profile, anchors);
+            .create_universe_with(name, members, admins, profile, anchors, suites);
         let u = self.engine(r)?;
         self.queue_announcement(u);
         self.flush_announcements();

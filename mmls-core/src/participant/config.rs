@@ -34,6 +34,11 @@ pub struct Config {
     /// commit per other member per update; large simulations may turn it off
     /// to study the PSK mechanism alone.
     pub rotate_leaves: bool,
+    /// The ciphersuites this node prefers for its own send groups, best
+    /// first (code points). In each universe it takes the first one the
+    /// universe accepts, else the universe's own first choice; it joins
+    /// others' groups in any suite it implements and the universe accepts.
+    pub ciphersuites: Vec<u16>,
 }
 
 impl Default for Config {
@@ -50,6 +55,7 @@ impl Default for Config {
             kp_retry_ms: 2_000,
             silent_removal_ms: None,
             rotate_leaves: true,
+            ciphersuites: crate::ciphersuites::IMPLEMENTED.to_vec(),
         }
     }
 }

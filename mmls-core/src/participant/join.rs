@@ -33,9 +33,12 @@ impl Participant {
         let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
             return Err(MmlsError::Unexpected("not a Welcome".into()));
         };
-        if w.ciphersuite() != CS {
-            return Err(MmlsError::CiphersuiteRefused(u16::from(w.ciphersuite())));
-        }
+        // No downgrade: a group in a suite the universe does not accept is
+        // refused before anything is decrypted or stored (before the
+        // universe's definition is known, one we implement; the Hello that
+        // brings the definition judges it again).
+        let suite = u16::from(w.ciphersuite());
+        self.check_suite_accepted(&uid, suite)?;
         // Joined through our last-resort KeyPackage: its leaf key is shared
         // with every other group joined that way, so rotate it at once.
         let via_last_resort = w.secrets().iter().any(|s| {
@@ -147,6 +150,7 @@ impl Participant {
                 psk_marks: vec![],
                 named_epoch: None,
                 last_key_update: None,
+                suite,
             },
         );
         u.pending_imports.insert(g);

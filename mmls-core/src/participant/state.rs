@@ -37,7 +37,64 @@ pub(super) struct GroupState {
     /// as we saw; None: not since we joined. Shown in the health view.
     #[serde(default)]
     pub(super) last_key_update: Option<u64>,
+    /// Its ciphersuite (code point). Rows written before suite choice have
+    /// none: every group was 0x0001 then.
+    #[serde(default = "mandatory_suite")]
+    pub(super) suite: u16,
 }
+
+fn mandatory_suite() -> u16 {
+    crate::ciphersuites::X25519_AES128GCM
+}
+
+/// A member's last-resort KeyPackages by ciphersuite (TLS bytes), as it
+/// announced them together (`Participant::announcement`). A row written
+/// before suite choice is one KeyPackage, read as the member's only one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct MemberKps(pub(super) BTreeMap<u16, ByteBuf>);
+
+impl Serialize for MemberKps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberKps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MemberKps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("KeyPackages by ciphersuite, or one KeyPackage")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<MemberKps, E> {
+                Ok(MemberKps::legacy(ByteBuf::from(b.to_vec())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<MemberKps, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<u16, ByteBuf>()? {
+                    out.insert(k, v);
+                }
+                Ok(MemberKps(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl MemberKps {
+    /// One KeyPackage of the time before suite choice (then always
+    /// 0x0001; its header says which).
+    pub(super) fn legacy(kp: ByteBuf) -> MemberKps {
+        let suite = crate::ciphersuites::of_key_package(&kp).unwrap_or_else(mandatory_suite);
+        MemberKps(BTreeMap::from([(suite, kp)]))
+    }
+}
+
+plain_row!(MemberKps);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct UniverseState {
@@ -168,6 +225,15 @@ fn legacy_groups<'de, D: serde::Deserializer<'de>>(
 
 plain_row!(GroupState);
 
+impl RowKey for u16 {
+    fn to_key(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn from_key(k: &[u8]) -> Option<Self> {
+        Some(u16::from_be_bytes(k.try_into().ok()?))
+    }
+}
+
 impl Row for UniverseState {
     fn undo_image(&mut self) -> Self {
         // Its groups and counters have their own journals: leave them out.
@@ -270,7 +336,7 @@ fn texts_prefix(uid: &Id32) -> Vec<u8> {
 pub(super) struct NodeState {
     pub(super) member: Option<MemberId>,
     /// Where our KeyPackage lived before it had a row of its own
-    /// (`EngineState::my_kp`): read once, on load.
+    /// (`EngineState::my_kps`): read once, on load.
     #[serde(default, rename = "my_kp", skip_serializing)]
     legacy_my_kp: Option<ByteBuf>,
     pub(super) outbox_next: u64,
@@ -284,12 +350,12 @@ plain_row!(NodeState, Option<ByteBuf>);
 #[derive(Debug, Default)]
 pub(super) struct EngineState {
     pub(super) node: Cell<NodeState>,
-    /// Our own current last-resort KeyPackage: apart from the counters,
-    /// which change with every message.
-    pub(super) my_kp: Cell<Option<ByteBuf>>,
+    /// Our own current last-resort KeyPackage in each ciphersuite we
+    /// implement: apart from the counters, which change with every message.
+    pub(super) my_kps: Rows<u16, ByteBuf>,
     pub(super) universes: Rows<Id32, UniverseState>,
-    /// Latest last-resort KeyPackage heard from each member (TLS bytes).
-    pub(super) known_kps: Rows<MemberId, ByteBuf>,
+    /// Latest last-resort KeyPackages heard from each member, by suite.
+    pub(super) known_kps: Rows<MemberId, MemberKps>,
     /// Hash refs of KeyPackages we made (to recognise our Welcomes).
     pub(super) my_kp_refs: Rows<ByteBuf, ()>,
     /// Those of them that are last-resort (reused across Welcomes).
@@ -322,7 +388,10 @@ const NODE_KEY: &[u8] = b"node";
 const LEGACY_KEY: &[u8] = b"engine";
 const KP_REQUESTED: &[u8] = b"kp-requested/";
 const MY_KP_REFS: &[u8] = b"kp-ref/mine/";
+/// Our KeyPackage before suite choice (one, in 0x0001); now one row per
+/// suite under `MY_KPS`.
 const MY_KP: &[u8] = b"my-kp";
+const MY_KPS: &[u8] = b"my-kp/";
 const TEXTS: &[u8] = b"texts/";
 const LAST_RESORT_REFS: &[u8] = b"kp-ref/last-resort/";
 const USED_KP_REFS: &[u8] = b"kp-ref/used/";
@@ -350,17 +419,24 @@ impl EngineState {
                 rejected_inputs: old.rejected_inputs,
             });
             node.get_mut();
-            let mut my_kp = Cell::new(old.my_kp);
-            my_kp.get_mut();
+            let mut my_kps = Rows::default();
+            if let Some(kp) = old.my_kp {
+                my_kps.insert(crate::ciphersuites::X25519_AES128GCM, kp);
+            }
             let mut universes = old.universes;
             for u in universes.values_mut() {
                 u.adopt_texts(Rows::default());
             }
             return Ok(EngineState {
                 node,
-                my_kp,
+                my_kps,
                 universes: Rows::fresh(universes),
-                known_kps: Rows::fresh(old.known_kps),
+                known_kps: Rows::fresh(
+                    old.known_kps
+                        .into_iter()
+                        .map(|(m, kp)| (m, MemberKps::legacy(kp)))
+                        .collect(),
+                ),
                 my_kp_refs: set(old.my_kp_refs),
                 last_resort_refs: set(old.last_resort_refs),
                 used_kp_refs: set(old.used_kp_refs),
@@ -373,21 +449,27 @@ impl EngineState {
             }
             None => NodeState::default(),
         };
-        let my_kp = match store.get(Table::Meta, MY_KP)? {
-            Some(b) => Cell::new(
+        let mut my_kps: Rows<u16, ByteBuf> = Rows::load(store, Table::Meta, MY_KPS)?;
+        // Our one KeyPackage of before suite choice (0x0001), in its own
+        // row or, earlier still, in the node row: moved to the per-suite
+        // rows with the step that `open` commits at once (which also
+        // rewrites the node row without it, so it is never read again).
+        let node_kp = node.legacy_my_kp.take();
+        let legacy_kp: Option<ByteBuf> = match store.get(Table::Meta, MY_KP)? {
+            Some(b) => {
+                store.delete(Table::Meta, MY_KP);
                 from_cbor(&b)
-                    .map_err(|e| StoreError::Corrupt(format!("engine KeyPackage row: {e}")))?,
-            ),
-            None => {
-                // Kept in the node row before: moved to its own with the
-                // next step.
-                let mut c = Cell::new(node.legacy_my_kp.take());
-                if c.get().is_some() {
-                    c.get_mut();
-                }
-                c
+                    .map_err(|e| StoreError::Corrupt(format!("engine KeyPackage row: {e}")))?
             }
+            None => node_kp.clone(),
         };
+        if let (Some(kp), true) = (legacy_kp, my_kps.keys().next().is_none()) {
+            my_kps.insert(crate::ciphersuites::X25519_AES128GCM, kp);
+        }
+        let mut node = Cell::new(node);
+        if node_kp.is_some() {
+            node.get_mut();
+        }
         let mut universes: Rows<Id32, UniverseState> = Rows::load(store, Table::Universes, &[])?;
         for (uid, u) in universes.iter_untracked_mut() {
             u.adopt_texts(Rows::load(store, Table::Meta, &texts_prefix(uid))?);
@@ -403,8 +485,8 @@ impl EngineState {
             }
         }
         Ok(EngineState {
-            node: Cell::new(node),
-            my_kp,
+            node,
+            my_kps,
             universes,
             known_kps: Rows::load(store, Table::KeyPackages, &[])?,
             my_kp_refs: Rows::load(store, Table::Meta, MY_KP_REFS)?,
@@ -431,9 +513,7 @@ impl EngineState {
         if self.node.is_touched() {
             store.put(Table::Meta, NODE_KEY, &to_cbor(self.node.get()));
         }
-        if self.my_kp.is_touched() {
-            store.put(Table::Meta, MY_KP, &to_cbor(self.my_kp.get()));
-        }
+        self.my_kps.write(store, Table::Meta, MY_KPS);
         if self.universes.is_touched() {
             self.universes.write(store, Table::Universes, &[]);
             for gone in self.universes.removed() {
@@ -466,12 +546,17 @@ impl EngineState {
 
     /// Serialized size of every row (metrics only: serializes everything).
     pub(super) fn size(&self) -> usize {
-        let mut n = to_cbor(self.node.get()).len() + to_cbor(self.my_kp.get()).len();
+        let mut n = to_cbor(self.node.get()).len()
+            + self.my_kps.values().map(|k| k.len() + 8).sum::<usize>();
         for u in self.universes.values() {
             n += to_cbor(u).len() + u.texts.0.values().count() * 16;
             n += u.groups.values().map(|g| to_cbor(g).len()).sum::<usize>();
         }
-        n += self.known_kps.values().map(|k| k.len() + 50).sum::<usize>();
+        n += self
+            .known_kps
+            .values()
+            .map(|k| k.0.values().map(|b| b.len() + 8).sum::<usize>() + 50)
+            .sum::<usize>();
         n + self.kp_requested.values().count() * 60
             + (self.my_kp_refs.keys().count()
                 + self.last_resort_refs.keys().count()
@@ -482,7 +567,7 @@ impl EngineState {
     /// Whether any row was touched since the last commit or rollback.
     pub(super) fn is_touched(&self) -> bool {
         self.node.is_touched()
-            || self.my_kp.is_touched()
+            || self.my_kps.is_touched()
             || self.universes.is_touched()
             || self
                 .universes
@@ -497,7 +582,7 @@ impl EngineState {
 
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
         f(&mut self.node);
-        f(&mut self.my_kp);
+        f(&mut self.my_kps);
         f(&mut self.universes);
         for (_, u) in self.universes.iter_untracked_mut() {
             f(&mut u.groups);
@@ -551,6 +636,8 @@ mod tests {
     use crate::testkit::{config, view, Net};
     use ciborium::Value;
 
+    const MANDATORY: u16 = crate::ciphersuites::X25519_AES128GCM;
+
     /// The whole-state blob an older engine wrote for `store`'s rows.
     fn legacy_blob(store: &Store) -> Vec<u8> {
         let st = EngineState::load(store).expect("rows load");
@@ -578,14 +665,18 @@ mod tests {
             (Value::Text("universes".into()), Value::Map(universes)),
             (
                 Value::Text("known_kps".into()),
+                // One KeyPackage per member then, in 0x0001.
                 Value::Map(
                     st.known_kps
                         .iter()
-                        .map(|(m, k)| (cbor(m), cbor(k)))
+                        .map(|(m, k)| (cbor(m), cbor(&k.0[&MANDATORY])))
                         .collect(),
                 ),
             ),
-            (Value::Text("my_kp".into()), cbor(st.my_kp.get())),
+            (
+                Value::Text("my_kp".into()),
+                cbor(&st.my_kps.get(&MANDATORY)),
+            ),
             (Value::Text("my_kp_refs".into()), set(&st.my_kp_refs)),
             (
                 Value::Text("last_resort_refs".into()),
@@ -723,12 +814,12 @@ mod tests {
         };
         node.push((
             Value::Text("my_kp".into()),
-            Value::serialized(st.my_kp.get()).expect("value"),
+            Value::serialized(&st.my_kps.get(&MANDATORY)).expect("value"),
         ));
         let mut row = vec![];
         ciborium::into_writer(&Value::Map(node), &mut row).expect("encode");
         store.put(Table::Meta, NODE_KEY, &row);
-        store.delete(Table::Meta, MY_KP);
+        delete_prefix(store, MY_KPS);
         let texts_end = prefix_end(TEXTS);
         for (k, _) in store
             .range(Table::Meta, TEXTS, texts_end.as_deref(), usize::MAX)
@@ -753,7 +844,7 @@ mod tests {
         let status_before = net.node(0).status(&uid).expect("status");
         let acks_before = net.node(0).received_acks(&uid);
         assert_eq!(acks_before.len(), 2, "{acks_before:?}");
-        let kp_before = net.node(0).state.my_kp.get().clone();
+        let kp_before = net.node(0).state.my_kps.get(&MANDATORY).cloned();
         assert!(kp_before.is_some());
 
         let store = net.stores[0].clone();
@@ -765,10 +856,16 @@ mod tests {
         net.absorb(0, outs);
         assert_eq!(net.node(0).status(&uid).expect("status"), status_before);
         assert_eq!(net.node(0).received_acks(&uid), acks_before);
-        assert_eq!(net.node(0).state.my_kp.get(), &kp_before);
+        assert_eq!(net.node(0).state.my_kps.get(&MANDATORY), kp_before.as_ref());
         assert_eq!(view(net.node(0), &uid), before);
         // Moved to rows of their own.
-        assert!(store.get(Table::Meta, MY_KP).expect("get").is_some());
+        assert!(store
+            .get(
+                Table::Meta,
+                &[MY_KPS, &MANDATORY.to_be_bytes()[..]].concat()
+            )
+            .expect("get")
+            .is_some());
         assert!(!store
             .range(Table::Meta, TEXTS, prefix_end(TEXTS).as_deref(), 1)
             .expect("range")
@@ -784,6 +881,108 @@ mod tests {
         );
         assert!(net.texts(1).contains(&"mine, after".to_string()));
         net.assert_consistent(&uid);
+    }
+
+    fn delete_prefix(store: &Store, prefix: &[u8]) {
+        let end = prefix_end(prefix);
+        for (k, _) in store
+            .range(Table::Meta, prefix, end.as_deref(), usize::MAX)
+            .expect("range")
+        {
+            store.delete(Table::Meta, &k);
+        }
+    }
+
+    /// Rewrites `store`'s rows as nodes wrote them before suite choice: one
+    /// KeyPackage of ours (its own row), one per known member (the row is
+    /// the KeyPackage), send-group rows without a suite. All in 0x0001,
+    /// the only suite then.
+    fn to_pre_suite_format(store: &Store) {
+        let st = EngineState::load(store).expect("rows load");
+        store.put(
+            Table::Meta,
+            MY_KP,
+            &to_cbor(&st.my_kps.get(&MANDATORY).cloned()),
+        );
+        delete_prefix(store, MY_KPS);
+        for (m, kps) in st.known_kps.iter() {
+            store.put(
+                Table::KeyPackages,
+                &m.to_key(),
+                &to_cbor(&kps.0[&MANDATORY]),
+            );
+        }
+        for (uid, u) in st.universes.iter() {
+            for (g, gs) in u.groups.iter() {
+                assert_eq!(gs.suite, MANDATORY);
+                let Value::Map(mut fields) = Value::serialized(gs).expect("row") else {
+                    panic!("a group row is a map")
+                };
+                fields.retain(|(k, _)| k.as_text() != Some("suite"));
+                let mut row = vec![];
+                ciborium::into_writer(&Value::Map(fields), &mut row).expect("encode");
+                store.put(Table::Groups, &GroupKey(*uid, *g).to_key(), &row);
+            }
+        }
+        store.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_store_of_before_suite_choice_opens_as_all_0x0001_and_gains_the_other_suites() {
+        let mut net = Net::new(3);
+        let uid = net.universe(Profile::Mmls00);
+        net.send(1, &uid, "before");
+        net.run();
+        net.settle();
+        let before = view(net.node(0), &uid);
+        let status_before = net.node(0).status(&uid).expect("status");
+        let kp_before = net.node(0).state.my_kps.get(&MANDATORY).cloned();
+        let m1 = net.member(1);
+        let known_before = net.node(0).state.known_kps.get(&m1).cloned();
+
+        let store = net.stores[0].clone();
+        to_pre_suite_format(&store);
+        net.nodes[0] = None;
+        let (p, outs) = Participant::open(net.ids[0].clone(), store.clone(), config(), net.now)
+            .expect("a store of before suite choice opens");
+        net.nodes[0] = Some(p);
+        net.absorb(0, outs);
+        // Every group reads as 0x0001, as it was.
+        let status = net.node(0).status(&uid).expect("status");
+        assert_eq!(status, status_before);
+        assert!(status.groups.iter().all(|g| g.ciphersuite == MANDATORY));
+        assert_eq!(view(net.node(0), &uid), before);
+        // Our 0x0001 KeyPackage is kept, the other suites' are new, and the
+        // old single row is gone.
+        let st = &net.node(0).state;
+        assert_eq!(st.my_kps.get(&MANDATORY), kp_before.as_ref());
+        for suite in crate::ciphersuites::IMPLEMENTED {
+            assert!(st.my_kps.contains_key(suite), "{suite:#06x}");
+        }
+        assert!(store.get(Table::Meta, MY_KP).expect("get").is_none());
+        // A known member's single KeyPackage is its 0x0001 one.
+        let known = st.known_kps.get(&m1).expect("known");
+        assert_eq!(
+            known.0.get(&MANDATORY),
+            known_before.as_ref().and_then(|k| k.0.get(&MANDATORY))
+        );
+        assert_eq!(known.0.len(), 1);
+
+        net.send(0, &uid, "after, from 0");
+        net.send(2, &uid, "after, from 2");
+        net.run();
+        net.settle();
+        assert!(net.texts(0).contains(&"after, from 2".to_string()));
+        assert!(net.texts(1).contains(&"after, from 0".to_string()));
+        // Reopened from the new rows: the same again.
+        net.nodes[0] = None;
+        let (mut p, _) = Participant::open(net.ids[0].clone(), store, config(), net.now)
+            .expect("reopen from rows");
+        assert_eq!(p.state.my_kps.get(&MANDATORY), kp_before.as_ref());
+        assert_eq!(
+            p.status(&uid).expect("status").groups.len(),
+            status_before.groups.len()
+        );
     }
 
     #[test]

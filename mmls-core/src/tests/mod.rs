@@ -16,6 +16,7 @@ mod membership;
 mod psk;
 mod recovery;
 mod rejoin;
+mod suites;
 mod updates;
 
 /// The commits published in `owner`'s send group, in stream order.
