@@ -45,6 +45,8 @@ pub enum MmlsError {
     StillMember(Id32),
     #[error("message is for send group {0}, which this node is not in")]
     NotInGroup(Id32),
+    #[error("send group {0} was dropped for good (its owner replaced it, or left)")]
+    GroupRetired(Id32),
     #[error("ciphersuite {0:#06x} is not accepted by this universe")]
     CiphersuiteRefused(u16),
     #[error(

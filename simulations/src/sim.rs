@@ -1062,6 +1062,7 @@ impl Sim {
             let req = FetchRequest::Welcomes {
                 universe: uid,
                 member: self.nodes[r].member.clone(),
+                groups: vec![],
             };
             let Ok(resp) = self.nodes[x].p.serve_fetch(&req) else {
                 continue;

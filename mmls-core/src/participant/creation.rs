@@ -141,7 +141,7 @@ impl Participant {
         let u = self.uni_mut(&uid)?;
         // A previous own group (before a state loss) is abandoned.
         if let Some(old) = u.own_group.replace(gid_new) {
-            u.groups.remove(&old);
+            u.retire(old);
         }
         u.groups.insert(gid_new, gs);
         u.owner_group.insert(me, gid_new);

@@ -129,8 +129,7 @@ impl Participant {
         // The owner's previous send group is abandoned (it lost its state).
         if let Some(old) = u.owner_group.insert(owner.clone(), g) {
             if old != g {
-                u.groups.remove(&old);
-                u.pending_imports.remove(&old);
+                u.retire(old);
             }
         }
         u.groups.insert(
@@ -178,6 +177,7 @@ impl Participant {
         let _ = me;
         // Our Welcome is part of the stream peers behind us need to pass.
         self.log_entry(g, env.seq, raw);
+        self.index_welcome(uid, g, env.seq)?;
         self.export_psk(uid, g)?;
         let stale_below: Vec<u64> = self
             .buffers

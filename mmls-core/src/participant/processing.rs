@@ -49,7 +49,7 @@ impl Participant {
                 let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
                 owner.verify(&env.welcome_signed_bytes(), sig)?;
                 self.advance(uid, g)?;
-                Ok(())
+                self.index_welcome(uid, g, env.seq)
             }
             Kind::Commit => self.process_commit(uid, g, env),
             Kind::Application => self.process_application(uid, g, env),
@@ -174,22 +174,18 @@ impl Participant {
             // Groups joined before we knew the universe were judged only
             // by suites we implement: one the universe does not accept is
             // another owner's downgrade, left as if never joined.
-            let refused: Vec<(Id32, MemberId, u16)> = u
+            let refused: Vec<(Id32, u16)> = u
                 .groups
                 .iter()
                 .filter(|(_, s)| !def.ciphersuites.contains(&s.suite))
-                .map(|(id, s)| (*id, s.owner.clone(), s.suite))
+                .map(|(id, s)| (*id, s.suite))
                 .collect();
-            for (rg, owner, _) in &refused {
-                u.groups.remove(rg);
-                u.pending_imports.remove(rg);
-                if u.owner_group.get(owner) == Some(rg) {
-                    u.owner_group.remove(owner);
-                }
+            for (rg, _) in &refused {
+                u.retire(*rg);
             }
             u.def = Some(def);
             u.roster = roster.into_iter().collect();
-            for (rg, _, suite) in refused {
+            for (rg, suite) in refused {
                 self.groups.remove(&rg);
                 self.emit(Event::Rejected {
                     universe: uid,

@@ -152,6 +152,18 @@ pub(super) struct UniverseState {
     /// own commit carries a GroupContextExtensions proposal.
     #[serde(default)]
     pub(super) anchors_pending: bool,
+    /// Where the last Welcomes of each send group sit in our log, ours or
+    /// not: a member whose copy was lost asks for a group it holds nothing
+    /// of, and any member can hand it over, not only the owner (who may be
+    /// out of its reach for hours).
+    #[serde(default)]
+    pub(super) welcome_log: BTreeMap<Id32, Vec<u64>>,
+    /// Send groups dropped for good: an owner that lost its state and made
+    /// a new one, a removed member's, a refused suite's. A Welcome into one
+    /// (an old copy a peer still holds) must not bring it back: joining it
+    /// would displace the owner's live group.
+    #[serde(default)]
+    pub(super) retired: BTreeSet<Id32>,
 }
 
 impl UniverseState {
@@ -184,7 +196,21 @@ impl UniverseState {
             resend_after: BTreeMap::new(),
             certs: BTreeMap::new(),
             anchors_pending: false,
+            welcome_log: BTreeMap::new(),
+            retired: BTreeSet::new(),
         }
+    }
+
+    /// Drops send group `g` for good (see [`retired`](Self::retired)).
+    pub(super) fn retire(&mut self, g: Id32) {
+        self.groups.remove(&g);
+        self.pending_imports.remove(&g);
+        self.welcome_log.remove(&g);
+        self.owner_group.retain(|_, og| *og != g);
+        if self.retired.len() >= MAX_RETIRED_GROUPS {
+            self.retired.pop_first();
+        }
+        self.retired.insert(g);
     }
     /// Moves counters read from an older universe row under `stored`, the
     /// counter rows (newer wherever both have a value).
@@ -384,6 +410,8 @@ struct LegacyState {
 
 /// Where each part lives: `Table::Meta` holds the node row and the small
 /// per-member sets under these prefixes.
+/// Retired group ids a universe remembers (an arbitrary one goes beyond).
+const MAX_RETIRED_GROUPS: usize = 1024;
 const NODE_KEY: &[u8] = b"node";
 const LEGACY_KEY: &[u8] = b"engine";
 const KP_REQUESTED: &[u8] = b"kp-requested/";

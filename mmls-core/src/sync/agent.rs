@@ -465,7 +465,12 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 .filter(|(_, st)| st.heads.get(group).is_some_and(|n| n > from))
                 .map(|(p, _)| *p)
                 .collect(),
-            FetchRequest::Welcomes { .. } => vec![],
+            // Peers in the groups we lack hold their Welcomes.
+            FetchRequest::Welcomes { groups, .. } => untried
+                .iter()
+                .filter(|(_, st)| groups.iter().any(|g| st.heads.contains_key(g)))
+                .map(|(p, _)| *p)
+                .collect(),
         };
         let pool: Vec<&P> = if has.is_empty() {
             untried.iter().map(|(p, _)| *p).collect()
@@ -561,6 +566,10 @@ impl<P: Ord + Clone> SyncAgent<P> {
                     let req = FetchRequest::Welcomes {
                         universe: s.universe,
                         member: self.me.clone(),
+                        // Owners only: a universe we do not know may be
+                        // one we left or were removed from, where old
+                        // Welcomes other members hold still name us.
+                        groups: vec![],
                     };
                     self.fetch(req, Some(peer), now);
                 }

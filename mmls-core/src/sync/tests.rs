@@ -28,7 +28,8 @@ fn plans_only_what_the_peer_has_more_of() {
             },
             FetchRequest::Welcomes {
                 universe: u,
-                member: me
+                member: me,
+                groups: vec![c],
             }
         ]
     );
@@ -362,6 +363,7 @@ fn a_summary_of_a_universe_we_are_not_in_polls_for_welcomes_addressed_to_us() {
     let welcomes = SyncMessage::Fetch(FetchRequest::Welcomes {
         universe: u,
         member: p.me().clone(),
+        groups: vec![],
     });
     let answer = a.handle_request(&mut p, &1, SyncMessage::Summary(theirs.clone()), T0);
     assert_eq!(answer, SyncMessage::Summaries(p.summaries()));
@@ -446,6 +448,7 @@ fn welcomes_in_flight_at_one_peer_are_still_asked_of_another_but_a_range_is_not(
     let welcomes = FetchRequest::Welcomes {
         universe: Id32([5; 32]),
         member: p.me().clone(),
+        groups: vec![],
     };
     let ask = |a: &mut SyncAgent<u32>, req: &FetchRequest, from: Option<u32>| {
         a.handle_outputs(vec![Output::Fetch(req.clone())], from.as_ref(), T0);
@@ -472,6 +475,7 @@ fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
     let welcomes = FetchRequest::Welcomes {
         universe: Id32([5; 32]),
         member: p.me().clone(),
+        groups: vec![],
     };
     a.handle_outputs(vec![Output::Fetch(welcomes)], Some(&1), T0);
     let sent = requests(&drain(&mut a));
