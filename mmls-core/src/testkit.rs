@@ -92,8 +92,19 @@ impl Net {
     /// A network whose node `i` runs with `cfgs[i]` (e.g. preferring other
     /// ciphersuites); `Net::config` is the first one.
     pub fn with_node_configs(ids: Vec<Identity>, cfgs: Vec<Config>, now: u64) -> Net {
+        let stores = ids
+            .iter()
+            .map(|_| Store::in_memory().expect("store"))
+            .collect();
+        Net::with_stores(ids, cfgs, stores, now)
+    }
+
+    /// A network whose node `i` keeps its state in `stores[i]` (e.g. a
+    /// file store, for benchmarks and crash tests).
+    pub fn with_stores(ids: Vec<Identity>, cfgs: Vec<Config>, stores: Vec<Store>, now: u64) -> Net {
         let n = ids.len();
         assert_eq!(cfgs.len(), n, "one config per node");
+        assert_eq!(stores.len(), n, "one store per node");
         let mut net = Net {
             nodes: vec![],
             ids: vec![],
@@ -112,8 +123,7 @@ impl Net {
             all_bytes: vec![],
             config: cfgs[0].clone(),
         };
-        for (i, (id, cfg)) in ids.into_iter().zip(cfgs).enumerate() {
-            let store = Store::in_memory().expect("store");
+        for (i, ((id, cfg), store)) in ids.into_iter().zip(cfgs).zip(stores).enumerate() {
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
             net.agents
