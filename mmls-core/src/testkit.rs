@@ -76,7 +76,14 @@ impl Net {
     /// A network of nodes with these identities (e.g. with certificates),
     /// starting at driver time `now` (ms).
     pub fn with_identities(ids: Vec<Identity>, cfg: Config, now: u64) -> Net {
+        let cfgs = vec![cfg; ids.len()];
+        Net::with_configs(ids, cfgs, now)
+    }
+
+    /// As `with_identities`, each node with its own configuration.
+    pub fn with_configs(ids: Vec<Identity>, cfgs: Vec<Config>, now: u64) -> Net {
         let n = ids.len();
+        let cfg = cfgs.first().cloned().unwrap_or_else(config);
         let mut net = Net {
             nodes: vec![],
             ids: vec![],
@@ -95,10 +102,10 @@ impl Net {
             all_bytes: vec![],
             config: cfg.clone(),
         };
-        for (i, id) in ids.into_iter().enumerate() {
+        for (i, (id, cfg)) in ids.into_iter().zip(cfgs).enumerate() {
             let store = Store::in_memory().expect("store");
             let (p, outs) =
-                Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
+                Participant::open(id.clone(), store.clone(), cfg, net.now).expect("open");
             net.agents
                 .push(SyncAgent::new(id.member_id(), SyncConfig::default()));
             net.ids.push(id);
@@ -173,6 +180,8 @@ impl Net {
             if self.live(i) {
                 for j in 0..self.nodes.len() {
                     if j != i && self.live(j) && !self.agents[i].is_connected(&j) {
+                        let m = self.member(j);
+                        self.agents[i].peer_identified(j, m);
                         if let Some(p) = self.nodes[i].as_ref() {
                             self.agents[i].peer_connected(p, j, now);
                         }

@@ -44,7 +44,7 @@ impl Participant {
         }
         let missing: Vec<MemberId> = others
             .iter()
-            .filter(|m| !self.state.known_kps.contains_key(*m))
+            .filter(|m| !self.has_usable_kp(m))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -60,7 +60,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(missing[0].to_string()));
         }
         for m in &others {
-            let kp = self.key_package_of(m)?;
+            let kp = self.usable_kp(m)?;
             let leaf = kp.leaf_node();
             self.check_credential(
                 &anchors,
@@ -170,7 +170,7 @@ impl Participant {
         if u.roster.contains(member) {
             return Err(MmlsError::AlreadyMember(member.to_string()));
         }
-        if !self.state.known_kps.contains_key(member) {
+        if !self.has_usable_kp(member) {
             let m = member.clone();
             self.step(|p| {
                 p.request_kp(&m);
@@ -179,7 +179,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(member.to_string()));
         }
         // A federated universe: the newcomer's certificate, now.
-        let kp = self.key_package_of(member)?;
+        let kp = self.usable_kp(member)?;
         self.check_kp_trust(universe, &kp, true)?;
         self.step(|p| {
             let m = member.clone();

@@ -9,7 +9,7 @@ impl Participant {
         let missing: Vec<MemberId> = u
             .roster
             .iter()
-            .filter(|m| **m != self.me && !self.state.known_kps.contains_key(*m))
+            .filter(|m| **m != self.me && !self.has_usable_kp(m))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -47,14 +47,16 @@ impl Participant {
             .collect();
         let kps = others
             .iter()
-            .map(|m| self.key_package_of(m))
+            .map(|m| self.usable_kp(m))
             .collect::<Result<Vec<_>, _>>()?;
         // Members already in the universe: their chains must reach their
         // domain's anchor; an expiry is flagged, not a reason to leave them
         // out of our group.
         let mut certs = vec![];
-        for kp in &kps {
+        for (m, kp) in others.iter().zip(&kps) {
             certs.extend(self.check_kp_trust(&uid, kp, false)?);
+            // Spent with this step (a failed one rolls it back).
+            self.consume_kp(m, kp)?;
         }
         let anchors = self.universe_anchors(&uid);
         let own = self.identity.credential_with_key();

@@ -1,5 +1,5 @@
-//! KeyPackages: our own last-resort and single-use ones, the ones peers
-//! announce on the lobby, and requests for missing ones.
+//! KeyPackages: our own last-resort one, the ones peers announce on the
+//! lobby, and requests for missing ones (single-use ones: `kp_pool`).
 
 use super::*;
 
@@ -24,27 +24,6 @@ impl Participant {
         self.state.last_resort_refs.insert(r, ());
         *self.state.my_kp.get_mut() = Some(ByteBuf::from(tls(kp)?));
         Ok(())
-    }
-
-    /// A fresh single-use KeyPackage (for rejoin requests).
-    pub(super) fn fresh_key_package(&mut self) -> Result<Vec<u8>, MmlsError> {
-        let bundle = KeyPackage::builder()
-            .leaf_node_capabilities(capabilities())
-            .build(
-                CS,
-                &self.provider,
-                &self.identity,
-                self.identity.credential_with_key(),
-            )
-            .map_err(MmlsError::mls)?;
-        let kp = bundle.key_package();
-        let r = kp
-            .hash_ref(self.provider.crypto())
-            .map_err(MmlsError::mls)?;
-        self.state
-            .my_kp_refs
-            .insert(ByteBuf::from(r.as_slice().to_vec()), ());
-        tls(kp)
     }
 
     pub(super) fn key_package_of(&self, m: &MemberId) -> Result<KeyPackage, MmlsError> {
@@ -101,6 +80,10 @@ impl Participant {
         if who == self.me {
             return Ok(());
         }
+        if !kp.last_resort() {
+            // Single-use: only for the owner it was handed to.
+            return self.on_single_use_kp(env, &kp, who);
+        }
         if self
             .state
             .known_kps
@@ -121,25 +104,16 @@ impl Participant {
             .insert(who.clone(), ByteBuf::from(env.body.to_vec()));
         self.state.kp_requested.remove(&who);
         // Someone may have been waiting for it.
-        let ids: Vec<Id32> = self.state.universes.keys().cloned().collect();
-        for uid in ids {
-            let u = self.uni(&uid)?;
-            if u.removed {
-                continue;
-            }
-            if u.own_group.is_none() && u.def.is_some() && u.roster.contains(&self.me) {
-                self.try_create_own_group(uid)?;
-            } else if u.own_group.is_some() && u.pending_adds.contains(&who) {
-                self.commit_own(uid, false)?;
-            }
-        }
-        Ok(())
+        self.key_package_arrived(&who)
     }
 
     pub(super) fn on_kp_request(&mut self, env: &Envelope) -> Result<(), MmlsError> {
         if env.to.as_deref() == Some(self.me.as_str()) {
             if let Output::Publish(p) = self.announcement() {
                 self.outputs.push(Output::Publish(p));
+            }
+            if let Some(requester) = &env.sender {
+                self.hand_on_lobby(requester)?;
             }
         }
         Ok(())

@@ -50,6 +50,7 @@ mod hooks;
 mod incoming;
 mod join;
 mod key_packages;
+mod kp_pool;
 mod leaf_rotation;
 mod leaving;
 mod membership;
@@ -68,6 +69,7 @@ mod trust;
 mod views;
 
 pub use config::Config;
+pub use kp_pool::{handed_signed_bytes, KpPoolStatus, KpRefusal};
 pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
 };
@@ -272,7 +274,7 @@ impl Participant {
             if p.state.my_kp.get().is_none() {
                 p.refresh_key_package()?;
             }
-            Ok(())
+            p.refill_pool()
         })?;
         // Re-publish whatever a crash may have kept from the network.
         let mut outs = vec![];
@@ -311,10 +313,7 @@ impl Participant {
     pub fn announcement(&self) -> Output {
         let mut e = Envelope::new(
             Kind::KeyPackage,
-            self.state
-                .my_kp
-                .get()
-                .clone()
+            self.announced_key_package()
                 .map(|b| b.into_vec())
                 .unwrap_or_default(),
         );

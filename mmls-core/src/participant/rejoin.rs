@@ -18,7 +18,8 @@ impl Participant {
         }
         let mut kps = vec![];
         for (_, owner) in &stale {
-            kps.push((owner.clone(), ByteBuf::from(self.fresh_key_package()?)));
+            let kp = self.issue_key_package(owner, true)?.unwrap_or_default();
+            kps.push((owner.clone(), ByteBuf::from(kp)));
         }
         let any = if lost_state {
             self.state.my_kp.get().clone()

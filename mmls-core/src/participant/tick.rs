@@ -15,6 +15,11 @@ impl Participant {
                 tracing::debug!(universe = %u.short(), error = %e, "tick step failed");
             }
         }
+        if self.pool_needs_refill() {
+            if let Err(e) = self.step(|p| p.refill_pool()) {
+                tracing::debug!(error = %e, "KeyPackage pool refill failed");
+            }
+        }
         if !self.acked.is_empty() {
             let _ = self.step(|_| Ok(()));
         }
@@ -106,7 +111,7 @@ impl Participant {
         let wanted: Vec<MemberId> = u
             .pending_adds
             .iter()
-            .filter(|m| !self.state.known_kps.contains_key(*m))
+            .filter(|m| !self.has_usable_kp(m))
             .cloned()
             .collect();
         for m in wanted {
