@@ -7,6 +7,7 @@
 //! same code.
 
 pub mod bundle;
+pub mod devices;
 pub mod envelope;
 pub mod error;
 pub mod federation;
