@@ -40,7 +40,7 @@ while i < len(lines):
 def per(prefix):
     p, u = prefix + '::protect', prefix + '::unprotect'
     return cost[p] / calls[p] + cost[u] / calls[u]
-mmls, base = per('engine::Net'), per('engine::Baseline')
+mmls, base = per('engine::Bench'), per('engine::Baseline')
 print(f"| {sys.argv[2]} B | {mmls/1e6:.3f} M instr | {base/1e6:.3f} M instr | **{base/mmls:.2f}x** |")
 PY
 done

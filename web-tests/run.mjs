@@ -49,11 +49,12 @@ async function check(name, f) {
 function assert(cond, msg) { if (!cond) throw new Error('assertion failed: ' + msg); }
 
 /** Starts `mmls run` on a data dir; resolves with its printed addresses. */
-function startNode(name, peer) {
+function startNode(name, peer, extra = []) {
   const dir = join(root, name);
   mmls(dir, 'init', '--name', name);
   const args = ['--data-dir', dir, 'run', '--listen', '/ip4/127.0.0.1/tcp/0', '--no-mdns', '--api', '127.0.0.1:0'];
   if (peer) args.push('--peer', peer);
+  args.push(...extra);
   const p = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   procs.push(p);
   let out = '';
@@ -106,7 +107,9 @@ const watchdog = setTimeout(async () => {
 
 async function main() {
   const alice = await startNode('alice');
-  const bob = await startNode('bob', alice.listen);
+  // Bob's node prefers ChaCha20 (0x0003): in a universe accepting 1 and 3
+  // the two send groups are in different suites.
+  const bob = await startNode('bob', alice.listen, ['--suites', '3,1']);
   ok('two nodes run on 127.0.0.1');
 
   await check('no session cookie: no page and no data (401)', async () => {
@@ -149,6 +152,7 @@ async function main() {
   await check('create a universe from the page', async () => {
     await A.page.fill('#new-name', 'field-team');
     await A.page.fill('#new-members', bob.member);
+    await A.page.fill('#new-suites', '1, 0x0003');
     await A.page.click('#create');
     await A.page.waitForURL(/#\/u\/[0-9a-f]{64}$/, { timeout: 40000 });
     uid = A.page.url().split('/u/')[1];
@@ -215,6 +219,9 @@ async function main() {
     await A.page.click('#tab-health');
     await A.page.locator('#health [data-stat="members connected"] .v:text("1 of 1")').waitFor({ timeout: 15000 });
     assert(await A.page.locator('#groups tbody tr').count() === 2, 'two send groups');
+    assert(await A.page.locator('#health [data-stat="accepted suites"] .v').textContent() === '0x0001, 0x0003', 'accepted suites as created');
+    const suites = (await A.page.locator('#groups td[data-col="suite"]').allTextContents()).sort();
+    assert(JSON.stringify(suites) === '["0x0001","0x0003"]', 'each owner\'s suite (bob prefers 3): ' + suites);
     assert(await A.page.locator('#health [data-stat="equivocations"] .v').textContent() === '0', 'no equivocation');
     const keyUpdates = await A.page.locator('#groups td[data-col="key-update"]').allTextContents();
     assert(keyUpdates.length === 2 && keyUpdates.some(t => /now|ago/.test(t)), 'last key update per group: ' + keyUpdates.join(', '));

@@ -261,6 +261,23 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOURS", default_value_t = 24,
           value_parser = clap::value_parser!(u64).range(1..=8_760))]
     pub psk_max_age_hours: u64,
+    /// The ciphersuites this node prefers for its own send groups, best
+    /// first: 1 (X25519/AES128GCM/Ed25519), 3 (X25519/ChaCha20Poly1305/Ed25519),
+    /// 2 (P-256). In each universe its send group takes the first one the
+    /// universe accepts, else the universe's first choice
+    #[arg(long, value_name = "LIST", default_value = "1,3,2",
+          value_parser = parse_suites)]
+    pub suites: Suites,
+}
+
+/// A ciphersuite list as `1,3` (clap needs one value type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suites(pub Vec<u16>);
+
+pub fn parse_suites(s: &str) -> Result<Suites, String> {
+    mmls_core::ciphersuites::parse_list(s)
+        .map(Suites)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,6 +297,11 @@ pub enum UniverseCmd {
         /// needs a certificate from its own domain's anchor (`mmls init --x509-cert`)
         #[arg(long = "anchor", value_name = "DOMAIN=CA.pem")]
         anchors: Vec<String>,
+        /// The ciphersuites the universe accepts, preferred first, e.g. `1,3`: each
+        /// member's send group takes its node's preferred one among them (`mmls run
+        /// --suites`); anything else is refused. 2 (P-256) is not allowed with --anchor
+        #[arg(long, value_name = "LIST", default_value = "1", value_parser = parse_suites)]
+        suites: Suites,
         /// Print JSON
         #[arg(long)]
         json: bool,

@@ -217,6 +217,7 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
             members,
             profile,
             anchors,
+            suites,
             json,
         } => {
             // Validate everything before contacting the node.
@@ -234,10 +235,20 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let c = client(dir)?;
             let id = c
-                .create_federated_universe(&name, &members, Some(&profile), None, &anchors)
+                .create_federated_universe(
+                    &name,
+                    &members,
+                    Some(&profile),
+                    None,
+                    &anchors,
+                    Some(&suites.0),
+                )
                 .map_err(|e| api_error(dir, e))?;
             if json {
-                print_json(&json!({"id": id, "name": name, "profile": profile, "members": members}))
+                print_json(
+                    &json!({"id": id, "name": name, "profile": profile, "members": members,
+                            "ciphersuites": suites.0}),
+                )
             } else {
                 outln!("{id}");
                 Ok(())
@@ -375,7 +386,7 @@ fn group_state(g: &types::Group) -> String {
 
 fn groups_table(u: &types::Universe, me: &str, indent: usize) -> Table {
     let mut t = Table::new(&[
-        "OWNER", "GROUP", "EPOCH", "AUTH", "MEMBERS", "NEXT SEQ", "BUFFERED", "STATE",
+        "OWNER", "GROUP", "SUITE", "EPOCH", "AUTH", "MEMBERS", "NEXT SEQ", "BUFFERED", "STATE",
     ])
     .indent(indent);
     for g in &u.groups {
@@ -387,6 +398,7 @@ fn groups_table(u: &types::Universe, me: &str, indent: usize) -> Table {
         t.row(vec![
             owner,
             short_hex(&g.group, 8).to_string(),
+            format!("{:#06x}", g.ciphersuite),
             g.epoch.to_string(),
             g.auth.clone(),
             g.members.to_string(),
@@ -427,8 +439,21 @@ fn show_universe(u: &types::Universe, me: &str) -> anyhow::Result<()> {
         );
     }
     if !u.ciphersuites.is_empty() {
-        let suites: Vec<String> = u.ciphersuites.iter().map(|c| format!("{c:#06x}")).collect();
+        let suites: Vec<String> = u
+            .ciphersuites
+            .iter()
+            .map(|c| mmls_core::ciphersuites::describe(*c))
+            .collect();
         outln!("suites     {}", suites.join(", "));
+    }
+    // Each member's send-group suite (its owner's choice among those).
+    for (i, g) in u.groups.iter().enumerate() {
+        outln!(
+            "{}{}  {}",
+            if i == 0 { "suite of   " } else { "           " },
+            mark(&g.owner),
+            mmls_core::ciphersuites::describe(g.ciphersuite)
+        );
     }
     for (i, a) in u.anchors.iter().enumerate() {
         outln!(

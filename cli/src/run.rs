@@ -47,6 +47,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     cfg.mdns = !args.no_mdns;
     cfg.engine.commit_delay_ms = args.commit_delay_ms;
     cfg.engine.psk_max_age_ms = args.psk_max_age_hours * 3_600_000;
+    cfg.engine.ciphersuites = args.suites.0.clone();
     cfg.timing.ping_interval = Duration::from_millis(args.ping_interval_ms);
     cfg.timing.ping_timeout = Duration::from_millis(args.ping_timeout_ms);
     if let Some(api) = args.api {

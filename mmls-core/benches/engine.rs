@@ -19,10 +19,9 @@
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use mmls_core::sync::FetchRequest;
+use mmls_core::testkit::{self, Net};
 use mmls_core::{
-    Config, Envelope, Event, Id32, Identity, Kind, MemberId, Output, Participant, Profile, Store,
-    Topic, DEFAULT_CIPHERSUITE as CS,
+    Envelope, Event, Id32, Kind, Output, Participant, Profile, Store, DEFAULT_CIPHERSUITE as CS,
 };
 use openmls::prelude as mls;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -31,7 +30,6 @@ use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::storage::StorageProvider as _;
-use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -82,222 +80,84 @@ impl std::ops::Sub for Counts {
     }
 }
 
-/// A minimal in-memory network (every publish reaches every other node, in
-/// order; fetches answered by the first peer that can), like the engine's
-/// own test kit, which benches cannot use.
-struct Net {
-    nodes: Vec<Participant>,
-    queue: VecDeque<(usize, Topic, Vec<u8>)>,
-    fetches: Vec<(usize, FetchRequest)>,
-    now: u64,
-    counts: Counts,
-    rejections: Vec<String>,
+/// The engine's test network ([`testkit::Net`]: every node runs the sync
+/// agent, as the node and the simulator do), with in-memory or file
+/// stores, and what a benchmark reads from it.
+struct Bench {
+    net: Net,
     /// Keeps the durable stores' files alive.
     _dir: Option<tempfile::TempDir>,
 }
 
-fn bench_config() -> Config {
-    Config {
-        commit_delay_ms: 0,
-        ..Config::default()
-    }
-}
-
-impl Net {
-    fn new(n: usize, durable: bool) -> Net {
+impl Bench {
+    fn new(n: usize, durable: bool) -> Bench {
         let dir = durable.then(|| tempfile::tempdir().expect("tempdir"));
-        let mut net = Net {
-            nodes: vec![],
-            queue: VecDeque::new(),
-            fetches: vec![],
-            now: 1_000,
-            counts: Counts::default(),
-            rejections: vec![],
-            _dir: None,
-        };
-        for i in 0..n {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-            let id = Identity::from_seed(seed);
-            let store = match &dir {
+        let stores = (0..n)
+            .map(|i| match &dir {
                 Some(d) => {
                     Store::open(&d.path().join(format!("node{i}.redb"))).expect("open store")
                 }
                 None => Store::in_memory().expect("store"),
-            };
-            let (p, outs) = Participant::open(id, store, bench_config(), net.now).expect("open");
-            net.nodes.push(p);
-            net.absorb(i, outs);
-        }
-        net._dir = dir;
-        net.run();
-        net
+            })
+            .collect();
+        let ids = (0..n).map(testkit::identity).collect();
+        let net = Net::with_stores(ids, vec![testkit::config(); n], stores, 1_000);
+        Bench { net, _dir: dir }
     }
 
-    fn member(&self, i: usize) -> MemberId {
-        self.nodes[i].me().clone()
+    fn node(&mut self, i: usize) -> &mut Participant {
+        self.net.node(i)
     }
 
-    fn absorb(&mut self, from: usize, outs: Vec<Output>) {
-        let mut acks = vec![];
-        for o in outs {
-            match o {
-                Output::Publish(p) => {
-                    if let Some(id) = p.outbox_id {
-                        acks.push(id);
-                    }
-                    self.counts.envelopes += 1;
-                    self.queue.push_back((from, p.topic, p.bytes));
+    /// Everything published and committed so far, over all nodes.
+    fn counts(&self) -> Counts {
+        let mut c = Counts {
+            envelopes: self.net.all_bytes.len(),
+            ..Counts::default()
+        };
+        for e in self.net.events.iter().flatten() {
+            match e {
+                Event::Committed { imports, path, .. } => {
+                    c.commits += 1;
+                    c.path_commits += usize::from(*path);
+                    c.imports += imports;
                 }
-                Output::Event(Event::Committed { imports, path, .. }) => {
-                    self.counts.commits += 1;
-                    self.counts.path_commits += usize::from(path);
-                    self.counts.imports += imports;
-                }
-                Output::Event(Event::Message(_)) => self.counts.messages += 1,
-                Output::Event(_) => {}
-                Output::Fetch(r) => self.fetches.push((from, r)),
+                Event::Message(_) => c.messages += 1,
+                _ => {}
             }
         }
-        self.nodes[from].ack_published(&acks);
+        c
     }
 
-    fn deliver(&mut self, to: usize, bytes: &[u8]) {
-        match self.nodes[to].handle_incoming(bytes) {
-            Ok(outs) => self.absorb(to, outs),
-            Err(e) if e.is_duplicate() => {}
-            Err(e) => self.rejections.push(format!("node {to}: {e}")),
-        }
-    }
-
-    /// Delivers everything queued (and what that causes) until quiet.
-    fn run(&mut self) {
-        while !self.queue.is_empty() || !self.fetches.is_empty() {
-            if let Some((from, topic, bytes)) = self.queue.pop_front() {
-                for to in 0..self.nodes.len() {
-                    if to == from {
-                        continue;
-                    }
-                    // Like gossipsub: a universe topic reaches its members only.
-                    if let Topic::Universe(u) = topic {
-                        if !self.nodes[to].universes().contains(&u) {
-                            continue;
-                        }
-                    }
-                    self.deliver(to, &bytes);
-                }
-                continue;
-            }
-            for (who, req) in std::mem::take(&mut self.fetches) {
-                for peer in 0..self.nodes.len() {
-                    if peer == who {
-                        continue;
-                    }
-                    let Ok(resp) = self.nodes[peer].serve_fetch(&req) else {
-                        continue;
-                    };
-                    if resp.envelopes.is_empty() && resp.oldest.is_none() {
-                        continue;
-                    }
-                    let outs = self.nodes[who].handle_fetch_response(&req, resp);
-                    self.absorb(who, outs);
-                    break;
-                }
-            }
-        }
+    fn assert_no_rejections(&self) {
+        let all: Vec<&String> = self.net.rejections.iter().flatten().collect();
+        assert!(all.is_empty(), "rejections: {all:?}");
     }
 
     /// Advances time on every node, then runs the network. Returns whether
     /// anything was published.
     fn tick(&mut self, ms: u64) -> bool {
-        let before = self.counts.envelopes;
-        self.now += ms;
-        for i in 0..self.nodes.len() {
-            let outs = self.nodes[i].tick(self.now);
-            self.absorb(i, outs);
-        }
-        self.run();
-        self.counts.envelopes != before
-    }
-
-    /// Catch-up sync between every pair of nodes (setup only).
-    fn sync_all(&mut self) {
-        for a in 0..self.nodes.len() {
-            for b in 0..self.nodes.len() {
-                if a == b {
-                    continue;
-                }
-                for s in self.nodes[b].summaries() {
-                    for r in self.nodes[a].plan_fetches(&s) {
-                        let Ok(resp) = self.nodes[b].serve_fetch(&r) else {
-                            continue;
-                        };
-                        let outs = self.nodes[a].handle_fetch_response(&r, resp);
-                        self.absorb(a, outs);
-                    }
-                }
-            }
-        }
-        self.run();
-    }
-
-    /// Ticks until three ticks in a row publish nothing.
-    fn settle(&mut self) {
-        let mut quiet = 0;
-        for _ in 0..1_000 {
-            if self.tick(1_000) {
-                quiet = 0;
-            } else {
-                quiet += 1;
-                if quiet == 3 {
-                    return;
-                }
-            }
-        }
-        panic!("the universe does not settle");
+        let before = self.net.all_bytes.len();
+        self.net.tick(ms);
+        self.net.all_bytes.len() != before
     }
 
     /// Node 0 creates a universe with everyone; returns once it is quiet
     /// and every node agrees on every send group.
     fn universe(&mut self) -> Id32 {
-        let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
-        let (uid, outs) = self.nodes[0]
-            .create_universe("bench", &members, &[], Profile::Mmls00)
-            .expect("create universe");
-        self.absorb(0, outs);
-        self.run();
-        self.settle();
-        self.sync_all();
-        self.settle();
+        let uid = self.net.universe(Profile::Mmls00);
         self.assert_healthy(&uid);
         uid
     }
 
     fn assert_healthy(&mut self, uid: &Id32) {
-        assert!(
-            self.rejections.is_empty(),
-            "rejections: {:?}",
-            self.rejections
-        );
-        let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
-        for owner in &members {
-            let mut seen: Option<(u64, Vec<u8>)> = None;
-            for i in 0..self.nodes.len() {
-                let g = self.nodes[i]
-                    .group_of(uid, owner)
-                    .unwrap_or_else(|| panic!("node {i} lacks the group of {owner:?}"));
-                let fp = self.nodes[i].epoch_fingerprint(&g).expect("fingerprint");
-                if let Some(s) = &seen {
-                    assert_eq!(s, &fp, "node {i} disagrees on the group of {owner:?}");
-                }
-                seen = Some(fp);
-            }
-        }
+        self.assert_no_rejections();
+        self.net.assert_consistent(uid);
     }
 
     /// PROTECT on `from`: the one envelope it publishes.
     fn protect(&mut self, from: usize, uid: &Id32, body: &[u8]) -> Vec<u8> {
-        let (_, outs) = self.nodes[from].send(uid, body).expect("send");
+        let (_, outs) = self.node(from).send(uid, body).expect("send");
         let mut bytes = None;
         let mut acks = vec![];
         for o in outs {
@@ -307,13 +167,13 @@ impl Net {
                 bytes = Some(p.bytes);
             }
         }
-        self.nodes[from].ack_published(&acks);
+        self.node(from).ack_published(&acks);
         bytes.expect("send published nothing")
     }
 
     /// UNPROTECT on `to`: must deliver exactly one message.
     fn unprotect(&mut self, to: usize, bytes: &[u8]) {
-        let outs = self.nodes[to].handle_incoming(bytes).expect("unprotect");
+        let outs = self.node(to).handle_incoming(bytes).expect("unprotect");
         let delivered = outs
             .iter()
             .filter(|o| matches!(o, Output::Event(Event::Message(_))))
@@ -327,11 +187,10 @@ impl Net {
     /// every commit delivered to everyone, until a tick publishes nothing.
     /// The time excludes that final quiet tick.
     fn update_round(&mut self, uid: &Id32, who: usize) -> (Duration, Counts) {
-        let c0 = self.counts;
+        let c0 = self.counts();
         let t = Instant::now();
-        let outs = self.nodes[who].update(uid).expect("update");
-        self.absorb(who, outs);
-        self.run();
+        self.net.update(who, uid);
+        self.net.run();
         let mut elapsed = t.elapsed();
         let mut waves = 0;
         while self.tick(1) {
@@ -339,12 +198,8 @@ impl Net {
             waves += 1;
             assert!(waves < 100, "update round does not settle");
         }
-        assert!(
-            self.rejections.is_empty(),
-            "rejections: {:?}",
-            self.rejections
-        );
-        (elapsed, self.counts - c0)
+        self.assert_no_rejections();
+        (elapsed, self.counts() - c0)
     }
 }
 
@@ -608,19 +463,19 @@ fn slow_rounds() -> usize {
 const SLOW_ROUND: Duration = Duration::from_secs(5);
 
 /// Size of a node's engine state rows (a step writes only those it touched).
-fn state_bytes(net: &Net, i: usize) -> usize {
-    net.nodes[i].state_size()
+fn state_bytes(net: &mut Bench, i: usize) -> usize {
+    net.node(i).state_size()
 }
 
-fn universe_of(n: usize, durable: bool) -> (Net, Id32) {
+fn universe_of(n: usize, durable: bool) -> (Bench, Id32) {
     let t = Instant::now();
-    let mut net = Net::new(n, durable);
+    let mut net = Bench::new(n, durable);
     let uid = net.universe();
     println!(
         "setup: universe of {n}{} in {:.1} s; engine state {} B per node",
         if durable { " (durable)" } else { "" },
         t.elapsed().as_secs_f64(),
-        state_bytes(&net, 0)
+        state_bytes(&mut net, 0)
     );
     (net, uid)
 }
@@ -636,7 +491,7 @@ fn bench_protect(c: &mut Criterion) {
     for durable in [false, true] {
         let name = if durable { "mmls_durable" } else { "mmls_mem" };
         // Set up on first use: a filtered-out benchmark costs nothing.
-        let mut lazy: Option<(Net, Id32)> = None;
+        let mut lazy: Option<(Bench, Id32)> = None;
         for &size in &sizes(&SIZES) {
             let body = vec![0x5a; size];
             g.bench_function(BenchmarkId::new(format!("{name}/roundtrip"), size), |b| {
@@ -767,7 +622,7 @@ fn bench_update_round(c: &mut Criterion) {
                 c.envelopes - c.commits,
                 processed,
                 d.as_secs_f64() * 1e3 / processed as f64,
-                state_bytes(&net, 0)
+                state_bytes(&mut net, 0)
             );
             let mut who = 2;
             if d > SLOW_ROUND && !test_mode() {
@@ -834,31 +689,31 @@ fn bench_psk_import(c: &mut Criterion) {
         // (their leaf-rotation proposals are withheld, so the owner's
         // commit carries exactly k PSK proposals and no path, like the
         // baseline); timed: the owner's tick, which commits the imports.
-        let mut lazy: Option<(Net, Id32)> = None;
+        let mut lazy: Option<(Bench, Id32)> = None;
         g.bench_function(BenchmarkId::new("mmls", k), |b| {
             let (net, uid) = lazy.get_or_insert_with(|| universe_of(k + 1, false));
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     for j in 1..=k {
-                        let outs = net.nodes[j].update(uid).expect("update");
+                        let outs = net.node(j).update(uid).expect("update");
                         let mut acks = vec![];
                         for o in outs {
                             if let Output::Publish(p) = o {
                                 acks.extend(p.outbox_id);
                                 let env = Envelope::decode(&p.bytes).expect("decode");
                                 if env.kind == Kind::Commit {
-                                    net.deliver(0, &p.bytes);
+                                    net.net.deliver(0, &p.bytes);
                                 }
                             }
                         }
-                        net.nodes[j].ack_published(&acks);
+                        net.node(j).ack_published(&acks);
                     }
-                    assert!(net.rejections.is_empty(), "{:?}", net.rejections);
-                    net.now += 1;
-                    let now = net.now;
+                    net.assert_no_rejections();
+                    net.net.now += 1;
+                    let now = net.net.now;
                     let t = Instant::now();
-                    let outs = net.nodes[0].tick(now);
+                    let outs = net.node(0).tick(now);
                     total += t.elapsed();
                     let commits: Vec<(usize, bool)> = outs
                         .iter()
@@ -877,7 +732,7 @@ fn bench_psk_import(c: &mut Criterion) {
                             _ => None,
                         })
                         .collect();
-                    net.nodes[0].ack_published(&acks);
+                    net.node(0).ack_published(&acks);
                 }
                 total
             })

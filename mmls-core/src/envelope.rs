@@ -58,8 +58,12 @@ pub struct Envelope {
     /// processed before the receiver has reached them.
     #[serde(default)]
     pub deps: Vec<(Id32, u64)>,
-    /// The proposals (TLS MLS messages) a commit covers by reference, so
-    /// readers always have them when they have the commit.
+    /// On a commit: the proposals (TLS MLS messages) it covers by
+    /// reference, so readers always have them when they have the commit.
+    /// On a KeyPackage: the member's KeyPackages in its other ciphersuites
+    /// (the body is its 0x0001 one). A field of its own would have made
+    /// nodes older than suite choice refuse the whole announcement (they
+    /// reject unknown fields); this one they ignore on a KeyPackage.
     #[serde(default)]
     pub proposals: Vec<ByteBuf>,
     /// The owner's identity signature over a Welcome stream entry

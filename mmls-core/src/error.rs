@@ -45,8 +45,23 @@ pub enum MmlsError {
     StillMember(Id32),
     #[error("message is for send group {0}, which this node is not in")]
     NotInGroup(Id32),
+    #[error("send group {0} was dropped for good (its owner replaced it, or left)")]
+    GroupRetired(Id32),
     #[error("ciphersuite {0:#06x} is not accepted by this universe")]
     CiphersuiteRefused(u16),
+    #[error(
+        "ciphersuite {0:#06x} is not implemented by this node (it implements 0x0001, 0x0002, 0x0003)"
+    )]
+    UnsupportedCiphersuite(u16),
+    #[error("invalid ciphersuite list: {0}")]
+    InvalidCiphersuites(String),
+    #[error(
+        "ciphersuite {0:#06x} signs with P-256, but a federated universe's certificates \
+         certify Ed25519 keys: accept 0x0001 or 0x0003 instead"
+    )]
+    CiphersuiteNotFederable(u16),
+    #[error("a KeyPackage in ciphersuite {got:#06x} for a send group in {expected:#06x}")]
+    CiphersuiteMismatch { expected: u16, got: u16 },
     #[error("authenticated data does not match the envelope: {0}")]
     AadMismatch(&'static str),
     #[error("malformed MLS message: {0}")]

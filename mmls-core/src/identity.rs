@@ -7,6 +7,13 @@
 //! two protocols sign disjoint, prefixed payloads (MLS labels every signature
 //! with "MLS 1.0 ...", libp2p with "noise-libp2p-static-key:" /
 //! "libp2p-pubsub:"), so the reuse is domain separated.
+//!
+//! Ciphersuite 0x0002 signs with ECDSA P-256, not Ed25519. Its key is
+//! derived from the identity key (nothing more to store or lose) and the
+//! identity key vouches for it: the BasicCredential of a P-256 leaf is the
+//! PeerId followed by an Ed25519 signature over a labelled copy of the P-256
+//! public key (the *link*). `verify_binding` checks it, so in every suite a
+//! leaf is still its PeerId, checked from public data alone.
 
 use crate::error::MmlsError;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier, VerifyingKey};
@@ -122,28 +129,88 @@ impl fmt::Debug for MemberId {
     }
 }
 
+/// The longest DER encoding of a P-256 ECDSA signature.
+const P256_DER_MAX: usize = 72;
+
+/// The length of a PeerId in binary form (Ed25519 keys only).
+const PEER_ID_LEN: usize = 38;
+
+/// What the identity key signs to vouch for its P-256 key: a label of its
+/// own (the key also signs libp2p, Welcome entries and rejoin requests),
+/// then the SEC1 uncompressed point.
+fn p256_link_message(public: &[u8]) -> Vec<u8> {
+    let mut m = b"mmls p256 signature key v1\0".to_vec();
+    m.extend_from_slice(public);
+    m
+}
+
+/// The P-256 signature key of suite 0x0002, with the identity's link.
+#[derive(Clone)]
+struct P256Key {
+    key: p256::ecdsa::SigningKey,
+    /// SEC1 uncompressed (65 bytes), as openmls encodes P-256 keys.
+    public: Vec<u8>,
+    /// The identity key's signature over `p256_link_message(public)`.
+    link: Vec<u8>,
+}
+
+impl P256Key {
+    /// Derived from the Ed25519 seed: the same P-256 key after a restart or
+    /// a state loss, and nothing to store. SHA-256 of a label, the seed and
+    /// a counter, retried in the (2^-32) case it is not a valid scalar.
+    fn derive(identity: &SigningKey) -> P256Key {
+        use sha2::{Digest, Sha256};
+        let seed = Zeroizing::new(identity.to_bytes());
+        let mut counter = 0u32;
+        let key = loop {
+            let mut h = Sha256::new();
+            h.update(b"mmls p256 key from ed25519 seed v1");
+            h.update(seed.as_slice());
+            h.update(counter.to_be_bytes());
+            let bytes = Zeroizing::new(h.finalize());
+            if let Ok(k) = p256::ecdsa::SigningKey::from_slice(bytes.as_slice()) {
+                break k;
+            }
+            counter += 1;
+        };
+        let public = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let link = identity
+            .sign(&p256_link_message(&public))
+            .to_bytes()
+            .to_vec();
+        P256Key { key, public, link }
+    }
+}
+
 /// The node's secret identity, and the certificate chain that names it in
 /// federated universes (its leaf certifies this very key).
 #[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
+    p256: P256Key,
     x509_chain: Option<Vec<Vec<u8>>>,
 }
 
 impl Identity {
     pub fn generate() -> Identity {
+        Identity::from_key(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    fn from_key(key: SigningKey) -> Identity {
         Identity {
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
+            p256: P256Key::derive(&key),
+            key,
             x509_chain: None,
         }
     }
 
     /// Deterministic identity from a seed, for simulations and tests.
     pub fn from_seed(seed: [u8; 32]) -> Identity {
-        Identity {
-            key: SigningKey::from_bytes(&seed),
-            x509_chain: None,
-        }
+        Identity::from_key(SigningKey::from_bytes(&seed))
     }
 
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Identity, MmlsError> {
@@ -201,8 +268,73 @@ impl Identity {
         }
     }
 
+    /// Our credential and signature key in ciphersuite `suite`: as
+    /// `credential_with_key` for the Ed25519 suites; for P-256, a
+    /// BasicCredential of our PeerId and the link, with the P-256 key (an
+    /// X.509 chain certifies the Ed25519 key only, so it is not used there).
+    pub fn credential_for(&self, suite: u16) -> CredentialWithKey {
+        if !crate::ciphersuites::signs_with_p256(suite) {
+            return self.credential_with_key();
+        }
+        let mut id = self.member_id().to_peer_id_bytes();
+        id.extend_from_slice(&self.p256.link);
+        CredentialWithKey {
+            credential: BasicCredential::new(id).into(),
+            signature_key: self.p256.public.clone().into(),
+        }
+    }
+
+    /// The MLS signer of ciphersuite `suite`.
+    pub fn signer(&self, suite: u16) -> SuiteSigner<'_> {
+        SuiteSigner {
+            identity: self,
+            p256: crate::ciphersuites::signs_with_p256(suite),
+        }
+    }
+
     pub fn sign_detached(&self, msg: &[u8]) -> Vec<u8> {
         self.key.sign(msg).to_bytes().to_vec()
+    }
+}
+
+/// Signs MLS messages of one ciphersuite with the identity key, or with its
+/// P-256 key for suite 0x0002.
+pub struct SuiteSigner<'a> {
+    identity: &'a Identity,
+    p256: bool,
+}
+
+impl Signer for SuiteSigner<'_> {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        if self.p256 {
+            // DER, as openmls verifies ECDSA signatures, and always its
+            // longest form (both integers 33 bytes, one signature in four;
+            // random nonces, so another try differs): message sizes then
+            // do not depend on a signature's value, so they leak nothing
+            // and the simulator's byte counts stay those of its seed.
+            let mut der = vec![];
+            for _ in 0..256 {
+                let sig: p256::ecdsa::Signature =
+                    p256::ecdsa::signature::RandomizedSigner::sign_with_rng(
+                        &self.identity.p256.key,
+                        &mut rand::rngs::OsRng,
+                        payload,
+                    );
+                der = sig.to_der().as_bytes().to_vec();
+                if der.len() == P256_DER_MAX {
+                    break;
+                }
+            }
+            return Ok(der);
+        }
+        self.identity.sign(payload)
+    }
+    fn signature_scheme(&self) -> SignatureScheme {
+        if self.p256 {
+            SignatureScheme::ECDSA_SECP256R1_SHA256
+        } else {
+            SignatureScheme::ED25519
+        }
     }
 }
 
@@ -217,7 +349,9 @@ impl Signer for Identity {
 
 /// Checks that a leaf's credential names the PeerId of its own signature key,
 /// and returns that member. This is what stops anyone from claiming another
-/// node's PeerId inside MLS.
+/// node's PeerId inside MLS. A P-256 signature key (suite 0x0002, a 65-byte
+/// SEC1 point) is the member's if the credential's PeerId signed it (the
+/// link, see `Identity::credential_for`).
 pub fn verify_binding(
     credential: &Credential,
     signature_key: &[u8],
@@ -227,14 +361,25 @@ pub fn verify_binding(
     }
     let basic =
         BasicCredential::try_from(credential.clone()).map_err(|_| MmlsError::BadCredential)?;
-    let pk: [u8; 32] = signature_key
-        .try_into()
-        .map_err(|_| MmlsError::BadCredential)?;
-    let expected = MemberId::from_public_key(&pk);
-    if basic.identity() != expected.to_peer_id_bytes().as_slice() {
+    if let Ok(pk) = <[u8; 32]>::try_from(signature_key) {
+        let expected = MemberId::from_public_key(&pk);
+        if basic.identity() != expected.to_peer_id_bytes().as_slice() {
+            return Err(MmlsError::BadCredential);
+        }
+        return Ok(expected);
+    }
+    let id = basic.identity();
+    if signature_key.len() != 65 || id.len() != PEER_ID_LEN + ed25519_dalek::SIGNATURE_LENGTH {
         return Err(MmlsError::BadCredential);
     }
-    Ok(expected)
+    let (peer, link) = id.split_at(PEER_ID_LEN);
+    let member = MemberId::from_peer_id_bytes(peer).ok_or(MmlsError::BadCredential)?;
+    member
+        .verify(&p256_link_message(signature_key), link)
+        .map_err(|_| MmlsError::BadCredential)?;
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(signature_key)
+        .map_err(|_| MmlsError::BadCredential)?;
+    Ok(member)
 }
 
 #[cfg(test)]
@@ -283,6 +428,57 @@ mod tests {
             a.member_id()
         );
         assert!(verify_binding(&ca.credential, &b.public_key()).is_err());
+    }
+
+    #[test]
+    fn a_p256_key_is_bound_to_its_peer_id_by_the_link() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let ca = a.credential_for(crate::ciphersuites::P256_AES128GCM);
+        let cb = b.credential_for(crate::ciphersuites::P256_AES128GCM);
+        assert_eq!(ca.signature_key.as_slice().len(), 65);
+        assert_eq!(
+            verify_binding(&ca.credential, ca.signature_key.as_slice()).unwrap(),
+            a.member_id()
+        );
+        // The same key after a restart: derived, not random.
+        assert_eq!(
+            Identity::from_seed([1; 32])
+                .credential_for(crate::ciphersuites::P256_AES128GCM)
+                .signature_key,
+            ca.signature_key
+        );
+        // A's link does not vouch for B's key, nor B's for A's.
+        assert!(verify_binding(&ca.credential, cb.signature_key.as_slice()).is_err());
+        assert!(verify_binding(&cb.credential, ca.signature_key.as_slice()).is_err());
+        // B claiming A's PeerId with B's own link: refused.
+        let mut forged = a.member_id().to_peer_id_bytes();
+        forged.extend_from_slice(&b.p256.link);
+        let forged: Credential = BasicCredential::new(forged).into();
+        assert!(verify_binding(&forged, cb.signature_key.as_slice()).is_err());
+        // The Ed25519 suites keep the plain PeerId credential.
+        assert_eq!(
+            a.credential_for(crate::ciphersuites::X25519_CHACHA20POLY1305),
+            a.credential_with_key()
+        );
+    }
+
+    #[test]
+    fn each_suites_signer_verifies_under_its_leaf_key() {
+        use openmls_rust_crypto::RustCrypto;
+        use openmls_traits::crypto::OpenMlsCrypto;
+        let a = Identity::from_seed([5; 32]);
+        for suite in crate::ciphersuites::IMPLEMENTED {
+            let signer = a.signer(*suite);
+            let sig = signer.sign(b"payload").unwrap();
+            if *suite == crate::ciphersuites::P256_AES128GCM {
+                assert_eq!(sig.len(), P256_DER_MAX, "one length, whatever the nonce");
+            }
+            let key = a.credential_for(*suite).signature_key;
+            RustCrypto::default()
+                .verify_signature(signer.signature_scheme(), b"payload", key.as_slice(), &sig)
+                .unwrap_or_else(|e| panic!("suite {suite:#06x}: {e:?}"));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! same code.
 
 pub mod bundle;
+pub mod ciphersuites;
 pub mod devices;
 pub mod envelope;
 pub mod error;
@@ -40,6 +41,7 @@ pub use store::Store;
 pub use sync::{FetchRequest, FetchResponse, SyncSummary};
 pub use universe::UniverseDef;
 
-/// The default (and only accepted by default) ciphersuite.
+/// The mandatory ciphersuite, the only one a universe accepts unless its
+/// creator lists others (see [`ciphersuites`]).
 pub const DEFAULT_CIPHERSUITE: openmls::prelude::Ciphersuite =
     openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;

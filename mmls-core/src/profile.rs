@@ -2,9 +2,16 @@
 //!
 //! `mmls-00` follows draft-xue-multi-mls (`exportPSK`, context = universe id,
 //! the universe's export length); `dmls` follows its successor
-//! draft-xue-distributed-mls (`exporter-psk`, context `"psk_id"`, KDF.Nh).
-//! Every member of a universe derives with the profile its definition names,
-//! so mixing is impossible.
+//! draft-xue-distributed-mls (`exporter-psk`, context `"psk_id"`). Every
+//! member of a universe derives with the profile its definition names, so
+//! mixing is impossible.
+//!
+//! Both export the universe's `export_len` bytes. DMLS says KDF.Nh, the
+//! exporting group's hash length; but send groups of one universe may use
+//! different suites (MMLS draft section 6), and what they must share is the
+//! length of what they export to each other, so it is the universe's, not
+//! a suite's. Every suite we implement has Nh = 32 = the default export
+//! length, so a `dmls` universe exports what it always did.
 
 use crate::error::MmlsError;
 use crate::id::Id32;
@@ -53,10 +60,7 @@ impl Profile {
             Profile::Mmls00 => {
                 group.export_secret(crypto, "exportPSK", universe.as_bytes(), export_len)
             }
-            Profile::Dmls => {
-                let nh = group.ciphersuite().hash_length();
-                group.export_secret(crypto, "exporter-psk", b"psk_id", nh)
-            }
+            Profile::Dmls => group.export_secret(crypto, "exporter-psk", b"psk_id", export_len),
         };
         r.map_err(MmlsError::mls)
     }

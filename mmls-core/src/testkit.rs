@@ -16,6 +16,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
+/// The testkit steps sync rounds by hand ([`Net::sync_all`]), so a test
+/// says when peers compare summaries.
+fn manual_rounds() -> SyncConfig {
+    SyncConfig {
+        round_interval_ms: None,
+        ..SyncConfig::default()
+    }
+}
+
 pub struct Net {
     pub nodes: Vec<Option<Participant>>,
     pub ids: Vec<Identity>,
@@ -77,13 +86,25 @@ impl Net {
     /// starting at driver time `now` (ms).
     pub fn with_identities(ids: Vec<Identity>, cfg: Config, now: u64) -> Net {
         let cfgs = vec![cfg; ids.len()];
-        Net::with_configs(ids, cfgs, now)
+        Net::with_node_configs(ids, cfgs, now)
     }
 
-    /// As `with_identities`, each node with its own configuration.
-    pub fn with_configs(ids: Vec<Identity>, cfgs: Vec<Config>, now: u64) -> Net {
+    /// A network whose node `i` runs with `cfgs[i]` (e.g. preferring other
+    /// ciphersuites); `Net::config` is the first one.
+    pub fn with_node_configs(ids: Vec<Identity>, cfgs: Vec<Config>, now: u64) -> Net {
+        let stores = ids
+            .iter()
+            .map(|_| Store::in_memory().expect("store"))
+            .collect();
+        Net::with_stores(ids, cfgs, stores, now)
+    }
+
+    /// A network whose node `i` keeps its state in `stores[i]` (e.g. a
+    /// file store, for benchmarks and crash tests).
+    pub fn with_stores(ids: Vec<Identity>, cfgs: Vec<Config>, stores: Vec<Store>, now: u64) -> Net {
         let n = ids.len();
-        let cfg = cfgs.first().cloned().unwrap_or_else(config);
+        assert_eq!(cfgs.len(), n, "one config per node");
+        assert_eq!(stores.len(), n, "one store per node");
         let mut net = Net {
             nodes: vec![],
             ids: vec![],
@@ -100,14 +121,13 @@ impl Net {
             dup_prob: 0.0,
             offline: vec![false; n],
             all_bytes: vec![],
-            config: cfg.clone(),
+            config: cfgs[0].clone(),
         };
-        for (i, (id, cfg)) in ids.into_iter().zip(cfgs).enumerate() {
-            let store = Store::in_memory().expect("store");
+        for (i, ((id, cfg), store)) in ids.into_iter().zip(cfgs).zip(stores).enumerate() {
             let (p, outs) =
                 Participant::open(id.clone(), store.clone(), cfg, net.now).expect("open");
             net.agents
-                .push(SyncAgent::new(id.member_id(), SyncConfig::default()));
+                .push(SyncAgent::new(id.member_id(), manual_rounds()));
             net.ids.push(id);
             net.stores.push(store);
             net.nodes.push(Some(p));
@@ -302,7 +322,9 @@ impl Net {
             let now = self.now;
             let outs = self.node(i).tick(now);
             self.absorb(i, outs);
-            self.agents[i].handle_timeout(now);
+            if let Some(p) = self.nodes[i].as_ref() {
+                self.agents[i].handle_timeout(p, now);
+            }
             self.drain(i);
         }
         self.run();
@@ -318,10 +340,15 @@ impl Net {
 
     /// Node 0 creates a universe with everyone.
     pub fn universe(&mut self, profile: Profile) -> Id32 {
+        self.universe_with_suites(profile, crate::ciphersuites::DEFAULT_ACCEPTED)
+    }
+
+    /// Node 0 creates a universe with everyone, accepting `suites`.
+    pub fn universe_with_suites(&mut self, profile: Profile, suites: &[u16]) -> Id32 {
         let members: Vec<MemberId> = (0..self.nodes.len()).map(|i| self.member(i)).collect();
         let (uid, outs) = self
             .node(0)
-            .create_universe("test", &members, &[], profile)
+            .create_universe_with("test", &members, &[], profile, vec![], suites)
             .expect("create");
         self.absorb(0, outs);
         self.run();

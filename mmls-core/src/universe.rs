@@ -95,12 +95,19 @@ pub struct FrontierEntry {
 pub struct RejoinRequest {
     pub universe: Id32,
     pub member: MemberId,
-    /// KeyPackages addressed to each owner asked (TLS-encoded).
+    /// KeyPackages addressed to each owner asked (TLS-encoded), each in
+    /// the suite of that owner's send group.
     pub key_packages: Vec<(MemberId, ByteBuf)>,
     /// True when the member lost its state: any owner may re-add it, using
     /// `any_key_package` if none is addressed to it.
     pub lost_state: bool,
+    /// Our last-resort KeyPackage in 0x0001 (what owners older than suite
+    /// choice read) ...
     pub any_key_package: Option<ByteBuf>,
+    /// ... and in every other suite we implement: an owner re-adds us with
+    /// the one of its send group's suite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_key_packages: Vec<ByteBuf>,
     /// Milliseconds (driver clock); owners ignore requests older than the last
     /// one they served, so a replay cannot kick a member out again.
     pub nonce: u64,

@@ -526,7 +526,7 @@ proptest! {
         let req = if foreign {
             FetchRequest::Range { universe: Id32([0xee; 32]), group: Id32([0xef; 32]), from }
         } else if which % 5 == 0 {
-            FetchRequest::Welcomes { universe: fx.uid, member: p.me().clone() }
+            FetchRequest::Welcomes { universe: fx.uid, member: p.me().clone(), groups: groups.clone() }
         } else {
             FetchRequest::Range { universe: fx.uid, group: groups[which % groups.len()], from }
         };
@@ -550,7 +550,7 @@ proptest! {
         let universe = universe.map(Id32).unwrap_or(fx.uid);
         let server = fx.restore(0);
         let req = if which % 4 == 0 {
-            FetchRequest::Welcomes { universe, member: common::identity(member as usize).member_id() }
+            FetchRequest::Welcomes { universe, member: common::identity(member as usize).member_id(), groups: groups.clone() }
         } else {
             let group = group.map(Id32).unwrap_or(groups[which % groups.len()]);
             FetchRequest::Range { universe, group, from }

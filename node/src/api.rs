@@ -303,9 +303,12 @@ async fn create_universe(
         .iter()
         .map(anchor_in)
         .collect::<Result<Vec<_>, _>>()?;
+    let suites = req
+        .ciphersuites
+        .unwrap_or_else(|| mmls_core::ciphersuites::DEFAULT_ACCEPTED.to_vec());
     let id = s
         .node
-        .create_federated_universe(name, &members, &admins, profile, anchors)
+        .create_universe_with(name, &members, &admins, profile, anchors, &suites)
         .await?;
     Ok((StatusCode::CREATED, Json(types::Created { id: id.hex() })))
 }

@@ -151,10 +151,11 @@ impl Client {
         profile: Option<&str>,
         admins: Option<&[String]>,
     ) -> Result<String, ClientError> {
-        self.create_federated_universe(name, members, profile, admins, &[])
+        self.create_federated_universe(name, members, profile, admins, &[], None)
     }
 
-    /// `POST /v1/universes` with trust anchors (domain, PEM).
+    /// `POST /v1/universes` with trust anchors (domain, PEM) and the
+    /// accepted ciphersuites (None: 0x0001 only).
     pub fn create_federated_universe(
         &self,
         name: &str,
@@ -162,6 +163,7 @@ impl Client {
         profile: Option<&str>,
         admins: Option<&[String]>,
         anchors: &[types::AnchorIn],
+        ciphersuites: Option<&[u16]>,
     ) -> Result<String, ClientError> {
         let body = types::CreateUniverse {
             name: name.to_string(),
@@ -169,6 +171,7 @@ impl Client {
             profile: profile.map(str::to_string),
             admins: admins.map(<[String]>::to_vec),
             anchors: anchors.to_vec(),
+            ciphersuites: ciphersuites.map(<[u16]>::to_vec),
         };
         let c: types::Created = self.post("/v1/universes", &body)?;
         Ok(c.id)

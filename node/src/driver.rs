@@ -176,6 +176,7 @@ impl Driver {
             SyncConfig {
                 // Past the transport's own timeout, which reports first.
                 request_timeout_ms: (t.request_timeout + Duration::from_secs(5)).as_millis() as u64,
+                round_interval_ms: Some(t.sync_interval.as_millis() as u64),
                 ..SyncConfig::default()
             },
         );
@@ -221,10 +222,9 @@ impl Driver {
         self.redial();
         let t = self.cfg.timing.clone();
         let mut tick = tokio::time::interval(t.tick);
-        let mut sync = tokio::time::interval(t.sync_interval);
         let mut redial = tokio::time::interval(t.redial_interval);
         let mut republish = tokio::time::interval(t.republish_interval);
-        for i in [&mut tick, &mut sync, &mut redial, &mut republish] {
+        for i in [&mut tick, &mut redial, &mut republish] {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tracing::info!(member = %self.me, "node running");
@@ -244,13 +244,9 @@ impl Driver {
                     let now = now_ms();
                     let outs = self.p.tick(now);
                     self.sync.handle_outputs(outs, None, now);
-                    self.sync.handle_timeout(now);
+                    self.sync.handle_timeout(&self.p, now);
                     self.drain();
                     self.flush_announcements();
-                }
-                _ = sync.tick() => {
-                    self.sync.sync_all(&self.p, now_ms());
-                    self.drain();
                 }
                 _ = redial.tick() => {
                     self.close_dead();
@@ -891,10 +887,11 @@ impl Driver {
         admins: &[MemberId],
         profile: Profile,
         anchors: Vec<mmls_core::federation::DomainAnchor>,
+        suites: &[u16],
     ) -> Result<Id32, NodeError> {
         let r = self
             .p
-            .create_federated_universe(name, members, admins, profile, anchors);
+            .create_universe_with(name, members, admins, profile, anchors, suites);
         let u = self.engine(r)?;
         self.queue_announcement(u);
         self.flush_announcements();

@@ -121,6 +121,11 @@ fn engine_code(e: &MmlsError) -> &'static str {
         MmlsError::NoMembers => "no_members",
         MmlsError::TooLarge(..) => "too_large",
         MmlsError::Federation(_) => "certificate_refused",
+        MmlsError::CiphersuiteRefused(_)
+        | MmlsError::UnsupportedCiphersuite(_)
+        | MmlsError::InvalidCiphersuites(_)
+        | MmlsError::CiphersuiteNotFederable(_)
+        | MmlsError::CiphersuiteMismatch { .. } => "bad_ciphersuite",
         MmlsError::Store(_) | MmlsError::Internal(_) => "internal",
         _ => "rejected",
     }

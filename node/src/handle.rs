@@ -329,16 +329,39 @@ impl NodeHandle {
         profile: Profile,
         anchors: Vec<mmls_core::federation::DomainAnchor>,
     ) -> Result<Id32, NodeError> {
+        self.create_universe_with(
+            name,
+            members,
+            admins,
+            profile,
+            anchors,
+            mmls_core::ciphersuites::DEFAULT_ACCEPTED,
+        )
+        .await
+    }
+
+    /// Creates a universe accepting the ciphersuites `suites` (code points,
+    /// preferred first); our send group takes our preferred one of them.
+    pub async fn create_universe_with(
+        &self,
+        name: &str,
+        members: &[MemberId],
+        admins: &[MemberId],
+        profile: Profile,
+        anchors: Vec<mmls_core::federation::DomainAnchor>,
+        suites: &[u16],
+    ) -> Result<Id32, NodeError> {
         let deadline = Instant::now() + self.inner.key_package_wait;
         loop {
-            let (n, m, a, x) = (
+            let (n, m, a, x, s) = (
                 name.to_string(),
                 members.to_vec(),
                 admins.to_vec(),
                 anchors.clone(),
+                suites.to_vec(),
             );
             match self
-                .call(move |d| d.cmd_create_universe(&n, &m, &a, profile, x))
+                .call(move |d| d.cmd_create_universe(&n, &m, &a, profile, x, &s))
                 .await?
             {
                 Err(NodeError::Engine(MmlsError::MissingKeyPackage(_)))

@@ -24,6 +24,10 @@ pub struct CreateUniverse {
     /// Federation: each domain and its anchor certificate (PEM).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anchors: Vec<AnchorIn>,
+    /// The ciphersuites the universe accepts (code points, preferred
+    /// first); absent: 0x0001 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphersuites: Option<Vec<u16>>,
 }
 
 /// `POST /v1/identity/certificate`: a renewed certificate chain (PEM, leaf
@@ -117,6 +121,10 @@ pub struct Group {
     /// far as this node saw; absent: not since it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_key_update: Option<u64>,
+    /// The group's ciphersuite (code point), its owner's choice among the
+    /// universe's.
+    #[serde(default)]
+    pub ciphersuite: u16,
 }
 
 impl From<&GroupStatus> for Group {
@@ -133,6 +141,7 @@ impl From<&GroupStatus> for Group {
             members: g.members,
             waiting_for: g.waiting_for.clone(),
             last_key_update: g.last_key_update,
+            ciphersuite: g.ciphersuite,
         }
     }
 }

@@ -166,6 +166,7 @@ fn sync_seeds(rng: &mut StdRng) -> Vec<Vec<u8>> {
             SyncMessage::Fetch(FetchRequest::Welcomes {
                 universe: id(rng),
                 member: Identity::from_seed(rng.gen()).member_id(),
+                groups: (0..rng.gen_range(0..4)).map(|_| id(rng)).collect(),
             })
             .encode(),
         );

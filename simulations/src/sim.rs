@@ -67,7 +67,6 @@ enum Ev {
         /// Published on the lobby topic (else a universe topic).
         lobby: bool,
     },
-    SyncStart(usize),
     SyncNow(usize),
     /// A sync agent's request; `inc` is the sender's incarnation (a node
     /// that lost its state runs a new agent: old answers are not for it).
@@ -418,8 +417,9 @@ impl Sim {
         for i in 0..n {
             let t = self.rng.gen_range(0..tick);
             self.push(t, Ev::Tick(i));
+            // The agent runs its own rounds (at its node's ticks).
             let t = self.rng.gen_range(0..sync);
-            self.push(t, Ev::SyncStart(i));
+            self.nodes[i].sync.start_rounds(t / 1000);
         }
         let start = s_to_us(self.sc.workload.start_s);
         if self.sc.workload.message_interval_s > 0.0 {
@@ -593,11 +593,6 @@ impl Sim {
                 self.push(next, Ev::Tick(x));
                 self.dispatch(x, actions);
             }
-            (Ev::SyncStart(x), Local::Done(actions)) => {
-                let next = self.now + s_to_us(self.sc.sim.sync_interval_s);
-                self.push(next, Ev::SyncStart(x));
-                self.dispatch(x, actions);
-            }
             (Ev::SyncNow(x), Local::Done(actions)) => self.dispatch(x, actions),
             (Ev::Gossip { .. }, Local::GossipUnreachable) => self.c.frames_lost += 1,
             (Ev::Gossip { .. }, Local::GossipRedundant) => self.c.gossip_redundant += 1,
@@ -685,7 +680,6 @@ impl Sim {
             // Node events: above.
             Ev::Tick(_)
             | Ev::Gossip { .. }
-            | Ev::SyncStart(_)
             | Ev::SyncNow(_)
             | Ev::SyncReq { .. }
             | Ev::SyncResp { .. }
@@ -887,6 +881,7 @@ impl Sim {
     fn sync_config(&self) -> SyncConfig {
         SyncConfig {
             request_timeout_ms: (self.sc.sim.request_timeout_s * 1000.0).round() as u64,
+            round_interval_ms: Some((self.sc.sim.sync_interval_s * 1000.0).round() as u64),
             ..SyncConfig::default()
         }
     }
@@ -1069,6 +1064,7 @@ impl Sim {
             let req = FetchRequest::Welcomes {
                 universe: uid,
                 member: self.nodes[r].member.clone(),
+                groups: vec![],
             };
             let Ok(resp) = self.nodes[x].p.serve_fetch(&req) else {
                 continue;
@@ -1942,7 +1938,6 @@ fn collect(node: &mut Node) -> Vec<Action<usize>> {
 fn node_of(ev: &Ev) -> Option<usize> {
     match ev {
         Ev::Tick(x)
-        | Ev::SyncStart(x)
         | Ev::SyncNow(x)
         | Ev::Send(x)
         | Ev::Update(x)
@@ -1987,14 +1982,14 @@ fn run_local(node: &mut Node, ctx: &Ctx<'_>, t: u64, ev: &mut Ev) -> LocalOut {
         // An offline node does nothing (its agent's actions wait until it
         // is back: acking a publish nobody received would lose it).
         Ev::Tick(_) if !node.online => (Local::Done(vec![]), None),
-        Ev::SyncStart(_) | Ev::SyncNow(_) if !node.online => (Local::Done(vec![]), None),
+        Ev::SyncNow(_) if !node.online => (Local::Done(vec![]), None),
         Ev::Tick(_) => {
             let outs = node.p.tick(now);
             absorb_local(node, ctx, outs, now);
-            node.sync.handle_timeout(now);
+            node.sync.handle_timeout(&node.p, now);
             (Local::Done(collect(node)), Some("tick"))
         }
-        Ev::SyncStart(_) | Ev::SyncNow(_) => {
+        Ev::SyncNow(_) => {
             node.sync.sync_all(&node.p, now);
             (Local::Done(collect(node)), None)
         }

@@ -34,9 +34,11 @@ impl Participant {
                             from: ds.next_seq,
                         }),
                         Some(_) => {}
+                        None if u.retired.contains(dg) => {}
                         None => reqs.push(FetchRequest::Welcomes {
                             universe: uid,
                             member: self.me.clone(),
+                            groups: vec![*dg],
                         }),
                     }
                 }
@@ -87,6 +89,9 @@ impl Participant {
                     },
                 )
             })
+            // Retired groups count as known and complete: nothing of them
+            // is fetched, and no Welcome into them asked for.
+            .chain(u.retired.iter().map(|g| (*g, u64::MAX)))
             .collect();
         sync::plan(theirs.universe, &ours, theirs, &self.me)
     }
@@ -148,7 +153,11 @@ impl Participant {
                 }
                 Ok(resp)
             }
-            FetchRequest::Welcomes { universe, member } => {
+            FetchRequest::Welcomes {
+                universe,
+                member,
+                groups,
+            } => {
                 let u = self
                     .uni(universe)
                     .map_err(|_| MmlsError::NotInUniverse(*universe))?;
@@ -156,6 +165,11 @@ impl Participant {
                 for (g, seq) in u.welcomes.get(member).cloned().unwrap_or_default() {
                     if let Some(v) = self.provider.store().get(Table::Log, &log_key(&g, seq))? {
                         resp.envelopes.push(ByteBuf::from(v));
+                    }
+                }
+                for v in self.held_welcomes(u, member, groups)? {
+                    if !resp.envelopes.contains(&v) {
+                        resp.envelopes.push(v);
                     }
                 }
                 // Also the Hello after each Welcome and the rest of the stream
@@ -224,4 +238,87 @@ impl Participant {
         }
         outs
     }
+}
+
+/// Welcomes of each group whose place in the log we remember.
+const WELCOMES_KEPT_PER_GROUP: usize = 4;
+
+impl Participant {
+    /// Notes that the Welcome at `seq` of `g` is in our log, so that we can
+    /// hand it to a recipient whose copy was lost.
+    pub(super) fn index_welcome(&mut self, uid: Id32, g: Id32, seq: u64) -> Result<(), MmlsError> {
+        let v = self.uni_mut(&uid)?.welcome_log.entry(g).or_default();
+        if !v.contains(&seq) {
+            v.push(seq);
+            if v.len() > WELCOMES_KEPT_PER_GROUP {
+                v.remove(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// For each of `groups` (groups `member` holds nothing of), the newest
+    /// Welcome we hold that has secrets for one of `member`'s KeyPackages.
+    /// Older ones are left: a newer Welcome naming it supersedes them.
+    fn held_welcomes(
+        &self,
+        u: &UniverseState,
+        member: &MemberId,
+        groups: &[Id32],
+    ) -> Result<Vec<ByteBuf>, MmlsError> {
+        let wanted: Vec<(&Id32, &Vec<u64>)> = groups
+            .iter()
+            .take(sync::MAX_WELCOME_GROUPS)
+            .filter(|g| !u.retired.contains(g))
+            .filter_map(|g| u.welcome_log.get(g).map(|seqs| (g, seqs)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(vec![]);
+        }
+        let refs = self.key_package_refs_of(member);
+        let mut out = vec![];
+        for (g, seqs) in wanted {
+            for seq in seqs.iter().rev() {
+                let Some(v) = self.provider.store().get(Table::Log, &log_key(g, *seq))? else {
+                    continue;
+                };
+                if welcome_names(&v, &refs) {
+                    out.push(ByteBuf::from(v));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hash references of the KeyPackages we know for `m`, in every
+    /// suite (a Welcome names its recipients by these).
+    fn key_package_refs_of(&self, m: &MemberId) -> Vec<Vec<u8>> {
+        let Some(kps) = self.state.known_kps.get(m) else {
+            return vec![];
+        };
+        kps.0
+            .values()
+            .filter_map(|b| self.validate_kp(b, Some(m)).ok())
+            .filter_map(|kp| kp.hash_ref(self.provider.crypto()).ok())
+            .map(|r| r.as_slice().to_vec())
+            .collect()
+    }
+}
+
+/// Whether the Welcome envelope `raw` has secrets for one of `refs`.
+fn welcome_names(raw: &[u8], refs: &[Vec<u8>]) -> bool {
+    let Ok(env) = Envelope::decode(raw) else {
+        return false;
+    };
+    let Ok(msg) = MlsMessageIn::tls_deserialize_exact(env.body.as_slice()) else {
+        return false;
+    };
+    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+        return false;
+    };
+    w.secrets().iter().any(|s| {
+        refs.iter()
+            .any(|r| r.as_slice() == s.new_member().as_slice())
+    })
 }

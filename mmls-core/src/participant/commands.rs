@@ -29,8 +29,34 @@ impl Participant {
         profile: Profile,
         anchors: Vec<crate::federation::DomainAnchor>,
     ) -> Result<(Id32, Vec<Output>), MmlsError> {
+        self.create_universe_with(
+            name,
+            members,
+            admins,
+            profile,
+            anchors,
+            crate::ciphersuites::DEFAULT_ACCEPTED,
+        )
+    }
+
+    /// INIT with everything a universe definition holds: as
+    /// `create_federated_universe`, accepting the ciphersuites `suites`
+    /// (code points, the creator's preference first; see `ciphersuites`).
+    /// Our own send group takes our preferred suite among them.
+    pub fn create_universe_with(
+        &mut self,
+        name: &str,
+        members: &[MemberId],
+        admins: &[MemberId],
+        profile: Profile,
+        anchors: Vec<crate::federation::DomainAnchor>,
+        suites: &[u16],
+    ) -> Result<(Id32, Vec<Output>), MmlsError> {
         crate::federation::DomainAnchor::check_list(&anchors)?;
-        let own = self.identity.credential_with_key();
+        crate::ciphersuites::check_accepted(suites, !anchors.is_empty())?;
+        let suite =
+            crate::ciphersuites::choose(&self.config.ciphersuites, suites, !anchors.is_empty())?;
+        let own = self.identity.credential_for(suite);
         self.check_credential(
             &anchors,
             &own.credential,
@@ -42,11 +68,7 @@ impl Participant {
         if others.is_empty() {
             return Err(MmlsError::NoMembers);
         }
-        let missing: Vec<MemberId> = others
-            .iter()
-            .filter(|m| !self.has_usable_kp(m))
-            .cloned()
-            .collect();
+        let missing = self.lacking_key_packages(&others, suite);
         if !missing.is_empty() {
             let _ = self.step(|p| {
                 for m in &missing {
@@ -60,7 +82,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(missing[0].to_string()));
         }
         for m in &others {
-            let kp = self.usable_kp(m)?;
+            let kp = self.usable_kp(m, suite)?;
             let leaf = kp.leaf_node();
             self.check_credential(
                 &anchors,
@@ -83,7 +105,7 @@ impl Participant {
             admins: admin_set,
             profile,
             export_len: 32,
-            ciphersuites: vec![u16::from(CS)],
+            ciphersuites: suites.to_vec(),
             anchors,
         };
         self.step(|p| {
@@ -170,7 +192,9 @@ impl Participant {
         if u.roster.contains(member) {
             return Err(MmlsError::AlreadyMember(member.to_string()));
         }
-        if !self.has_usable_kp(member) {
+        let own = u.own_group.ok_or(MmlsError::UniverseNotReady(*universe))?;
+        let suite = suite_of(self.group(&own)?);
+        if !self.has_usable_kp(member, suite) {
             let m = member.clone();
             self.step(|p| {
                 p.request_kp(&m);
@@ -179,7 +203,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(member.to_string()));
         }
         // A federated universe: the newcomer's certificate, now.
-        let kp = self.usable_kp(member)?;
+        let kp = self.usable_kp(member, suite)?;
         self.check_kp_trust(universe, &kp, true)?;
         self.step(|p| {
             let m = member.clone();

@@ -107,6 +107,7 @@ impl Participant {
         force_path: bool,
     ) -> Result<CommitPlan, MmlsError> {
         let members = self.group_members(&own)?;
+        let suite = suite_of(self.group(&own)?);
         let leaf_of = |m: &MemberId| members.iter().find(|(_, x)| x == m).map(|(i, _)| *i);
         let mut plan = CommitPlan {
             force_path,
@@ -130,6 +131,7 @@ impl Participant {
         for (m, kp) in &u.readds {
             match self
                 .validate_kp(kp, Some(m))
+                .and_then(|kp| self.check_kp_suite(&uid, suite, &kp).map(|_| kp))
                 .and_then(|kp| self.check_kp_trust(&uid, &kp, true).map(|_| kp))
             {
                 Ok(kp) => {
@@ -154,7 +156,7 @@ impl Participant {
             // A KeyPackage whose certificate this universe refuses (now)
             // waits like a missing one: the member may renew.
             match self
-                .usable_kp(m)
+                .usable_kp(m, suite)
                 .and_then(|kp| self.check_kp_trust(&uid, &kp, true).map(|_| kp))
             {
                 Ok(kp) => {
@@ -192,12 +194,12 @@ impl Participant {
                 .filter(|(_, id)| u.pending_removes.contains(id))
                 .map(|(i, _)| *i)
                 .collect();
-            // Compared by signature key: bound 1:1 to the member id.
-            let readers: BTreeSet<Vec<u8>> = self
-                .group(&own)?
-                .members()
-                .filter(|m| !removing.contains(&m.index))
-                .map(|m| m.signature_key)
+            // Compared by member id: a member's signature key differs
+            // between groups of an Ed25519 and a P-256 suite.
+            let readers: BTreeSet<MemberId> = members
+                .iter()
+                .filter(|(i, _)| !removing.contains(i))
+                .map(|(_, m)| m.clone())
                 .collect();
             for g in pending {
                 let Some((epoch, psk_min, stale)) = self
@@ -211,8 +213,11 @@ impl Participant {
                 if g == own || stale {
                     continue;
                 }
-                let theirs: BTreeSet<Vec<u8>> =
-                    self.group(&g)?.members().map(|m| m.signature_key).collect();
+                let theirs: BTreeSet<MemberId> = self
+                    .group_members(&g)?
+                    .into_iter()
+                    .map(|(_, m)| m)
+                    .collect();
                 if psk_min <= epoch && readers.is_subset(&theirs) {
                     plan.imports.push((g, epoch));
                 } else {
@@ -263,8 +268,12 @@ impl Participant {
         plan: &CommitPlan,
     ) -> Result<BuiltCommit, MmlsError> {
         let mut proposals = vec![];
+        // RFC 9420: a PSK nonce is KDF.Nh of the importing group's suite
+        // (the PSK itself has the universe's export length, whatever the
+        // exporting group's suite).
+        let nh = self.group(&own)?.ciphersuite().hash_length();
         for (g, e) in &plan.imports {
-            let mut nonce = vec![0u8; CS.hash_length()];
+            let mut nonce = vec![0u8; nh];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
             let psk = PreSharedKeyId::external(Profile::psk_id(g, *e), nonce);
             proposals.push(Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(
@@ -287,12 +296,13 @@ impl Participant {
             None => None,
             Some(a) => Some(crate::federation::group_context_extensions(a)?),
         };
-        let identity = self.identity.clone();
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &own)?;
         group.set_aad(to_cbor(&aad));
         let removals = &plan.removals;
-        let leaf = Self::leaf_params(&identity, group);
+        let suite = suite_of(group);
+        let signer = self.identity.signer(suite);
+        let leaf = Self::leaf_params(&self.identity, group);
         let mut builder = group.commit_builder();
         if let Some(ext) = gce {
             builder = builder
@@ -308,7 +318,7 @@ impl Participant {
             .load_psks(provider.storage())
             .map_err(MmlsError::mls)?
             // An Update from a member we remove in this commit is void.
-            .build(provider.rand(), provider.crypto(), &identity, |q| {
+            .build(provider.rand(), provider.crypto(), &signer, |q| {
                 match q.sender() {
                     Sender::Member(i) => !removals.contains(i),
                     _ => false,

@@ -46,6 +46,11 @@ pub struct Config {
     /// of its own, as with a client that has no last-resort KeyPackage
     /// (e.g. AWS mls-rs).
     pub publish_last_resort: bool,
+    /// The ciphersuites this node prefers for its own send groups, best
+    /// first (code points). In each universe it takes the first one the
+    /// universe accepts, else the universe's own first choice; it joins
+    /// others' groups in any suite it implements and the universe accepts.
+    pub ciphersuites: Vec<u16>,
 }
 
 impl Default for Config {
@@ -65,6 +70,7 @@ impl Default for Config {
             kp_pool_size: 8,
             kp_issued_max: 64,
             publish_last_resort: true,
+            ciphersuites: crate::ciphersuites::IMPLEMENTED.to_vec(),
         }
     }
 }

@@ -4,14 +4,29 @@
 use super::*;
 
 impl Participant {
+    /// The suite our send group in `uid` takes: our first preference the
+    /// universe accepts, else the universe's first choice.
+    pub(super) fn own_suite(&self, uid: &Id32) -> Result<u16, MmlsError> {
+        #[cfg(test)]
+        if let Some(s) = self.forced_suite {
+            return Ok(s);
+        }
+        let def = self
+            .uni(uid)?
+            .def
+            .as_ref()
+            .ok_or(MmlsError::UniverseNotReady(*uid))?;
+        crate::ciphersuites::choose(
+            &self.config.ciphersuites,
+            &def.ciphersuites,
+            !def.anchors.is_empty(),
+        )
+    }
+
     pub(super) fn try_create_own_group(&mut self, uid: Id32) -> Result<(), MmlsError> {
+        let suite = self.own_suite(&uid)?;
         let u = self.uni(&uid)?;
-        let missing: Vec<MemberId> = u
-            .roster
-            .iter()
-            .filter(|m| **m != self.me && !self.has_usable_kp(m))
-            .cloned()
-            .collect();
+        let missing = self.lacking_key_packages(&u.roster, suite);
         if !missing.is_empty() {
             for m in missing {
                 self.request_kp(&m);
@@ -36,8 +51,10 @@ impl Participant {
     }
 
     /// Creates our send group `gid_new` in universe `uid` with every other
-    /// roster member: commit (seq 0), Welcome (seq 1), Hello (seq 2).
+    /// roster member, in our suite: commit (seq 0), Welcome (seq 1), Hello
+    /// (seq 2).
     pub(super) fn create_own_group(&mut self, uid: Id32, gid_new: Id32) -> Result<(), MmlsError> {
+        let suite = self.own_suite(&uid)?;
         let u = self.uni(&uid)?;
         let others: Vec<MemberId> = u
             .roster
@@ -47,7 +64,7 @@ impl Participant {
             .collect();
         let kps = others
             .iter()
-            .map(|m| self.usable_kp(m))
+            .map(|m| self.usable_kp(m, suite))
             .collect::<Result<Vec<_>, _>>()?;
         // Members already in the universe: their chains must reach their
         // domain's anchor; an expiry is flagged, not a reason to leave them
@@ -59,7 +76,7 @@ impl Participant {
             self.consume_kp(m, kp)?;
         }
         let anchors = self.universe_anchors(&uid);
-        let own = self.identity.credential_with_key();
+        let own = self.identity.credential_for(suite);
         if let Ok(Some(c)) = self.check_credential(
             &anchors,
             &own.credential,
@@ -70,10 +87,10 @@ impl Participant {
         }
         let mut group = MlsGroup::new_with_group_id(
             &self.provider,
-            &self.identity,
-            &create_config(&anchors)?,
+            &self.identity.signer(suite),
+            &create_config(&anchors, suite)?,
             gid(&gid_new),
-            self.identity.credential_with_key(),
+            own,
         )
         .map_err(MmlsError::mls)?;
         let aad = Aad {
@@ -91,7 +108,7 @@ impl Participant {
             .build(
                 self.provider.rand(),
                 self.provider.crypto(),
-                &self.identity,
+                &self.identity.signer(suite),
                 |_| true,
             )
             .map_err(MmlsError::mls)?
@@ -119,13 +136,14 @@ impl Participant {
             psk_marks: vec![],
             named_epoch: None,
             last_key_update: Some(self.now),
+            suite,
         };
         let now = self.now;
         let me = self.me.clone();
         let u = self.uni_mut(&uid)?;
         // A previous own group (before a state loss) is abandoned.
         if let Some(old) = u.own_group.replace(gid_new) {
-            u.groups.remove(&old);
+            u.retire(old);
         }
         u.groups.insert(gid_new, gs);
         u.owner_group.insert(me, gid_new);
@@ -222,12 +240,15 @@ impl Participant {
             frontier: vec![],
             update: None,
         };
-        let identity = self.identity.clone();
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &g)?;
         group.set_aad(to_cbor(&aad));
         let msg = group
-            .create_message(provider, &identity, &to_cbor(payload))
+            .create_message(
+                provider,
+                &self.identity.signer(suite_of(group)),
+                &to_cbor(payload),
+            )
             .map_err(MmlsError::mls)?;
         let epoch = group.epoch().as_u64();
         let env = self.own_envelope(uid, g, Kind::Application, epoch, tls(&msg)?, vec![])?;

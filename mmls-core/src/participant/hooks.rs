@@ -126,13 +126,14 @@ impl Participant {
         };
         group.set_aad(to_cbor(&aad));
         let epoch = group.epoch().as_u64();
+        let signer = identity.signer(suite_of(group));
         let msg = if commit {
             group
                 .commit_builder()
                 .force_self_update(true)
                 .load_psks(provider.storage())
                 .map_err(MmlsError::mls)?
-                .build(provider.rand(), provider.crypto(), &identity, |_| true)
+                .build(provider.rand(), provider.crypto(), &signer, |_| true)
                 .map_err(MmlsError::mls)?
                 .stage_commit(provider)
                 .map_err(MmlsError::mls)?
@@ -143,7 +144,7 @@ impl Participant {
                 body: ByteBuf::from(b"forged".to_vec()),
             };
             group
-                .create_message(provider, &identity, &to_cbor(&payload))
+                .create_message(provider, &signer, &to_cbor(&payload))
                 .map_err(MmlsError::mls)?
         };
         let mut e = Envelope::new(
@@ -201,6 +202,19 @@ impl Participant {
             }
             Ok(())
         })
+    }
+
+    /// Test only: our next send group takes `suite` whatever the universe
+    /// accepts, as a node ignoring the universe's list would.
+    #[cfg(test)]
+    pub(crate) fn force_suite(&mut self, suite: u16) {
+        self.forced_suite = Some(suite);
+    }
+
+    /// Test only: the suite of send group `g`, as openmls has it.
+    #[cfg(test)]
+    pub(crate) fn suite_of_group(&mut self, g: &Id32) -> Result<u16, MmlsError> {
+        Ok(suite_of(self.group(g)?))
     }
 
     /// Test only: the trust anchors in send group `g`'s GroupContext.

@@ -33,9 +33,12 @@ impl Participant {
         let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
             return Err(MmlsError::Unexpected("not a Welcome".into()));
         };
-        if w.ciphersuite() != CS {
-            return Err(MmlsError::CiphersuiteRefused(u16::from(w.ciphersuite())));
-        }
+        // No downgrade: a group in a suite the universe does not accept is
+        // refused before anything is decrypted or stored (before the
+        // universe's definition is known, one we implement; the Hello that
+        // brings the definition judges it again).
+        let suite = u16::from(w.ciphersuite());
+        self.check_suite_accepted(&uid, suite)?;
         // Joined through our last-resort KeyPackage: its leaf key is shared
         // with every other group joined that way, so rotate it at once.
         let refs: Vec<ByteBuf> = w
@@ -129,8 +132,7 @@ impl Participant {
         // The owner's previous send group is abandoned (it lost its state).
         if let Some(old) = u.owner_group.insert(owner.clone(), g) {
             if old != g {
-                u.groups.remove(&old);
-                u.pending_imports.remove(&old);
+                u.retire(old);
             }
         }
         u.groups.insert(
@@ -150,6 +152,7 @@ impl Participant {
                 psk_marks: vec![],
                 named_epoch: None,
                 last_key_update: None,
+                suite,
             },
         );
         u.pending_imports.insert(g);
@@ -177,6 +180,7 @@ impl Participant {
         let _ = me;
         // Our Welcome is part of the stream peers behind us need to pass.
         self.log_entry(g, env.seq, raw);
+        self.index_welcome(uid, g, env.seq)?;
         self.export_psk(uid, g)?;
         let stale_below: Vec<u64> = self
             .buffers

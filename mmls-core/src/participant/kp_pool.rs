@@ -19,6 +19,7 @@
 //! last-resort KeyPackage stays the fallback when the pool is empty.
 
 use super::rows::{Cell, Journal, Row, Rows};
+use super::state::MemberKps;
 use super::*;
 use crate::store::StoreError;
 use sha2::{Digest, Sha256};
@@ -26,6 +27,12 @@ use sha2::{Digest, Sha256};
 /// KeyPackages built per refill (one tick): bounds the CPU a drained pool
 /// costs (about a millisecond each).
 const REFILL_PER_TICK: usize = 4;
+
+/// The suite the pool is kept in: the mandatory one, which every universe
+/// accepts unless it says otherwise. One in another suite is built when
+/// asked for (or, without `build`, the last-resort one in that suite
+/// answers).
+const POOL_SUITE: u16 = crate::ciphersuites::X25519_AES128GCM;
 
 const FRESH: &[u8] = b"kp-pool/fresh/";
 const ISSUED: &[u8] = b"kp-pool/issued/";
@@ -62,8 +69,9 @@ pub(super) struct KpPool {
     fresh: Rows<ByteBuf, ByteBuf>,
     /// Ours, handed out and waiting for their Welcome: hash ref -> whom.
     issued: Rows<ByteBuf, Issued>,
-    /// Others', handed to us alone: member -> KeyPackage (TLS).
-    handed: Rows<MemberId, ByteBuf>,
+    /// Others', handed to us alone: member -> its KeyPackage per suite
+    /// (a row of before suites holds one, read as its suite's).
+    handed: Rows<MemberId, MemberKps>,
     /// The single-use KeyPackage we announce when we publish no
     /// last-resort one (`Config::publish_last_resort` off): apart from the
     /// pool, so it is never handed to an owner as well.
@@ -111,7 +119,11 @@ impl KpPool {
     pub(super) fn size(&self) -> usize {
         self.fresh.values().map(|k| k.len() + 40).sum::<usize>()
             + self.issued.keys().count() * 100
-            + self.handed.values().map(|k| k.len() + 50).sum::<usize>()
+            + self
+                .handed
+                .values()
+                .map(|k| k.0.values().map(|b| b.len() + 8).sum::<usize>() + 50)
+                .sum::<usize>()
     }
 
     /// How many fresh ones are ready to hand out.
@@ -163,16 +175,16 @@ fn key_package_ref(r: &[u8]) -> Result<KeyPackageRef, MmlsError> {
 }
 
 impl Participant {
-    /// A single-use KeyPackage of ours (its hash ref and TLS bytes),
-    /// recognised in Welcomes from now on.
-    fn build_single_use(&mut self) -> Result<(ByteBuf, ByteBuf), MmlsError> {
+    /// A single-use KeyPackage of ours in `suite` (its hash ref and TLS
+    /// bytes), recognised in Welcomes from now on.
+    fn build_single_use(&mut self, suite: u16) -> Result<(ByteBuf, ByteBuf), MmlsError> {
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(capabilities())
             .build(
-                CS,
+                crate::ciphersuites::suite(suite)?,
                 &self.provider,
-                &self.identity,
-                self.identity.credential_with_key(),
+                &self.identity.signer(suite),
+                self.identity.credential_for(suite),
             )
             .map_err(MmlsError::mls)?;
         let kp = bundle.key_package();
@@ -190,12 +202,12 @@ impl Participant {
     pub(super) fn refill_pool(&mut self) -> Result<(), MmlsError> {
         let mut built = 0;
         while self.state.pool.fresh_len() < self.config.kp_pool_size && built < REFILL_PER_TICK {
-            let (r, kp) = self.build_single_use()?;
+            let (r, kp) = self.build_single_use(POOL_SUITE)?;
             self.state.pool.fresh.insert(r, kp);
             built += 1;
         }
         if !self.config.publish_last_resort && self.state.pool.announced.get().is_none() {
-            let (r, kp) = self.build_single_use()?;
+            let (r, kp) = self.build_single_use(POOL_SUITE)?;
             *self.state.pool.announced.get_mut() = Some(Announced { r, kp });
         }
         let outstanding = self.state.pool.issued.keys().count();
@@ -253,20 +265,20 @@ impl Participant {
         Ok(())
     }
 
-    /// Takes a single-use KeyPackage out of the pool for `to` (building one
-    /// if the pool is empty and `build` says so). None: the pool is empty.
+    /// Takes a single-use KeyPackage in `suite` out of the pool for `to`
+    /// (building one if there is none and `build` says so). None: there is
+    /// none.
     pub(super) fn issue_key_package(
         &mut self,
         to: &MemberId,
+        suite: u16,
         build: bool,
     ) -> Result<Option<Vec<u8>>, MmlsError> {
         let now = self.now;
-        let recent = self
-            .state
-            .pool
-            .issued
-            .values()
-            .find(|i| i.to == *to && now < i.at.saturating_add(self.config.kp_retry_ms));
+        let in_suite = |kp: &[u8]| crate::ciphersuites::of_key_package(kp) == Some(suite);
+        let recent = self.state.pool.issued.values().find(|i| {
+            i.to == *to && in_suite(&i.kp) && now < i.at.saturating_add(self.config.kp_retry_ms)
+        });
         if let Some(i) = recent {
             return Ok(Some(i.kp.to_vec()));
         }
@@ -275,14 +287,14 @@ impl Participant {
             .pool
             .fresh
             .iter()
-            .next()
+            .find(|(_, k)| in_suite(k))
             .map(|(r, k)| (r.clone(), k.clone()));
         let (r, kp) = match first {
             Some((r, kp)) => {
                 self.state.pool.fresh.remove(&r);
                 (r, kp)
             }
-            None if build => self.build_single_use()?,
+            None if build => self.build_single_use(suite)?,
             None => return Ok(None),
         };
         self.state.pool.issued.insert(
@@ -321,36 +333,51 @@ impl Participant {
         if !self.answers_for(target) {
             return Err(KpRefusal::Unknown(target.to_string()));
         }
-        if !ciphersuites.contains(&u16::from(CS)) {
+        // One in each of the requester's suites that we implement (the
+        // requester does not say which send group it is for, so which suite
+        // its owner's group is in).
+        let mut suites: Vec<u16> = vec![];
+        for s in ciphersuites {
+            if crate::ciphersuites::implemented(*s) && !suites.contains(s) {
+                suites.push(*s);
+            }
+        }
+        if suites.is_empty() {
             return Err(KpRefusal::NoCommonSuite {
-                supported: vec![u16::from(CS)],
+                supported: Participant::ciphersuites(),
             });
         }
-        let issued = if *requester == self.me {
-            None
-        } else {
+        let mut envs = vec![];
+        let mut short = *requester == self.me;
+        if !short {
             // Without a last-resort KeyPackage to fall back on, one is
             // built now (the agent's rate limit bounds the cost).
             let build = !self.config.publish_last_resort;
-            self.step(|p| p.issue_key_package(requester, build))
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "cannot hand out a KeyPackage");
-                    None
-                })
-        };
-        let env = match issued {
-            Some(kp) => self.handed_envelope(requester, kp).encode(),
-            None => match self.announcement() {
-                Output::Publish(p) => p.bytes,
-                _ => vec![],
-            },
-        };
-        Ok((vec![env], self.take_outputs()))
+            for suite in suites {
+                let issued = self
+                    .step(|p| p.issue_key_package(requester, suite, build))
+                    .unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "cannot hand out a KeyPackage");
+                        None
+                    });
+                match issued {
+                    Some(kp) => envs.push(self.handed_envelope(requester, kp).encode()),
+                    None => short = true,
+                }
+            }
+        }
+        // A suite without a single-use one: our last-resort ones.
+        if short {
+            if let Output::Publish(p) = self.announcement() {
+                envs.push(p.bytes);
+            }
+        }
+        Ok((envs, self.take_outputs()))
     }
 
     /// The ciphersuites we can make KeyPackages in (code points).
     pub fn ciphersuites() -> Vec<u16> {
-        vec![u16::from(CS)]
+        crate::ciphersuites::IMPLEMENTED.to_vec()
     }
 
     /// Whether a KeyPackage request for `target` is one we answer with our
@@ -363,8 +390,19 @@ impl Participant {
     /// envelope: what a peer may answer for a target it cannot reach.
     pub fn published_key_package(&self, member: &str) -> Option<Vec<u8>> {
         let m = MemberId::parse(member).ok()?;
-        let kp = self.state.known_kps.get(&m)?;
-        let mut e = Envelope::new(Kind::KeyPackage, kp.to_vec());
+        let kps = &self.state.known_kps.get(&m)?.0;
+        // As the member announces them: 0x0001's in the body (every node
+        // reads it), the other suites' attached.
+        let mandatory = crate::ciphersuites::X25519_AES128GCM;
+        let (body_suite, body) = kps
+            .get_key_value(&mandatory)
+            .or_else(|| kps.iter().next())?;
+        let mut e = Envelope::new(Kind::KeyPackage, body.to_vec());
+        e.proposals = kps
+            .iter()
+            .filter(|(s, _)| *s != body_suite)
+            .map(|(_, kp)| kp.clone())
+            .collect();
         e.sender = Some(m.to_string());
         Some(e.encode())
     }
@@ -380,7 +418,7 @@ impl Participant {
         if to == self.me {
             return Ok(());
         }
-        if let Some(kp) = self.issue_key_package(&to, false)? {
+        if let Some(kp) = self.issue_key_package(&to, POOL_SUITE, false)? {
             let e = self.handed_envelope(&to, kp);
             self.publish_lobby(e);
         }
@@ -410,19 +448,26 @@ impl Participant {
             .state
             .used_kp_refs
             .contains_key(&ByteBuf::from(r.as_slice().to_vec()));
+        let suite = u16::from(kp.ciphersuite());
         let held = self
             .state
             .pool
             .handed
             .get(&who)
+            .and_then(|k| k.0.get(&suite))
             .is_some_and(|b| b.as_slice() == env.body.as_slice());
         if spent || held {
             return Ok(());
         }
-        self.state
+        let mut kps = self
+            .state
             .pool
             .handed
-            .insert(who.clone(), ByteBuf::from(env.body.to_vec()));
+            .get(&who)
+            .cloned()
+            .unwrap_or_default();
+        kps.0.insert(suite, ByteBuf::from(env.body.to_vec()));
+        self.state.pool.handed.insert(who.clone(), kps);
         self.state.kp_requested.remove(&who);
         self.key_package_arrived(&who)
     }
@@ -445,22 +490,22 @@ impl Participant {
         Ok(())
     }
 
-    /// Whether we hold a KeyPackage of `m` we may use (handed to us, or its
-    /// last-resort one).
-    pub(super) fn has_usable_kp(&self, m: &MemberId) -> bool {
-        self.usable_kp(m).is_ok()
+    /// Whether we hold a KeyPackage of `m` in `suite` we may use (handed
+    /// to us, or its last-resort one).
+    pub(super) fn has_usable_kp(&self, m: &MemberId, suite: u16) -> bool {
+        self.usable_kp(m, suite).is_ok()
     }
 
-    /// The KeyPackage of `m` our next add uses: one handed to us alone if
-    /// we hold one, else its last-resort one. A single-use KeyPackage that
-    /// was not handed to us is never used.
-    pub(super) fn usable_kp(&self, m: &MemberId) -> Result<KeyPackage, MmlsError> {
-        if let Some(b) = self.state.pool.handed.get(m) {
+    /// The KeyPackage of `m` in `suite` our next add uses: one handed to
+    /// us alone if we hold one in that suite, else its last-resort one. A
+    /// single-use KeyPackage that was not handed to us is never used.
+    pub(super) fn usable_kp(&self, m: &MemberId, suite: u16) -> Result<KeyPackage, MmlsError> {
+        if let Some(b) = self.state.pool.handed.get(m).and_then(|k| k.0.get(&suite)) {
             if let Ok(kp) = self.validate_kp(b, Some(m)) {
                 return Ok(kp);
             }
         }
-        let kp = self.key_package_of(m)?;
+        let kp = self.key_package_of(m, suite)?;
         if !kp.last_resort() {
             // Stored by an older version, which kept any announced one.
             return Err(MmlsError::MissingKeyPackage(m.to_string()));
@@ -481,16 +526,25 @@ impl Participant {
         self.state
             .used_kp_refs
             .insert(ByteBuf::from(r.to_vec()), ());
+        let suite = u16::from(kp.ciphersuite());
         let handed_is_it = self
             .state
             .pool
             .handed
             .get(m)
+            .and_then(|k| k.0.get(&suite))
             .and_then(|b| self.validate_kp(b, Some(m)).ok())
             .and_then(|h| h.hash_ref(self.provider.crypto()).ok())
             .is_some_and(|h| h.as_slice() == r);
         if handed_is_it {
-            self.state.pool.handed.remove(m);
+            // Those of its other suites stay, for our groups in those.
+            let mut kps = self.state.pool.handed.get(m).cloned().unwrap_or_default();
+            kps.0.remove(&suite);
+            if kps.0.is_empty() {
+                self.state.pool.handed.remove(m);
+            } else {
+                self.state.pool.handed.insert(m.clone(), kps);
+            }
         }
         Ok(())
     }
@@ -498,6 +552,10 @@ impl Participant {
     /// We joined through the KeyPackages `refs` name: a single-use one of
     /// ours is spent (openmls deleted its private keys; we forget it, so a
     /// second Welcome to it is not for us).
+    ///
+    /// Those handed with it in the owner's other suites stay issued: the
+    /// owner may still use one for a send group in that suite (another
+    /// universe's), and they expire beyond `kp_issued_max` like any.
     pub(super) fn single_use_spent(&mut self, refs: &[ByteBuf]) {
         for r in refs {
             if self.state.last_resort_refs.contains_key(r) || !self.state.my_kp_refs.contains_key(r)
@@ -524,7 +582,10 @@ impl Participant {
     /// publishing one) the announced single-use one.
     pub(super) fn announced_key_package(&self) -> Option<ByteBuf> {
         if self.config.publish_last_resort {
-            self.state.my_kp.get().clone()
+            self.state
+                .my_kps
+                .get(&crate::ciphersuites::X25519_AES128GCM)
+                .cloned()
         } else {
             self.state
                 .pool
@@ -541,7 +602,21 @@ impl Participant {
         KpPoolStatus {
             fresh: self.state.pool.fresh_len(),
             issued: self.state.pool.issued.keys().count(),
+            issued_suites: self
+                .state
+                .pool
+                .issued
+                .values()
+                .filter_map(|i| crate::ciphersuites::of_key_package(&i.kp))
+                .collect(),
             handed_to_us: self.state.pool.handed.keys().cloned().collect(),
+            handed_suites: self
+                .state
+                .pool
+                .handed
+                .values()
+                .flat_map(|k| k.0.keys().copied())
+                .collect(),
         }
     }
 }
@@ -553,6 +628,12 @@ pub struct KpPoolStatus {
     pub fresh: usize,
     /// Ours, handed out and waiting for their Welcome.
     pub issued: usize,
+    /// The suite of each of those.
+    #[serde(default)]
+    pub issued_suites: Vec<u16>,
     /// Members whose single-use KeyPackage was handed to us and not used.
     pub handed_to_us: Vec<MemberId>,
+    /// The suite of each of those KeyPackages.
+    #[serde(default)]
+    pub handed_suites: Vec<u16>,
 }

@@ -31,12 +31,11 @@ impl Participant {
     /// Sends an Update proposal with a fresh leaf in `g` (someone else's
     /// send group); its owner commits it with its next commit.
     pub(super) fn propose_leaf_update(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
-        let identity = self.identity.clone();
         let provider = &self.provider;
         let group = cached(&mut self.groups, provider.storage(), &g)?;
-        let leaf = Self::leaf_params(&identity, group);
+        let leaf = Self::leaf_params(&self.identity, group);
         let (msg, _) = group
-            .propose_self_update(provider, &identity, leaf)
+            .propose_self_update(provider, &self.identity.signer(suite_of(group)), leaf)
             .map_err(MmlsError::mls)?;
         let mut e = Envelope::new(Kind::Proposal, tls(&msg)?);
         e.universe = Some(uid);

@@ -63,8 +63,7 @@ impl Participant {
             u.pending_adds.remove(m);
             u.pending_since.get_or_insert(now);
             if let Some(og) = u.owner_group.remove(m) {
-                u.groups.remove(&og);
-                u.pending_imports.remove(&og);
+                u.retire(og);
             }
         }
         for m in added {

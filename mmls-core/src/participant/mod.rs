@@ -73,7 +73,7 @@ pub use kp_pool::{handed_signed_bytes, KpPoolStatus, KpRefusal};
 pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
 };
-use state::{EngineState, GroupState, UniverseState, UniverseTexts};
+use state::{EngineState, GroupState, MemberKps, UniverseState, UniverseTexts};
 
 /// One node's MMLS engine.
 pub struct Participant {
@@ -93,6 +93,10 @@ pub struct Participant {
     /// A fault the next step's commit runs into (tests only).
     #[cfg(any(test, feature = "testkit"))]
     fault: Option<hooks::Fault>,
+    /// Tests only: the suite our next send group takes, whatever the
+    /// universe accepts (a node that ignores the list).
+    #[cfg(test)]
+    forced_suite: Option<u16>,
     /// Other candidates for buffered stream positions (see `on_stream`):
     /// in memory only, bounded; peers serve the real entry again.
     alternates: BTreeMap<(Id32, u64), Vec<Vec<u8>>>,
@@ -112,7 +116,6 @@ pub struct Participant {
 
 type MembersAt = ((u64, [u8; 8]), Vec<(LeafNodeIndex, MemberId)>);
 
-const CS: Ciphersuite = crate::DEFAULT_CIPHERSUITE;
 const AUTH_HISTORY: usize = 16;
 /// Candidates kept per stream position besides the buffered one, and in all.
 const MAX_ALTERNATES_PER_POSITION: usize = 4;
@@ -124,11 +127,12 @@ fn gid(id: &Id32) -> GroupId {
 
 /// Leaf capabilities: last-resort KeyPackages need their extension listed,
 /// federated send groups the trust-anchors one, and every member must
-/// support every credential type in a group (X.509 next to basic).
+/// support every credential type in a group (X.509 next to basic). Every
+/// suite we implement is listed, whichever the group's.
 fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
-        Some(&[CS]),
+        Some(&crate::ciphersuites::all()),
         Some(&[
             ExtensionType::LastResort,
             ExtensionType::Unknown(crate::federation::GROUP_TRUST_ANCHORS),
@@ -138,16 +142,17 @@ fn capabilities() -> Capabilities {
     )
 }
 
-/// A new send group's config; a federated universe's carries its anchors
-/// in the GroupContext.
+/// A new send group's config, in ciphersuite `suite`; a federated
+/// universe's carries its anchors in the GroupContext.
 fn create_config(
     anchors: &[crate::federation::DomainAnchor],
+    suite: u16,
 ) -> Result<MlsGroupCreateConfig, MmlsError> {
     let ext = crate::federation::group_context_extensions(anchors)?;
     Ok(MlsGroupCreateConfig::builder()
         .with_group_context_extensions(ext)
         .capabilities(capabilities())
-        .ciphersuite(CS)
+        .ciphersuite(crate::ciphersuites::suite(suite)?)
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(0)
@@ -180,6 +185,11 @@ fn cached<'a>(
             Ok(v.insert(g))
         }
     }
+}
+
+/// A group's ciphersuite as a code point.
+fn suite_of(group: &MlsGroup) -> u16 {
+    u16::from(group.ciphersuite())
 }
 
 fn log_key(group: &Id32, seq: u64) -> Vec<u8> {
@@ -256,6 +266,8 @@ impl Participant {
             acked: vec![],
             #[cfg(any(test, feature = "testkit"))]
             fault: None,
+            #[cfg(test)]
+            forced_suite: None,
             rejected_pending: 0,
             psk_pruned_at: HashMap::new(),
             members_cache: HashMap::new(),
@@ -271,8 +283,12 @@ impl Participant {
             if p.state.node.get().member.as_ref() != Some(&me) {
                 p.state.node.get_mut().member = Some(me.clone());
             }
-            if p.state.my_kp.get().is_none() {
-                p.refresh_key_package()?;
+            // One last-resort KeyPackage per suite we implement (a store
+            // of before suite choice has only 0x0001's).
+            for suite in crate::ciphersuites::IMPLEMENTED {
+                if !p.state.my_kps.contains_key(suite) {
+                    p.refresh_key_package(*suite)?;
+                }
             }
             p.refill_pool()
         })?;
@@ -308,15 +324,30 @@ impl Participant {
         self.provider.store()
     }
 
-    /// Our KeyPackage, to publish on the lobby (at start, on request, and
-    /// whenever a peer connects).
+    /// Our KeyPackages, to publish on the lobby (at start, on request, and
+    /// whenever a peer connects): one envelope with our 0x0001 KeyPackage as
+    /// its body, which every node reads (nodes older than suite choice
+    /// too), and those of our other suites attached (see
+    /// `Envelope::proposals`), which older nodes ignore rather than refuse.
     pub fn announcement(&self) -> Output {
+        let mandatory = crate::ciphersuites::X25519_AES128GCM;
         let mut e = Envelope::new(
             Kind::KeyPackage,
             self.announced_key_package()
                 .map(|b| b.into_vec())
                 .unwrap_or_default(),
         );
+        // Without last-resort KeyPackages (`publish_last_resort` off) the
+        // body is a single-use one no owner uses, and nothing is attached.
+        if self.config.publish_last_resort {
+            e.proposals = self
+                .state
+                .my_kps
+                .iter()
+                .filter(|(s, _)| **s != mandatory)
+                .map(|(_, kp)| kp.clone())
+                .collect();
+        }
         e.sender = Some(self.me.to_string());
         Output::Publish(Publish {
             topic: Topic::Lobby,

@@ -128,6 +128,14 @@ pub struct GroupStatus {
     /// Why the stream is stuck, if it is: the missing seq, or the
     /// (group, epoch) PSKs its next commit waits for.
     pub waiting_for: Option<String>,
+    /// Its ciphersuite (code point): each owner's own choice among the
+    /// universe's `ciphersuites`.
+    #[serde(default = "crate::participant::output::mandatory_suite")]
+    pub ciphersuite: u16,
+}
+
+fn mandatory_suite() -> u16 {
+    crate::ciphersuites::X25519_AES128GCM
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -150,7 +158,8 @@ pub struct UniverseStatus {
     /// Federation: each member's certificate, as last validated.
     #[serde(default)]
     pub certs: Vec<MemberCert>,
-    /// The ciphersuites the universe accepts (code points).
+    /// The ciphersuites the universe accepts (code points, the creator's
+    /// preference first).
     #[serde(default)]
     pub ciphersuites: Vec<u16>,
 }

@@ -49,7 +49,7 @@ impl Participant {
                 let sig = env.sig.as_ref().ok_or(MmlsError::BadSignature)?;
                 owner.verify(&env.welcome_signed_bytes(), sig)?;
                 self.advance(uid, g)?;
-                Ok(())
+                self.index_welcome(uid, g, env.seq)
             }
             Kind::Commit => self.process_commit(uid, g, env),
             Kind::Application => self.process_application(uid, g, env),
@@ -151,11 +151,17 @@ impl Participant {
         if def.anchors != group_anchors && self.uni(&uid)?.def.is_none() {
             return Err(crate::federation::FederationError::AnchorsMismatch(g.to_string()).into());
         }
-        if !def.ciphersuites.contains(&u16::from(CS)) {
-            return Err(MmlsError::CiphersuiteRefused(
-                def.ciphersuites.first().copied().unwrap_or(0),
-            ));
+        // The Hello's own group must be in a suite its universe accepts,
+        // and we must be able to make ours in one of them.
+        let suite = suite_of(self.group(&g)?);
+        if !def.ciphersuites.contains(&suite) {
+            return Err(MmlsError::CiphersuiteRefused(suite));
         }
+        crate::ciphersuites::choose(
+            &self.config.ciphersuites,
+            &def.ciphersuites,
+            !def.anchors.is_empty(),
+        )?;
         let me = self.me.clone();
         let u = self.uni_mut(&uid)?;
         if u.def.is_none() {
@@ -165,8 +171,30 @@ impl Participant {
                 return Err(MmlsError::NotAMember(me.to_string()));
             }
             let name = def.name.clone();
+            // Groups joined before we knew the universe were judged only
+            // by suites we implement: one the universe does not accept is
+            // another owner's downgrade, left as if never joined.
+            let refused: Vec<(Id32, u16)> = u
+                .groups
+                .iter()
+                .filter(|(_, s)| !def.ciphersuites.contains(&s.suite))
+                .map(|(id, s)| (*id, s.suite))
+                .collect();
+            for (rg, _) in &refused {
+                u.retire(*rg);
+            }
             u.def = Some(def);
             u.roster = roster.into_iter().collect();
+            for (rg, suite) in refused {
+                self.groups.remove(&rg);
+                self.emit(Event::Rejected {
+                    universe: uid,
+                    group: rg,
+                    seq: 0,
+                    reason: MmlsError::CiphersuiteRefused(suite).to_string(),
+                });
+            }
+            let u = self.uni_mut(&uid)?;
             // PSKs exported before we knew the universe's profile were
             // derived with the default labels: derive them again (every
             // group is still at its join epoch, as a Hello follows each

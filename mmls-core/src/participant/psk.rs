@@ -60,7 +60,7 @@ impl Participant {
         let secret = profile.export_psk(self.provider.crypto(), group, &uid, export_len)?;
         let id = Profile::psk_id(&g, epoch);
         // The nonce is not stored; it is chosen fresh by each importer.
-        PreSharedKeyId::external(id, vec![0; CS.hash_length()])
+        PreSharedKeyId::external(id, vec![0; group.ciphersuite().hash_length()])
             .store(&self.provider, &secret)
             .map_err(MmlsError::mls)?;
         let now = self.now;

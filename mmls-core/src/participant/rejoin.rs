@@ -7,24 +7,37 @@ impl Participant {
     pub(super) fn send_rejoin(&mut self, uid: Id32, lost_state: bool) -> Result<(), MmlsError> {
         let now = self.now;
         let u = self.uni(&uid)?;
-        let stale: Vec<(Id32, MemberId)> = u
+        let stale: Vec<(Id32, MemberId, u16)> = u
             .groups
             .iter()
             .filter(|(_, g)| g.stale && g.owner != self.me)
-            .map(|(id, g)| (*id, g.owner.clone()))
+            .map(|(id, g)| (*id, g.owner.clone(), g.suite))
             .collect();
         if stale.is_empty() && !lost_state {
             return Ok(());
         }
         let mut kps = vec![];
-        for (_, owner) in &stale {
-            let kp = self.issue_key_package(owner, true)?.unwrap_or_default();
+        for (_, owner, suite) in &stale {
+            let kp = self
+                .issue_key_package(owner, *suite, true)?
+                .unwrap_or_default();
             kps.push((owner.clone(), ByteBuf::from(kp)));
         }
-        let any = if lost_state {
-            self.state.my_kp.get().clone()
+        // After a state loss we know no owner's suite: every last-resort
+        // KeyPackage we have.
+        let mandatory = crate::ciphersuites::X25519_AES128GCM;
+        let (any, any_others) = if lost_state {
+            (
+                self.state.my_kps.get(&mandatory).cloned(),
+                self.state
+                    .my_kps
+                    .iter()
+                    .filter(|(s, _)| **s != mandatory)
+                    .map(|(_, kp)| kp.clone())
+                    .collect(),
+            )
         } else {
-            None
+            (None, vec![])
         };
         let req = RejoinRequest {
             universe: uid,
@@ -32,6 +45,7 @@ impl Participant {
             key_packages: kps,
             lost_state,
             any_key_package: any,
+            any_key_packages: any_others,
             nonce: now.max(1),
             received: if lost_state {
                 vec![]
@@ -49,7 +63,7 @@ impl Participant {
         e.sender = Some(self.me.to_string());
         self.publish_lobby(e);
         self.uni_mut(&uid)?.rejoin_requested_at = Some(now);
-        for (g, owner) in stale {
+        for (g, owner, _) in stale {
             self.emit(Event::Stale {
                 universe: uid,
                 group: g,
@@ -72,9 +86,9 @@ impl Participant {
         if !u.roster.contains(&req.member) {
             return Err(MmlsError::NotAMember(req.member.to_string()));
         }
-        if u.own_group.is_none() {
+        let Some(suite) = u.own_group.and_then(|g| u.groups.get(&g)).map(|s| s.suite) else {
             return Ok(());
-        }
+        };
         if u.rejoin_nonces
             .get(&req.member)
             .is_some_and(|n| *n >= req.nonce)
@@ -84,18 +98,33 @@ impl Participant {
                 seq: req.nonce,
             });
         }
-        let kp = req
+        // The KeyPackage addressed to us must be in our group's suite (and
+        // one the universe accepts); after a state loss, the one of our
+        // suite among those offered, else the member's last announced one.
+        let addressed = req
             .key_packages
             .iter()
             .find(|(o, _)| *o == me)
-            .map(|(_, k)| k.clone())
-            .or(if req.lost_state {
-                req.any_key_package.clone()
-            } else {
-                None
-            });
+            .map(|(_, k)| k.clone());
+        let kp = match addressed {
+            Some(kp) => Some(kp),
+            None if req.lost_state => req
+                .any_key_package
+                .iter()
+                .chain(&req.any_key_packages)
+                .find(|k| crate::ciphersuites::of_key_package(k) == Some(suite))
+                .or_else(|| {
+                    self.state
+                        .known_kps
+                        .get(&req.member)
+                        .and_then(|k| k.0.get(&suite))
+                })
+                .cloned(),
+            None => None,
+        };
         let Some(kp) = kp else { return Ok(()) };
         let k = self.validate_kp(&kp, Some(&req.member))?;
+        self.check_kp_suite(&uid, suite, &k)?;
         if !k.last_resort() {
             let r = k.hash_ref(self.provider.crypto()).map_err(MmlsError::mls)?;
             let r = ByteBuf::from(r.as_slice().to_vec());

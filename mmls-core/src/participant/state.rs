@@ -37,7 +37,65 @@ pub(super) struct GroupState {
     /// as we saw; None: not since we joined. Shown in the health view.
     #[serde(default)]
     pub(super) last_key_update: Option<u64>,
+    /// Its ciphersuite (code point). Rows written before suite choice have
+    /// none: every group was 0x0001 then.
+    #[serde(default = "mandatory_suite")]
+    pub(super) suite: u16,
 }
+
+fn mandatory_suite() -> u16 {
+    crate::ciphersuites::X25519_AES128GCM
+}
+
+/// A member's KeyPackages by ciphersuite (TLS bytes): its last-resort ones
+/// as it announced them together (`Participant::announcement`), or the
+/// single-use ones it handed to us (`kp_pool`). A row written before suite
+/// choice is one KeyPackage, read as the member's only one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct MemberKps(pub(super) BTreeMap<u16, ByteBuf>);
+
+impl Serialize for MemberKps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberKps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MemberKps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("KeyPackages by ciphersuite, or one KeyPackage")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<MemberKps, E> {
+                Ok(MemberKps::legacy(ByteBuf::from(b.to_vec())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<MemberKps, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<u16, ByteBuf>()? {
+                    out.insert(k, v);
+                }
+                Ok(MemberKps(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl MemberKps {
+    /// One KeyPackage of the time before suite choice (then always
+    /// 0x0001; its header says which).
+    pub(super) fn legacy(kp: ByteBuf) -> MemberKps {
+        let suite = crate::ciphersuites::of_key_package(&kp).unwrap_or_else(mandatory_suite);
+        MemberKps(BTreeMap::from([(suite, kp)]))
+    }
+}
+
+plain_row!(MemberKps);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct UniverseState {
@@ -95,6 +153,18 @@ pub(super) struct UniverseState {
     /// own commit carries a GroupContextExtensions proposal.
     #[serde(default)]
     pub(super) anchors_pending: bool,
+    /// Where the last Welcomes of each send group sit in our log, ours or
+    /// not: a member whose copy was lost asks for a group it holds nothing
+    /// of, and any member can hand it over, not only the owner (who may be
+    /// out of its reach for hours).
+    #[serde(default)]
+    pub(super) welcome_log: BTreeMap<Id32, Vec<u64>>,
+    /// Send groups dropped for good: an owner that lost its state and made
+    /// a new one, a removed member's, a refused suite's. A Welcome into one
+    /// (an old copy a peer still holds) must not bring it back: joining it
+    /// would displace the owner's live group.
+    #[serde(default)]
+    pub(super) retired: BTreeSet<Id32>,
 }
 
 impl UniverseState {
@@ -127,7 +197,21 @@ impl UniverseState {
             resend_after: BTreeMap::new(),
             certs: BTreeMap::new(),
             anchors_pending: false,
+            welcome_log: BTreeMap::new(),
+            retired: BTreeSet::new(),
         }
+    }
+
+    /// Drops send group `g` for good (see [`retired`](Self::retired)).
+    pub(super) fn retire(&mut self, g: Id32) {
+        self.groups.remove(&g);
+        self.pending_imports.remove(&g);
+        self.welcome_log.remove(&g);
+        self.owner_group.retain(|_, og| *og != g);
+        if self.retired.len() >= MAX_RETIRED_GROUPS {
+            self.retired.pop_first();
+        }
+        self.retired.insert(g);
     }
     /// Moves counters read from an older universe row under `stored`, the
     /// counter rows (newer wherever both have a value).
@@ -167,6 +251,15 @@ fn legacy_groups<'de, D: serde::Deserializer<'de>>(
 }
 
 plain_row!(GroupState);
+
+impl RowKey for u16 {
+    fn to_key(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn from_key(k: &[u8]) -> Option<Self> {
+        Some(u16::from_be_bytes(k.try_into().ok()?))
+    }
+}
 
 impl Row for UniverseState {
     fn undo_image(&mut self) -> Self {
@@ -270,7 +363,7 @@ fn texts_prefix(uid: &Id32) -> Vec<u8> {
 pub(super) struct NodeState {
     pub(super) member: Option<MemberId>,
     /// Where our KeyPackage lived before it had a row of its own
-    /// (`EngineState::my_kp`): read once, on load.
+    /// (`EngineState::my_kps`): read once, on load.
     #[serde(default, rename = "my_kp", skip_serializing)]
     legacy_my_kp: Option<ByteBuf>,
     pub(super) outbox_next: u64,
@@ -284,12 +377,12 @@ plain_row!(NodeState, Option<ByteBuf>);
 #[derive(Debug, Default)]
 pub(super) struct EngineState {
     pub(super) node: Cell<NodeState>,
-    /// Our own current last-resort KeyPackage: apart from the counters,
-    /// which change with every message.
-    pub(super) my_kp: Cell<Option<ByteBuf>>,
+    /// Our own current last-resort KeyPackage in each ciphersuite we
+    /// implement: apart from the counters, which change with every message.
+    pub(super) my_kps: Rows<u16, ByteBuf>,
     pub(super) universes: Rows<Id32, UniverseState>,
-    /// Latest last-resort KeyPackage heard from each member (TLS bytes).
-    pub(super) known_kps: Rows<MemberId, ByteBuf>,
+    /// Latest last-resort KeyPackages heard from each member, by suite.
+    pub(super) known_kps: Rows<MemberId, MemberKps>,
     /// Hash refs of KeyPackages we made (to recognise our Welcomes).
     pub(super) my_kp_refs: Rows<ByteBuf, ()>,
     /// Those of them that are last-resort (reused across Welcomes).
@@ -321,11 +414,16 @@ struct LegacyState {
 
 /// Where each part lives: `Table::Meta` holds the node row and the small
 /// per-member sets under these prefixes.
+/// Retired group ids a universe remembers (an arbitrary one goes beyond).
+const MAX_RETIRED_GROUPS: usize = 1024;
 const NODE_KEY: &[u8] = b"node";
 const LEGACY_KEY: &[u8] = b"engine";
 const KP_REQUESTED: &[u8] = b"kp-requested/";
 const MY_KP_REFS: &[u8] = b"kp-ref/mine/";
+/// Our KeyPackage before suite choice (one, in 0x0001); now one row per
+/// suite under `MY_KPS`.
 const MY_KP: &[u8] = b"my-kp";
+const MY_KPS: &[u8] = b"my-kp/";
 const TEXTS: &[u8] = b"texts/";
 const LAST_RESORT_REFS: &[u8] = b"kp-ref/last-resort/";
 const USED_KP_REFS: &[u8] = b"kp-ref/used/";
@@ -353,17 +451,24 @@ impl EngineState {
                 rejected_inputs: old.rejected_inputs,
             });
             node.get_mut();
-            let mut my_kp = Cell::new(old.my_kp);
-            my_kp.get_mut();
+            let mut my_kps = Rows::default();
+            if let Some(kp) = old.my_kp {
+                my_kps.insert(crate::ciphersuites::X25519_AES128GCM, kp);
+            }
             let mut universes = old.universes;
             for u in universes.values_mut() {
                 u.adopt_texts(Rows::default());
             }
             return Ok(EngineState {
                 node,
-                my_kp,
+                my_kps,
                 universes: Rows::fresh(universes),
-                known_kps: Rows::fresh(old.known_kps),
+                known_kps: Rows::fresh(
+                    old.known_kps
+                        .into_iter()
+                        .map(|(m, kp)| (m, MemberKps::legacy(kp)))
+                        .collect(),
+                ),
                 my_kp_refs: set(old.my_kp_refs),
                 last_resort_refs: set(old.last_resort_refs),
                 used_kp_refs: set(old.used_kp_refs),
@@ -377,21 +482,27 @@ impl EngineState {
             }
             None => NodeState::default(),
         };
-        let my_kp = match store.get(Table::Meta, MY_KP)? {
-            Some(b) => Cell::new(
+        let mut my_kps: Rows<u16, ByteBuf> = Rows::load(store, Table::Meta, MY_KPS)?;
+        // Our one KeyPackage of before suite choice (0x0001), in its own
+        // row or, earlier still, in the node row: moved to the per-suite
+        // rows with the step that `open` commits at once (which also
+        // rewrites the node row without it, so it is never read again).
+        let node_kp = node.legacy_my_kp.take();
+        let legacy_kp: Option<ByteBuf> = match store.get(Table::Meta, MY_KP)? {
+            Some(b) => {
+                store.delete(Table::Meta, MY_KP);
                 from_cbor(&b)
-                    .map_err(|e| StoreError::Corrupt(format!("engine KeyPackage row: {e}")))?,
-            ),
-            None => {
-                // Kept in the node row before: moved to its own with the
-                // next step.
-                let mut c = Cell::new(node.legacy_my_kp.take());
-                if c.get().is_some() {
-                    c.get_mut();
-                }
-                c
+                    .map_err(|e| StoreError::Corrupt(format!("engine KeyPackage row: {e}")))?
             }
+            None => node_kp.clone(),
         };
+        if let (Some(kp), true) = (legacy_kp, my_kps.keys().next().is_none()) {
+            my_kps.insert(crate::ciphersuites::X25519_AES128GCM, kp);
+        }
+        let mut node = Cell::new(node);
+        if node_kp.is_some() {
+            node.get_mut();
+        }
         let mut universes: Rows<Id32, UniverseState> = Rows::load(store, Table::Universes, &[])?;
         for (uid, u) in universes.iter_untracked_mut() {
             u.adopt_texts(Rows::load(store, Table::Meta, &texts_prefix(uid))?);
@@ -407,8 +518,8 @@ impl EngineState {
             }
         }
         Ok(EngineState {
-            node: Cell::new(node),
-            my_kp,
+            node,
+            my_kps,
             universes,
             known_kps: Rows::load(store, Table::KeyPackages, &[])?,
             my_kp_refs: Rows::load(store, Table::Meta, MY_KP_REFS)?,
@@ -436,9 +547,7 @@ impl EngineState {
         if self.node.is_touched() {
             store.put(Table::Meta, NODE_KEY, &to_cbor(self.node.get()));
         }
-        if self.my_kp.is_touched() {
-            store.put(Table::Meta, MY_KP, &to_cbor(self.my_kp.get()));
-        }
+        self.my_kps.write(store, Table::Meta, MY_KPS);
         if self.universes.is_touched() {
             self.universes.write(store, Table::Universes, &[]);
             for gone in self.universes.removed() {
@@ -472,12 +581,17 @@ impl EngineState {
 
     /// Serialized size of every row (metrics only: serializes everything).
     pub(super) fn size(&self) -> usize {
-        let mut n = to_cbor(self.node.get()).len() + to_cbor(self.my_kp.get()).len();
+        let mut n = to_cbor(self.node.get()).len()
+            + self.my_kps.values().map(|k| k.len() + 8).sum::<usize>();
         for u in self.universes.values() {
             n += to_cbor(u).len() + u.texts.0.values().count() * 16;
             n += u.groups.values().map(|g| to_cbor(g).len()).sum::<usize>();
         }
-        n += self.known_kps.values().map(|k| k.len() + 50).sum::<usize>();
+        n += self
+            .known_kps
+            .values()
+            .map(|k| k.0.values().map(|b| b.len() + 8).sum::<usize>() + 50)
+            .sum::<usize>();
         n + self.pool.size()
             + self.kp_requested.values().count() * 60
             + (self.my_kp_refs.keys().count()
@@ -489,7 +603,7 @@ impl EngineState {
     /// Whether any row was touched since the last commit or rollback.
     pub(super) fn is_touched(&self) -> bool {
         self.node.is_touched()
-            || self.my_kp.is_touched()
+            || self.my_kps.is_touched()
             || self.universes.is_touched()
             || self
                 .universes
@@ -505,7 +619,7 @@ impl EngineState {
 
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
         f(&mut self.node);
-        f(&mut self.my_kp);
+        f(&mut self.my_kps);
         f(&mut self.universes);
         for (_, u) in self.universes.iter_untracked_mut() {
             f(&mut u.groups);
@@ -552,255 +666,4 @@ impl RowKey for GroupKey {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::rows::prefix_end;
-    use super::*;
-    use crate::participant::Participant;
-    use crate::profile::Profile;
-    use crate::testkit::{config, view, Net};
-    use ciborium::Value;
-
-    /// The whole-state blob an older engine wrote for `store`'s rows.
-    fn legacy_blob(store: &Store) -> Vec<u8> {
-        let st = EngineState::load(store).expect("rows load");
-        let node = st.node.get();
-        let cbor = |v: &dyn erased::Ser| -> Value { v.value() };
-        let mut universes = vec![];
-        for (uid, u) in st.universes.iter() {
-            let Value::Map(mut fields) = cbor(u) else {
-                panic!("a universe row is a map")
-            };
-            let groups: Vec<(Value, Value)> =
-                u.groups.iter().map(|(g, s)| (cbor(g), cbor(s))).collect();
-            fields.push((Value::Text("groups".into()), Value::Map(groups)));
-            fields.push((
-                Value::Text("next_text_seq".into()),
-                cbor(&u.texts.next_text_seq()),
-            ));
-            let received: BTreeMap<&MemberId, u64> = u.texts.received_all().collect();
-            fields.push((Value::Text("received_from".into()), cbor(&received)));
-            universes.push((cbor(uid), Value::Map(fields)));
-        }
-        let set = |r: &Rows<ByteBuf, ()>| Value::Array(r.keys().map(|k| cbor(k)).collect());
-        let blob = Value::Map(vec![
-            (Value::Text("member".into()), cbor(&node.member)),
-            (Value::Text("universes".into()), Value::Map(universes)),
-            (
-                Value::Text("known_kps".into()),
-                Value::Map(
-                    st.known_kps
-                        .iter()
-                        .map(|(m, k)| (cbor(m), cbor(k)))
-                        .collect(),
-                ),
-            ),
-            (Value::Text("my_kp".into()), cbor(st.my_kp.get())),
-            (Value::Text("my_kp_refs".into()), set(&st.my_kp_refs)),
-            (
-                Value::Text("last_resort_refs".into()),
-                set(&st.last_resort_refs),
-            ),
-            (Value::Text("used_kp_refs".into()), set(&st.used_kp_refs)),
-            (
-                Value::Text("kp_requested".into()),
-                Value::Map(
-                    st.kp_requested
-                        .iter()
-                        .map(|(m, t)| (cbor(m), cbor(t)))
-                        .collect(),
-                ),
-            ),
-            (Value::Text("outbox_next".into()), cbor(&node.outbox_next)),
-            (
-                Value::Text("delivered_next".into()),
-                cbor(&node.delivered_next),
-            ),
-            (
-                Value::Text("rejected_inputs".into()),
-                cbor(&node.rejected_inputs),
-            ),
-        ]);
-        let mut out = vec![];
-        ciborium::into_writer(&blob, &mut out).expect("encode");
-        out
-    }
-
-    mod erased {
-        pub trait Ser {
-            fn value(&self) -> ciborium::Value;
-        }
-        impl<T: serde::Serialize> Ser for T {
-            fn value(&self) -> ciborium::Value {
-                ciborium::Value::serialized(self).expect("serializable")
-            }
-        }
-    }
-
-    /// Removes every engine row, as a store written by an older engine
-    /// would have none.
-    fn drop_rows(store: &Store) {
-        for t in [
-            Table::Universes,
-            Table::Groups,
-            Table::KeyPackages,
-            Table::Meta,
-        ] {
-            for (k, _) in store.range(t, &[], None, usize::MAX).expect("range") {
-                store.delete(t, &k);
-            }
-        }
-    }
-
-    #[test]
-    fn a_legacy_state_blob_is_migrated_to_rows_and_the_node_carries_on() {
-        let mut net = Net::new(3);
-        let uid = net.universe(Profile::Mmls00);
-        net.send(1, &uid, "before");
-        net.run();
-        net.settle();
-        let before = view(net.node(0), &uid);
-        let status_before = net.node(0).status(&uid).expect("status");
-
-        let store = net.stores[0].clone();
-        let blob = legacy_blob(&store);
-        drop_rows(&store);
-        store.put(Table::Meta, LEGACY_KEY, &blob);
-        store.commit().expect("commit");
-        net.nodes[0] = None;
-        // Nothing of the rows is left: only the blob can bring the state back.
-        assert!(EngineState::load_rows_only(&store)
-            .universes
-            .iter()
-            .next()
-            .is_none());
-
-        let (p, outs) = Participant::open(net.ids[0].clone(), store.clone(), config(), net.now)
-            .expect("a legacy store opens");
-        net.nodes[0] = Some(p);
-        net.absorb(0, outs);
-        assert_eq!(net.node(0).status(&uid).expect("status"), status_before);
-        assert_eq!(view(net.node(0), &uid), before);
-        // The blob is gone and the rows are written.
-        assert!(store.get(Table::Meta, LEGACY_KEY).expect("get").is_none());
-        assert!(store
-            .get(Table::Universes, uid.as_bytes())
-            .expect("get")
-            .is_some());
-
-        // It keeps working: messages both ways, and after another restart.
-        net.send(0, &uid, "after, from 0");
-        net.send(2, &uid, "after, from 2");
-        net.run();
-        net.settle();
-        assert!(net.texts(0).contains(&"after, from 2".to_string()));
-        assert!(net.texts(1).contains(&"after, from 0".to_string()));
-        net.nodes[0] = None;
-        let (p, _) = Participant::open(net.ids[0].clone(), store, config(), net.now)
-            .expect("reopen from rows");
-        net.nodes[0] = Some(p);
-        assert_eq!(
-            net.node(0).status(&uid).expect("status").groups.len(),
-            status_before.groups.len()
-        );
-        net.assert_consistent(&uid);
-    }
-
-    /// Rewrites `store`'s rows as the first row format wrote them: text
-    /// counters inside each universe row, our KeyPackage inside the node
-    /// row, neither with rows of its own.
-    fn to_first_row_format(store: &Store) {
-        let st = EngineState::load(store).expect("rows load");
-        for (uid, u) in st.universes.iter() {
-            let Value::Map(mut fields) = Value::serialized(u).expect("row") else {
-                panic!("a universe row is a map")
-            };
-            fields.push((
-                Value::Text("next_text_seq".into()),
-                Value::serialized(&u.texts.next_text_seq()).expect("value"),
-            ));
-            let received: BTreeMap<&MemberId, u64> = u.texts.received_all().collect();
-            fields.push((
-                Value::Text("received_from".into()),
-                Value::serialized(&received).expect("value"),
-            ));
-            let mut row = vec![];
-            ciborium::into_writer(&Value::Map(fields), &mut row).expect("encode");
-            store.put(Table::Universes, uid.as_bytes(), &row);
-        }
-        let Value::Map(mut node) = Value::serialized(st.node.get()).expect("row") else {
-            panic!("the node row is a map")
-        };
-        node.push((
-            Value::Text("my_kp".into()),
-            Value::serialized(st.my_kp.get()).expect("value"),
-        ));
-        let mut row = vec![];
-        ciborium::into_writer(&Value::Map(node), &mut row).expect("encode");
-        store.put(Table::Meta, NODE_KEY, &row);
-        store.delete(Table::Meta, MY_KP);
-        let texts_end = prefix_end(TEXTS);
-        for (k, _) in store
-            .range(Table::Meta, TEXTS, texts_end.as_deref(), usize::MAX)
-            .expect("range")
-        {
-            store.delete(Table::Meta, &k);
-        }
-        store.commit().expect("commit");
-    }
-
-    #[test]
-    fn rows_of_the_first_row_format_open_with_their_counters_and_key_package() {
-        let mut net = Net::new(3);
-        let uid = net.universe(Profile::Mmls00);
-        net.send(0, &uid, "mine");
-        net.send(1, &uid, "from 1");
-        net.send(2, &uid, "from 2");
-        net.send(2, &uid, "from 2 again");
-        net.run();
-        net.settle();
-        let before = view(net.node(0), &uid);
-        let status_before = net.node(0).status(&uid).expect("status");
-        let acks_before = net.node(0).received_acks(&uid);
-        assert_eq!(acks_before.len(), 2, "{acks_before:?}");
-        let kp_before = net.node(0).state.my_kp.get().clone();
-        assert!(kp_before.is_some());
-
-        let store = net.stores[0].clone();
-        to_first_row_format(&store);
-        net.nodes[0] = None;
-        let (p, outs) = Participant::open(net.ids[0].clone(), store.clone(), config(), net.now)
-            .expect("first-format rows open");
-        net.nodes[0] = Some(p);
-        net.absorb(0, outs);
-        assert_eq!(net.node(0).status(&uid).expect("status"), status_before);
-        assert_eq!(net.node(0).received_acks(&uid), acks_before);
-        assert_eq!(net.node(0).state.my_kp.get(), &kp_before);
-        assert_eq!(view(net.node(0), &uid), before);
-        // Moved to rows of their own.
-        assert!(store.get(Table::Meta, MY_KP).expect("get").is_some());
-        assert!(!store
-            .range(Table::Meta, TEXTS, prefix_end(TEXTS).as_deref(), 1)
-            .expect("range")
-            .is_empty());
-
-        // The numbering carries on where it was: no text number twice.
-        net.send(0, &uid, "mine, after");
-        net.run();
-        net.settle();
-        assert_eq!(
-            net.node(0).status(&uid).expect("status").messages_sent,
-            status_before.messages_sent + 1
-        );
-        assert!(net.texts(1).contains(&"mine, after".to_string()));
-        net.assert_consistent(&uid);
-    }
-
-    #[test]
-    fn an_unreadable_legacy_blob_is_a_typed_error_saying_what_it_is() {
-        let store = Store::in_memory().expect("store");
-        store.put(Table::Meta, LEGACY_KEY, b"\xa1\x66member\x05garbage");
-        store.commit().expect("commit");
-        let err = EngineState::load(&store).expect_err("garbage must not load");
-        assert!(err.to_string().contains("older format"), "{err}");
-    }
-}
+mod tests;

@@ -16,6 +16,14 @@ impl Participant {
             .ok_or(crate::envelope::EnvelopeError::MissingField(
                 env.kind, "group",
             ))?;
+        if self
+            .state
+            .universes
+            .get(&uid)
+            .is_some_and(|u| u.retired.contains(&g))
+        {
+            return Err(MmlsError::GroupRetired(g));
+        }
         // A Welcome for us may open a universe or group we do not know yet.
         if env.kind == Kind::Welcome && self.welcome_is_for_me(&env)? {
             let known = self

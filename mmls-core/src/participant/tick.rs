@@ -106,16 +106,14 @@ impl Participant {
             }
             self.send_rejoin(uid, false)?;
         }
-        // Members we owe an Add but have no KeyPackage for.
+        // Members we owe an Add but have no KeyPackage for (in our
+        // group's suite).
         let u = self.uni(&uid)?;
-        let wanted: Vec<MemberId> = u
-            .pending_adds
-            .iter()
-            .filter(|m| !self.has_usable_kp(m))
-            .cloned()
-            .collect();
-        for m in wanted {
-            self.request_kp(&m);
+        if let Some(own) = u.own_group.and_then(|g| u.groups.get(&g)) {
+            let wanted = self.lacking_key_packages(&u.pending_adds, own.suite);
+            for m in wanted {
+                self.request_kp(&m);
+            }
         }
         // Silent members.
         if let Some(limit) = cfg.silent_removal_ms {

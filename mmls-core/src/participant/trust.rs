@@ -246,7 +246,7 @@ impl Participant {
         }
         let old = std::mem::replace(&mut self.identity, renewed);
         let r = self.step(|p| {
-            p.refresh_key_package()?;
+            p.refresh_key_packages()?;
             p.renew_pool()?;
             for uid in &ids {
                 p.mmls_update(*uid)?;
@@ -261,9 +261,10 @@ impl Participant {
     }
 
     /// Leaf parameters for our next path or Update in `group`: our current
-    /// credential if the leaf still carries an older one (a renewal).
+    /// credential (in the group's suite) if the leaf still carries an older
+    /// one (a renewal).
     pub(super) fn leaf_params(identity: &Identity, group: &MlsGroup) -> LeafNodeParameters {
-        let cwk = identity.credential_with_key();
+        let cwk = identity.credential_for(suite_of(group));
         match group.own_leaf_node() {
             Some(l) if *l.credential() != cwk.credential => LeafNodeParameters::builder()
                 .with_credential_with_key(cwk)

@@ -45,6 +45,7 @@ impl Participant {
                 auth: hex::encode(s.auth.get(&s.epoch).copied().unwrap_or_default()),
                 members,
                 last_key_update: s.last_key_update,
+                ciphersuite: s.suite,
             });
         }
         let (anchors, certs) = Self::federation_status(&u);

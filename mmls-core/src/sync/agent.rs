@@ -46,6 +46,10 @@ pub struct SyncConfig {
     /// (`KpRefusal::RateLimited`).
     pub kp_serve_per_min: u64,
     pub kp_serve_burst: u64,
+    /// How often every connected peer gets our summaries (the periodic
+    /// round that repairs what gossip lost). `None`: only when the driver
+    /// calls [`SyncAgent::sync_all`] (tests that step sync by hand).
+    pub round_interval_ms: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -60,6 +64,7 @@ impl Default for SyncConfig {
             kp_cache: 256,
             kp_serve_per_min: 30,
             kp_serve_burst: 8,
+            round_interval_ms: Some(5_000),
         }
     }
 }
@@ -163,6 +168,9 @@ pub struct SyncAgent<P> {
     kps: KeyPackageRelay,
     kp_requests: KpRequests<P>,
     actions: VecDeque<Action<P>>,
+    /// When the next summary round is due (set by the first timeout or by
+    /// [`SyncAgent::start_rounds`]).
+    next_round: Option<u64>,
 }
 
 impl<P: Ord + Clone> SyncAgent<P> {
@@ -181,6 +189,15 @@ impl<P: Ord + Clone> SyncAgent<P> {
             kps,
             kp_requests,
             actions: VecDeque::new(),
+            next_round: None,
+        }
+    }
+
+    /// The first periodic round runs at `at` (a simulator spreads its
+    /// nodes' rounds over the interval instead of starting them together).
+    pub fn start_rounds(&mut self, at: u64) {
+        if self.cfg.round_interval_ms.is_some() {
+            self.next_round = Some(at);
         }
     }
 
@@ -439,12 +456,24 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.asked
             .values()
             .map(|a| a.at.saturating_add(self.cfg.request_timeout_ms))
+            .chain(self.next_round)
             .min()
     }
 
-    /// Fails the requests unanswered for `request_timeout_ms`, and forgets
-    /// rate-limit records that cannot matter any more.
-    pub fn handle_timeout(&mut self, now: u64) {
+    /// Runs the periodic summary round when it is due, fails the requests
+    /// unanswered for `request_timeout_ms`, and forgets rate-limit records
+    /// that cannot matter any more.
+    pub fn handle_timeout(&mut self, p: &Participant, now: u64) {
+        if let Some(every) = self.cfg.round_interval_ms {
+            match self.next_round {
+                None => self.next_round = Some(now.saturating_add(every)),
+                Some(due) if now >= due => {
+                    self.next_round = Some(now.saturating_add(every));
+                    self.sync_all(p, now);
+                }
+                Some(_) => {}
+            }
+        }
         let timeout = self.cfg.request_timeout_ms;
         let due: Vec<RequestId> = self
             .asked
@@ -521,7 +550,12 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 .filter(|(_, st)| st.heads.get(group).is_some_and(|n| n > from))
                 .map(|(p, _)| *p)
                 .collect(),
-            FetchRequest::Welcomes { .. } => vec![],
+            // Peers in the groups we lack hold their Welcomes.
+            FetchRequest::Welcomes { groups, .. } => untried
+                .iter()
+                .filter(|(_, st)| groups.iter().any(|g| st.heads.contains_key(g)))
+                .map(|(p, _)| *p)
+                .collect(),
         };
         let pool: Vec<&P> = if has.is_empty() {
             untried.iter().map(|(p, _)| *p).collect()
@@ -617,6 +651,10 @@ impl<P: Ord + Clone> SyncAgent<P> {
                     let req = FetchRequest::Welcomes {
                         universe: s.universe,
                         member: self.me.clone(),
+                        // Owners only: a universe we do not know may be
+                        // one we left or were removed from, where old
+                        // Welcomes other members hold still name us.
+                        groups: vec![],
                     };
                     self.fetch(req, Some(peer), now);
                 }

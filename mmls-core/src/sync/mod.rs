@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 
 /// How many envelopes one fetch answer carries at most.
 pub const MAX_FETCH_ENVELOPES: usize = 256;
+/// Groups one Welcomes request may name.
+pub const MAX_WELCOME_GROUPS: usize = 64;
 /// And how many bytes.
 pub const MAX_FETCH_BYTES: usize = 4 * MAX_ENVELOPE_BYTES;
 
@@ -45,8 +47,16 @@ pub enum FetchRequest {
         group: Id32,
         from: u64,
     },
-    /// Welcomes that add `member` to groups of `universe`.
-    Welcomes { universe: Id32, member: MemberId },
+    /// Welcomes that add `member` to groups of `universe`: those its owner
+    /// made, and, from any member, those of `groups`, the groups the asker
+    /// holds nothing of. (Only those: a Welcome into a group the asker
+    /// left or was dropped from must come from its owner, who knows.)
+    Welcomes {
+        universe: Id32,
+        member: MemberId,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<Id32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -98,7 +108,7 @@ pub fn plan(
     me: &MemberId,
 ) -> Vec<FetchRequest> {
     let mut out = vec![];
-    let mut unknown_group = false;
+    let mut unknown = vec![];
     for (group, their_next) in &theirs.heads {
         match ours.get(group) {
             Some(our_next) if their_next > our_next => out.push(FetchRequest::Range {
@@ -107,14 +117,16 @@ pub fn plan(
                 from: *our_next,
             }),
             Some(_) => {}
-            None => unknown_group = true,
+            None if unknown.len() < MAX_WELCOME_GROUPS => unknown.push(*group),
+            None => {}
         }
     }
     // A group we are not in may hold a Welcome for us.
-    if unknown_group {
+    if !unknown.is_empty() {
         out.push(FetchRequest::Welcomes {
             universe,
             member: me.clone(),
+            groups: unknown,
         });
     }
     out

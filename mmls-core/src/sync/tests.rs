@@ -29,7 +29,8 @@ fn plans_only_what_the_peer_has_more_of() {
             },
             FetchRequest::Welcomes {
                 universe: u,
-                member: me
+                member: me,
+                groups: vec![c],
             }
         ]
     );
@@ -47,7 +48,11 @@ fn participant(i: usize) -> Participant {
 /// An agent of participant 0 with `peers` connected and its connection
 /// actions drained.
 fn agent(p: &Participant, peers: &[u32]) -> SyncAgent<u32> {
-    let mut a = SyncAgent::new(p.me().clone(), SyncConfig::default());
+    let cfg = SyncConfig {
+        round_interval_ms: None,
+        ..SyncConfig::default()
+    };
+    let mut a = SyncAgent::new(p.me().clone(), cfg);
     for peer in peers {
         a.peer_connected(p, *peer, T0);
     }
@@ -134,9 +139,9 @@ fn a_timed_out_fetch_goes_to_another_peer() {
     let req = range(0);
     let sent = engine_fetch(&mut a, &req, T0);
     assert_eq!(a.poll_timeout(), Some(T0 + timeout));
-    a.handle_timeout(T0 + timeout - 1);
+    a.handle_timeout(&p, T0 + timeout - 1);
     assert!(drain(&mut a).is_empty(), "retried before its timeout");
-    a.handle_timeout(T0 + timeout);
+    a.handle_timeout(&p, T0 + timeout);
     let next = requests(&drain(&mut a));
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].0, sent[0].0);
@@ -347,7 +352,7 @@ fn a_missing_key_package_is_asked_for_once_per_interval() {
     };
     assert_eq!(r.target, who.as_str());
     assert_eq!(&r.requester, p.me());
-    assert_eq!(r.ciphersuites, vec![u16::from(crate::DEFAULT_CIPHERSUITE)]);
+    assert_eq!(r.ciphersuites, Participant::ciphersuites());
     let Action::Publish(pb) = &acts[1] else {
         panic!("not a publish")
     };
@@ -372,6 +377,7 @@ fn a_summary_of_a_universe_we_are_not_in_polls_for_welcomes_addressed_to_us() {
     let welcomes = SyncMessage::Fetch(FetchRequest::Welcomes {
         universe: u,
         member: p.me().clone(),
+        groups: vec![],
     });
     let answer = a.handle_request(&mut p, &1, SyncMessage::Summary(theirs.clone()), T0);
     assert_eq!(answer, SyncMessage::Summaries(p.summaries()));
@@ -456,6 +462,7 @@ fn welcomes_in_flight_at_one_peer_are_still_asked_of_another_but_a_range_is_not(
     let welcomes = FetchRequest::Welcomes {
         universe: Id32([5; 32]),
         member: p.me().clone(),
+        groups: vec![],
     };
     let ask = |a: &mut SyncAgent<u32>, req: &FetchRequest, from: Option<u32>| {
         a.handle_outputs(vec![Output::Fetch(req.clone())], from.as_ref(), T0);
@@ -482,6 +489,7 @@ fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
     let welcomes = FetchRequest::Welcomes {
         universe: Id32([5; 32]),
         member: p.me().clone(),
+        groups: vec![],
     };
     a.handle_outputs(vec![Output::Fetch(welcomes)], Some(&1), T0);
     let sent = requests(&drain(&mut a));
@@ -577,7 +585,7 @@ fn key_package_requests_are_refused_with_a_reason() {
     let msg = SyncMessage::KeyPackageRequest(KpRequest {
         target: me.to_string(),
         requester: one.clone(),
-        ciphersuites: vec![0x0002],
+        ciphersuites: vec![0x0007],
     });
     let r = refused(a.handle_request(&mut p, &1, msg, T0));
     assert!(matches!(r, KpRefusal::NoCommonSuite { .. }), "{r:?}");
@@ -642,4 +650,47 @@ fn a_flood_of_key_package_requests_is_rate_limited_per_peer() {
         }
     }
     assert_eq!(again, burst.min(per_min));
+}
+
+#[test]
+fn the_agent_runs_its_own_summary_rounds() {
+    let p = participant(0);
+    let every = 5_000;
+    let cfg = SyncConfig {
+        round_interval_ms: Some(every),
+        ..SyncConfig::default()
+    };
+    let mut a = SyncAgent::new(p.me().clone(), cfg);
+    a.start_rounds(T0 + 100);
+    assert_eq!(a.poll_timeout(), Some(T0 + 100));
+    // No peer yet: the round is due but asks nobody.
+    a.handle_timeout(&p, T0 + 100);
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(a.poll_timeout(), Some(T0 + 100 + every));
+    for peer in [1, 2] {
+        a.peer_connected(&p, peer, T0 + 200);
+    }
+    for (_, id, _) in requests(&drain(&mut a)) {
+        a.handle_failure(id, T0 + 200);
+    }
+    a.handle_timeout(&p, T0 + 100 + every - 1);
+    assert!(drain(&mut a).is_empty(), "a round before it was due");
+    a.handle_timeout(&p, T0 + 100 + every);
+    let round = requests(&drain(&mut a));
+    let mut to: Vec<u32> = round.iter().map(|r| r.0).collect();
+    to.sort();
+    assert_eq!(to, vec![1, 2], "one summary to each connected peer");
+    assert!(round.iter().all(|r| matches!(r.2, SyncMessage::Summary(_))));
+    // The next round is one interval later, not at once again.
+    a.handle_timeout(&p, T0 + 100 + every + 1);
+    assert!(requests(&drain(&mut a)).is_empty());
+}
+
+#[test]
+fn without_an_interval_rounds_are_the_drivers() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1]);
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(&p, T0 + 3_600_000);
+    assert!(drain(&mut a).is_empty());
 }

@@ -236,6 +236,7 @@ fn lobby_forgeries_and_replays_are_refused() {
         key_packages: vec![],
         lost_state: true,
         any_key_package: None,
+        any_key_packages: vec![],
         nonce: u64::MAX,
         received: vec![],
     };

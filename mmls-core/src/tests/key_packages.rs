@@ -24,7 +24,7 @@ fn mls_rs_style() -> Config {
 /// Four nodes; the last publishes no last-resort KeyPackage.
 fn net_with_a_single_use_member() -> Net {
     let cfgs = vec![config(), config(), config(), mls_rs_style()];
-    Net::with_configs((0..4).map(identity).collect(), cfgs, 1_000)
+    Net::with_node_configs((0..4).map(identity).collect(), cfgs, 1_000)
 }
 
 /// The hash ref of a KeyPackage (TLS bytes).
@@ -151,16 +151,18 @@ fn a_single_use_key_package_is_never_used_by_two_owners() {
     assert_eq!(distinct.len(), 3, "a single-use KeyPackage used twice");
     assert!(!node3_refs.contains(&broadcast));
 
-    // Node 3 forgot each of them once its Welcome arrived, and refilled.
+    // Node 3 forgot each of them once its Welcome arrived, and refilled;
+    // what it still has out are those handed in the owners' other suites
+    // (a request gets one per suite the requester implements).
+    let used = crate::ciphersuites::X25519_AES128GCM;
     let pool = net.node(3).key_package_pool();
-    assert_eq!(pool.issued, 0, "{pool:?}");
+    assert!(!pool.issued_suites.contains(&used), "{pool:?}");
     assert_eq!(pool.fresh, net.node(3).config().kp_pool_size, "{pool:?}");
-    // The owners hold no handed KeyPackage any more: each was spent.
+    // The owners hold no handed KeyPackage of the groups' suite any more:
+    // each was spent.
     for i in 0..3 {
-        assert!(
-            net.node(i).key_package_pool().handed_to_us.is_empty(),
-            "node {i}"
-        );
+        let pool = net.node(i).key_package_pool();
+        assert!(!pool.handed_suites.contains(&used), "node {i}: {pool:?}");
     }
 }
 
@@ -304,4 +306,71 @@ fn a_peer_answers_for_an_unreachable_target_with_its_published_key_package() {
     net.settle();
     let st = net.node(3).status(&uid).expect("node 3 joined");
     assert_eq!(st.groups.len(), 4, "{st:?}");
+}
+
+/// In a universe that accepts only 0x0003, a member without a last-resort
+/// KeyPackage is added by each owner with a single-use 0x0003 KeyPackage
+/// handed to that owner alone: every owner's group gets it, none uses
+/// another's, and none uses the 0x0001 ones handed alongside.
+#[test]
+fn a_handed_key_package_in_the_groups_suite_is_used_once() {
+    let mut net = net_with_a_single_use_member();
+    let members: Vec<MemberId> = (0..4).map(|i| net.member(i)).collect();
+    let suites = [crate::ciphersuites::X25519_CHACHA20POLY1305];
+    let err = net
+        .node(0)
+        .create_universe_with("t", &members, &[], Profile::Mmls00, vec![], &suites)
+        .expect_err("no usable KeyPackage of node 3 yet");
+    assert!(matches!(&err, MmlsError::MissingKeyPackage(_)), "{err}");
+    let now = net.now;
+    let m3 = net.member(3).to_string();
+    net.agents[0].missing_key_package(&m3, now);
+    net.absorb(0, vec![]);
+    net.run();
+    let (uid, outs) = net
+        .node(0)
+        .create_universe_with("t", &members, &[], Profile::Mmls00, vec![], &suites)
+        .expect("create with the handed 0x0003 KeyPackage");
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    for i in 0..4 {
+        let st = net.node(i).status(&uid).expect("status");
+        assert_eq!(st.groups.len(), 4, "node {i}: {st:?}");
+        assert!(st.groups.iter().all(|g| g.members == 4), "node {i}: {st:?}");
+        assert!(
+            st.groups.iter().all(|g| g.ciphersuite == suites[0]),
+            "node {i}: {st:?}"
+        );
+    }
+    net.send(1, &uid, "to the single-use member");
+    net.send(3, &uid, "from it");
+    net.run();
+    assert!(net
+        .texts(3)
+        .contains(&"to the single-use member".to_string()));
+    assert!(net.texts(2).contains(&"from it".to_string()));
+    net.assert_consistent(&uid);
+    // Node 3's KeyPackages in the Welcomes: one per other owner, all
+    // different, none announced.
+    let last_resort: BTreeSet<Vec<u8>> = (0..3)
+        .flat_map(|i| {
+            let Output::Publish(p) = net.node(i).announcement() else {
+                panic!()
+            };
+            let env = Envelope::decode(&p.bytes).expect("envelope");
+            std::iter::once(env.body.to_vec())
+                .chain(env.proposals.iter().map(|k| k.to_vec()))
+                .map(|k| kp_ref(&k))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let node3_refs: Vec<Vec<u8>> = welcomes(&net)
+        .into_values()
+        .flatten()
+        .filter(|r| !last_resort.contains(r))
+        .collect();
+    assert_eq!(node3_refs.len(), 3, "one Welcome of node 3 per other owner");
+    let distinct: BTreeSet<&Vec<u8>> = node3_refs.iter().collect();
+    assert_eq!(distinct.len(), 3, "a single-use KeyPackage used twice");
 }

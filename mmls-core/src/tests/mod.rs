@@ -17,7 +17,9 @@ mod membership;
 mod psk;
 mod recovery;
 mod rejoin;
+mod suites;
 mod updates;
+mod welcomes;
 
 /// The commits published in `owner`'s send group, in stream order.
 pub(super) fn commits_of(net: &mut Net, uid: &Id32, owner: usize) -> Vec<(Envelope, Vec<u8>)> {

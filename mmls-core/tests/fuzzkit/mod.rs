@@ -170,6 +170,7 @@ fn sync_seeds(fx: &Fixture) -> Vec<Vec<u8>> {
         let req = FetchRequest::Welcomes {
             universe: s.universe,
             member: identity(1).member_id(),
+            groups: s.heads.iter().map(|(g, _)| *g).collect(),
         };
         out.push(SyncMessage::Fetch(req.clone()).encode());
         if let Ok(resp) = server.serve_fetch(&req) {

@@ -79,6 +79,15 @@ function ago(ms) {
   return Math.round(s / 86400) + ' days ago';
 }
 
+/** MLS ciphersuites by code point (RFC 9420 17.1; the ones a node implements). */
+const SUITES = {
+  1: 'MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519',
+  2: 'MLS_128_DHKEMP256_AES128GCM_SHA256_P256',
+  3: 'MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519',
+};
+function suiteCode(n) { return '0x' + n.toString(16).padStart(4, '0'); }
+function suiteCell(n) { return h('span', { class: 'mono', title: SUITES[n] || 'unknown suite', text: suiteCode(n) }); }
+
 function badge(text, kind) { return h('span', { class: 'badge' + (kind ? ' ' + kind : ''), text }); }
 
 function main() { return document.getElementById('main'); }
@@ -152,6 +161,8 @@ async function homeView() {
   });
   const name = h('input', { id: 'new-name', placeholder: 'field-team', maxlength: 256, required: true });
   const members = h('textarea', { id: 'new-members', rows: 3, placeholder: 'member ids (12D3KooW…), one per line' });
+  const suites = h('input', { id: 'new-suites', placeholder: '1 (default); e.g. 1,3',
+    title: 'Ciphersuite code points the universe accepts, preferred first (1, 2, 3)' });
   const chips = h('div', { class: 'chips' }, contacts.map(c => h('button', {
     type: 'button', class: 'secondary', title: c.member, text: (c.name || short(c.member)) + ' +',
     onclick: () => { members.value = (members.value.trim() + '\n' + c.member).trim(); },
@@ -161,6 +172,7 @@ async function homeView() {
     h('label', { for: 'new-name', text: 'Name' }), name,
     h('label', { for: 'new-members', text: 'Members' }), members,
     contacts.length ? h('div', { class: 'muted' }, 'Known people: ', chips) : null,
+    h('label', { for: 'new-suites', text: 'Ciphersuites (optional)' }), suites,
     h('p', {}, h('button', { type: 'submit', id: 'create', text: 'Create' })));
   form.addEventListener('submit', async ev => {
     ev.preventDefault();
@@ -169,7 +181,11 @@ async function homeView() {
     btn.disabled = true;
     btn.textContent = 'Creating… (waiting for members’ keys)';
     try {
-      const r = await api('POST', '/v1/universes', { name: name.value, members: ids });
+      const body = { name: name.value, members: ids };
+      const codes = suites.value.split(/[\s,]+/).filter(Boolean).map(Number);
+      if (codes.some(c => !Number.isInteger(c) || c < 1 || c > 0xffff)) throw new Error('ciphersuites: code points such as 1, 3 or 0x0003');
+      if (codes.length) body.ciphersuites = codes;
+      const r = await api('POST', '/v1/universes', body);
       location.hash = '#/u/' + r.id;
     } catch (e) {
       toast(e.message, true);
@@ -351,15 +367,17 @@ async function healthView(id, body) {
         stat('send groups', u.groups.length),
         stat('buffered entries', buffered),
         stat('pending imports', u.pending_imports),
-        stat('equivocations', u.equivocations.length)),
+        stat('equivocations', u.equivocations.length),
+        stat('accepted suites', (u.ciphersuites || []).map(suiteCode).join(', '))),
       u.removed ? h('p', {}, badge('this node was removed from the universe', 'bad')) : null,
       u.equivocations.length ? h('div', { class: 'card' }, h('h2', { text: 'Equivocations' }),
         h('ul', {}, u.equivocations.map(e => h('li', { text: names[e.owner] || e.owner, title: e.owner }, ' showed two states of its group at epoch ' + e.epoch)))) : null,
       h('h2', { text: 'Send groups' }),
       h('table', { id: 'groups' },
-        h('thead', {}, h('tr', {}, ['Owner', 'Epoch', 'Last key update', 'Next seq', 'Buffered', 'State', 'Waiting for', 'Readers', 'Epoch auth'].map(t => h('th', { text: t })))),
+        h('thead', {}, h('tr', {}, ['Owner', 'Suite', 'Epoch', 'Last key update', 'Next seq', 'Buffered', 'State', 'Waiting for', 'Readers', 'Epoch auth'].map(t => h('th', { text: t })))),
         h('tbody', {}, u.groups.map(g => h('tr', {},
           h('td', { title: g.owner, text: names[g.owner] || short(g.owner) }),
+          h('td', { 'data-col': 'suite' }, suiteCell(g.ciphersuite)),
           h('td', { text: String(g.epoch) }),
           h('td', { 'data-col': 'key-update', text: g.last_key_update ? ago(g.last_key_update) : 'not seen' }),
           h('td', { text: String(g.next_seq) }),
