@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod ciphersuites;
+pub mod devices;
 pub mod envelope;
 pub mod error;
 pub mod federation;
@@ -31,7 +32,8 @@ pub use error::MmlsError;
 pub use id::Id32;
 pub use identity::{Identity, MemberId};
 pub use participant::{
-    Config, Delivered, Event, GroupStatus, Output, Participant, Publish, Topic, UniverseStatus,
+    Config, Delivered, Event, GroupStatus, KpPoolStatus, KpRefusal, Output, Participant, Publish,
+    Topic, UniverseStatus,
 };
 pub use profile::Profile;
 pub use relay::{relay, Relay};

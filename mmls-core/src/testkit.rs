@@ -125,7 +125,7 @@ impl Net {
         };
         for (i, ((id, cfg), store)) in ids.into_iter().zip(cfgs).zip(stores).enumerate() {
             let (p, outs) =
-                Participant::open(id.clone(), store.clone(), cfg.clone(), net.now).expect("open");
+                Participant::open(id.clone(), store.clone(), cfg, net.now).expect("open");
             net.agents
                 .push(SyncAgent::new(id.member_id(), manual_rounds()));
             net.ids.push(id);
@@ -200,6 +200,8 @@ impl Net {
             if self.live(i) {
                 for j in 0..self.nodes.len() {
                     if j != i && self.live(j) && !self.agents[i].is_connected(&j) {
+                        let m = self.member(j);
+                        self.agents[i].peer_identified(j, m);
                         if let Some(p) = self.nodes[i].as_ref() {
                             self.agents[i].peer_connected(p, j, now);
                         }

@@ -609,6 +609,11 @@ impl Driver {
                 // may be dead and not yet noticed (its pings still pending).
                 // The agent sends our summaries, and to a new peer also our
                 // KeyPackage and those it relays.
+                // A member is its PeerId: KeyPackage requests for it go to
+                // it directly, and its own must name it.
+                if let Some(m) = MemberId::from_peer_id_bytes(&peer_id.to_bytes()) {
+                    self.sync.peer_identified(peer_id, m);
+                }
                 self.sync.peer_connected(&self.p, peer_id, now_ms());
                 self.drain();
             }

@@ -414,6 +414,12 @@ impl NodeHandle {
             .await?
     }
 
+    /// Our single-use KeyPackages (fresh, handed out) and those handed to
+    /// us.
+    pub async fn key_package_pool(&self) -> Result<mmls_core::KpPoolStatus, NodeError> {
+        self.call(|d| d.p.key_package_pool()).await
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         self.call(|d| d.cmd_status()).await
     }

@@ -911,8 +911,10 @@ impl Sim {
                 self.nodes[x].sync.peer_disconnected(&y, now);
             }
             for y in want {
+                let m = self.nodes[y].p.me().clone();
                 let n = &mut self.nodes[x];
                 if !n.sync.is_connected(&y) {
+                    n.sync.peer_identified(y, m);
                     n.sync.peer_connected(&n.p, y, now);
                 }
             }

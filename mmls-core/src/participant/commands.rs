@@ -82,7 +82,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(missing[0].to_string()));
         }
         for m in &others {
-            let kp = self.key_package_of(m, suite)?;
+            let kp = self.usable_kp(m, suite)?;
             let leaf = kp.leaf_node();
             self.check_credential(
                 &anchors,
@@ -194,7 +194,7 @@ impl Participant {
         }
         let own = u.own_group.ok_or(MmlsError::UniverseNotReady(*universe))?;
         let suite = suite_of(self.group(&own)?);
-        if !self.has_key_package(member, suite) {
+        if !self.has_usable_kp(member, suite) {
             let m = member.clone();
             self.step(|p| {
                 p.request_kp(&m);
@@ -203,7 +203,7 @@ impl Participant {
             return Err(MmlsError::MissingKeyPackage(member.to_string()));
         }
         // A federated universe: the newcomer's certificate, now.
-        let kp = self.key_package_of(member, suite)?;
+        let kp = self.usable_kp(member, suite)?;
         self.check_kp_trust(universe, &kp, true)?;
         self.step(|p| {
             let m = member.clone();

@@ -156,7 +156,7 @@ impl Participant {
             // A KeyPackage whose certificate this universe refuses (now)
             // waits like a missing one: the member may renew.
             match self
-                .key_package_of(m, suite)
+                .usable_kp(m, suite)
                 .and_then(|kp| self.check_kp_trust(&uid, &kp, true).map(|_| kp))
             {
                 Ok(kp) => {
@@ -384,6 +384,9 @@ impl Participant {
             if built.path {
                 u.last_update_at = now;
             }
+        }
+        for (m, kp) in plan.added.iter().zip(&plan.adds) {
+            self.consume_kp(m, kp)?;
         }
         self.export_psk(uid, own)?;
         let mut env = self.own_envelope(

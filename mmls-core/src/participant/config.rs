@@ -34,6 +34,18 @@ pub struct Config {
     /// commit per other member per update; large simulations may turn it off
     /// to study the PSK mechanism alone.
     pub rotate_leaves: bool,
+    /// Fresh single-use KeyPackages kept ready to hand to owners that ask.
+    pub kp_pool_size: usize,
+    /// Single-use KeyPackages handed out and not used yet, at most: beyond
+    /// it the oldest are deleted (a requester that never adds us must not
+    /// make us keep private keys forever).
+    pub kp_issued_max: usize,
+    /// Announce a last-resort KeyPackage (every owner may use it, and we
+    /// rotate our leaf after joining through it). Off: we announce a
+    /// single-use one that no owner uses, and every owner must ask for one
+    /// of its own, as with a client that has no last-resort KeyPackage
+    /// (e.g. AWS mls-rs).
+    pub publish_last_resort: bool,
     /// The ciphersuites this node prefers for its own send groups, best
     /// first (code points). In each universe it takes the first one the
     /// universe accepts, else the universe's own first choice; it joins
@@ -55,6 +67,9 @@ impl Default for Config {
             kp_retry_ms: 2_000,
             silent_removal_ms: None,
             rotate_leaves: true,
+            kp_pool_size: 8,
+            kp_issued_max: 64,
+            publish_last_resort: true,
             ciphersuites: crate::ciphersuites::IMPLEMENTED.to_vec(),
         }
     }

@@ -64,14 +64,16 @@ impl Participant {
             .collect();
         let kps = others
             .iter()
-            .map(|m| self.key_package_of(m, suite))
+            .map(|m| self.usable_kp(m, suite))
             .collect::<Result<Vec<_>, _>>()?;
         // Members already in the universe: their chains must reach their
         // domain's anchor; an expiry is flagged, not a reason to leave them
         // out of our group.
         let mut certs = vec![];
-        for kp in &kps {
+        for (m, kp) in others.iter().zip(&kps) {
             certs.extend(self.check_kp_trust(&uid, kp, false)?);
+            // Spent with this step (a failed one rolls it back).
+            self.consume_kp(m, kp)?;
         }
         let anchors = self.universe_anchors(&uid);
         let own = self.identity.credential_for(suite);

@@ -63,6 +63,16 @@ impl Participant {
         Ok(self.take_outputs())
     }
 
+    /// Test only: forget the last-resort KeyPackage we heard from `m`, as
+    /// if its announcement had never reached us.
+    #[cfg(test)]
+    pub(crate) fn forget_key_package(&mut self, m: &MemberId) {
+        let _ = self.step(|p| {
+            p.state.known_kps.remove(m);
+            Ok(())
+        });
+    }
+
     /// The injected fault of a group commit's flush, if any.
     pub(super) fn injected_flush_fault(&mut self) -> Option<String> {
         (self.fault == Some(Fault::FlushFails)).then(|| {

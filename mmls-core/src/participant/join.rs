@@ -41,11 +41,14 @@ impl Participant {
         self.check_suite_accepted(&uid, suite)?;
         // Joined through our last-resort KeyPackage: its leaf key is shared
         // with every other group joined that way, so rotate it at once.
-        let via_last_resort = w.secrets().iter().any(|s| {
-            self.state
-                .last_resort_refs
-                .contains_key(&ByteBuf::from(s.new_member().as_slice().to_vec()))
-        });
+        let refs: Vec<ByteBuf> = w
+            .secrets()
+            .iter()
+            .map(|s| ByteBuf::from(s.new_member().as_slice().to_vec()))
+            .collect();
+        let via_last_resort = refs
+            .iter()
+            .any(|r| self.state.last_resort_refs.contains_key(r));
         let staged = StagedWelcome::build_from_welcome(&self.provider, &join_config(), w)
             .map_err(MmlsError::mls)?
             .replace_old_group()
@@ -187,6 +190,7 @@ impl Participant {
         for s in stale_below {
             self.buffer_remove(g, s);
         }
+        self.single_use_spent(&refs);
         if via_last_resort && self.config.rotate_leaves {
             self.uni_mut(&uid)?.leaf_updates.insert(g);
             self.propose_leaf_update(uid, g)?;

@@ -1,5 +1,5 @@
-//! KeyPackages: our own last-resort and single-use ones, the ones peers
-//! announce on the lobby, and requests for missing ones.
+//! KeyPackages: our own last-resort ones (one per suite), the ones peers
+//! announce on the lobby, and requests for missing ones (single-use ones: `kp_pool`).
 
 use super::*;
 
@@ -39,35 +39,6 @@ impl Participant {
         Ok(())
     }
 
-    /// A fresh single-use KeyPackage in `suite` (for rejoin requests).
-    pub(super) fn fresh_key_package(&mut self, suite: u16) -> Result<Vec<u8>, MmlsError> {
-        let bundle = KeyPackage::builder()
-            .leaf_node_capabilities(capabilities())
-            .build(
-                crate::ciphersuites::suite(suite)?,
-                &self.provider,
-                &self.identity.signer(suite),
-                self.identity.credential_for(suite),
-            )
-            .map_err(MmlsError::mls)?;
-        let kp = bundle.key_package();
-        let r = kp
-            .hash_ref(self.provider.crypto())
-            .map_err(MmlsError::mls)?;
-        self.state
-            .my_kp_refs
-            .insert(ByteBuf::from(r.as_slice().to_vec()), ());
-        tls(kp)
-    }
-
-    /// Whether we hold `m`'s KeyPackage in `suite`.
-    pub(super) fn has_key_package(&self, m: &MemberId, suite: u16) -> bool {
-        self.state
-            .known_kps
-            .get(m)
-            .is_some_and(|k| k.0.contains_key(&suite))
-    }
-
     /// `m`'s KeyPackage in `suite`, validated.
     pub(super) fn key_package_of(&self, m: &MemberId, suite: u16) -> Result<KeyPackage, MmlsError> {
         let b = self
@@ -87,7 +58,7 @@ impl Participant {
     ) -> Vec<MemberId> {
         members
             .into_iter()
-            .filter(|m| **m != self.me && !self.has_key_package(m, suite))
+            .filter(|m| **m != self.me && !self.has_usable_kp(m, suite))
             .cloned()
             .collect()
     }
@@ -189,9 +160,13 @@ impl Participant {
             if !crate::ciphersuites::implemented(suite) {
                 continue;
             }
-            let (_, member) = self.validate_kp_of(bytes)?;
+            let (kp, member) = self.validate_kp_of(bytes)?;
             if who.get_or_insert_with(|| member.clone()) != &member {
                 return Err(MmlsError::BadCredential);
+            }
+            if !kp.last_resort() {
+                // Single-use and announced to everyone: no owner uses it.
+                continue;
             }
             if kps.insert(suite, bytes.clone()).is_some() {
                 return Err(MmlsError::Unexpected(format!(
@@ -206,8 +181,19 @@ impl Participant {
     }
 
     pub(super) fn on_key_package(&mut self, env: &Envelope) -> Result<(), MmlsError> {
+        if env.to.is_some() {
+            // Handed to one owner: a single-use KeyPackage, for that owner
+            // only (`kp_pool`).
+            let (kp, who) = self.validate_kp_of(&env.body)?;
+            if who == self.me {
+                return Ok(());
+            }
+            return self.on_single_use_kp(env, &kp, who);
+        }
         let (who, kps) = self.announced_kps(env)?;
-        if who == self.me {
+        if who == self.me || kps.0.is_empty() {
+            // Ours, or single-use KeyPackages announced to everyone (as
+            // mls-rs does): no owner may use those.
             return Ok(());
         }
         if self.state.known_kps.get(&who) == Some(&kps) {
@@ -223,25 +209,16 @@ impl Participant {
         self.state.known_kps.insert(who.clone(), kps);
         self.state.kp_requested.remove(&who);
         // Someone may have been waiting for it.
-        let ids: Vec<Id32> = self.state.universes.keys().cloned().collect();
-        for uid in ids {
-            let u = self.uni(&uid)?;
-            if u.removed {
-                continue;
-            }
-            if u.own_group.is_none() && u.def.is_some() && u.roster.contains(&self.me) {
-                self.try_create_own_group(uid)?;
-            } else if u.own_group.is_some() && u.pending_adds.contains(&who) {
-                self.commit_own(uid, false)?;
-            }
-        }
-        Ok(())
+        self.key_package_arrived(&who)
     }
 
     pub(super) fn on_kp_request(&mut self, env: &Envelope) -> Result<(), MmlsError> {
         if env.to.as_deref() == Some(self.me.as_str()) {
             if let Output::Publish(p) = self.announcement() {
                 self.outputs.push(Output::Publish(p));
+            }
+            if let Some(requester) = &env.sender {
+                self.hand_on_lobby(requester)?;
             }
         }
         Ok(())

@@ -50,6 +50,7 @@ mod hooks;
 mod incoming;
 mod join;
 mod key_packages;
+mod kp_pool;
 mod leaf_rotation;
 mod leaving;
 mod membership;
@@ -68,6 +69,7 @@ mod trust;
 mod views;
 
 pub use config::Config;
+pub use kp_pool::{handed_signed_bytes, KpPoolStatus, KpRefusal};
 pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
 };
@@ -288,7 +290,7 @@ impl Participant {
                     p.refresh_key_package(*suite)?;
                 }
             }
-            Ok(())
+            p.refill_pool()
         })?;
         // Re-publish whatever a crash may have kept from the network.
         let mut outs = vec![];
@@ -331,19 +333,21 @@ impl Participant {
         let mandatory = crate::ciphersuites::X25519_AES128GCM;
         let mut e = Envelope::new(
             Kind::KeyPackage,
-            self.state
-                .my_kps
-                .get(&mandatory)
-                .map(|b| b.to_vec())
+            self.announced_key_package()
+                .map(|b| b.into_vec())
                 .unwrap_or_default(),
         );
-        e.proposals = self
-            .state
-            .my_kps
-            .iter()
-            .filter(|(s, _)| **s != mandatory)
-            .map(|(_, kp)| kp.clone())
-            .collect();
+        // Without last-resort KeyPackages (`publish_last_resort` off) the
+        // body is a single-use one no owner uses, and nothing is attached.
+        if self.config.publish_last_resort {
+            e.proposals = self
+                .state
+                .my_kps
+                .iter()
+                .filter(|(s, _)| **s != mandatory)
+                .map(|(_, kp)| kp.clone())
+                .collect();
+        }
         e.sender = Some(self.me.to_string());
         Output::Publish(Publish {
             topic: Topic::Lobby,

@@ -18,10 +18,10 @@ impl Participant {
         }
         let mut kps = vec![];
         for (_, owner, suite) in &stale {
-            kps.push((
-                owner.clone(),
-                ByteBuf::from(self.fresh_key_package(*suite)?),
-            ));
+            let kp = self
+                .issue_key_package(owner, *suite, true)?
+                .unwrap_or_default();
+            kps.push((owner.clone(), ByteBuf::from(kp)));
         }
         // After a state loss we know no owner's suite: every last-resort
         // KeyPackage we have.

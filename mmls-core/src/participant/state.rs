@@ -47,9 +47,10 @@ fn mandatory_suite() -> u16 {
     crate::ciphersuites::X25519_AES128GCM
 }
 
-/// A member's last-resort KeyPackages by ciphersuite (TLS bytes), as it
-/// announced them together (`Participant::announcement`). A row written
-/// before suite choice is one KeyPackage, read as the member's only one.
+/// A member's KeyPackages by ciphersuite (TLS bytes): its last-resort ones
+/// as it announced them together (`Participant::announcement`), or the
+/// single-use ones it handed to us (`kp_pool`). A row written before suite
+/// choice is one KeyPackage, read as the member's only one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct MemberKps(pub(super) BTreeMap<u16, ByteBuf>);
 
@@ -389,6 +390,9 @@ pub(super) struct EngineState {
     /// Non-last-resort KeyPackages others gave us, once used (never twice).
     pub(super) used_kp_refs: Rows<ByteBuf, ()>,
     pub(super) kp_requested: Rows<MemberId, u64>,
+    /// Single-use KeyPackages: ours (fresh, handed out) and others' handed
+    /// to us (`kp_pool`).
+    pub(super) pool: super::kp_pool::KpPool,
 }
 
 /// The whole-state blob of stores written before state was kept in rows.
@@ -469,6 +473,7 @@ impl EngineState {
                 last_resort_refs: set(old.last_resort_refs),
                 used_kp_refs: set(old.used_kp_refs),
                 kp_requested: Rows::fresh(old.kp_requested),
+                pool: Default::default(),
             });
         }
         let mut node: NodeState = match store.get(Table::Meta, NODE_KEY)? {
@@ -521,6 +526,7 @@ impl EngineState {
             last_resort_refs: Rows::load(store, Table::Meta, LAST_RESORT_REFS)?,
             used_kp_refs: Rows::load(store, Table::Meta, USED_KP_REFS)?,
             kp_requested: Rows::load(store, Table::Meta, KP_REQUESTED)?,
+            pool: super::kp_pool::KpPool::load(store)?,
         })
     }
 
@@ -570,6 +576,7 @@ impl EngineState {
             .write(store, Table::Meta, LAST_RESORT_REFS);
         self.used_kp_refs.write(store, Table::Meta, USED_KP_REFS);
         self.kp_requested.write(store, Table::Meta, KP_REQUESTED);
+        self.pool.write(store);
     }
 
     /// Serialized size of every row (metrics only: serializes everything).
@@ -585,7 +592,8 @@ impl EngineState {
             .values()
             .map(|k| k.0.values().map(|b| b.len() + 8).sum::<usize>() + 50)
             .sum::<usize>();
-        n + self.kp_requested.values().count() * 60
+        n + self.pool.size()
+            + self.kp_requested.values().count() * 60
             + (self.my_kp_refs.keys().count()
                 + self.last_resort_refs.keys().count()
                 + self.used_kp_refs.keys().count())
@@ -606,6 +614,7 @@ impl EngineState {
             || self.last_resort_refs.is_touched()
             || self.used_kp_refs.is_touched()
             || self.kp_requested.is_touched()
+            || self.pool.is_touched()
     }
 
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
@@ -621,6 +630,7 @@ impl EngineState {
         f(&mut self.last_resort_refs);
         f(&mut self.used_kp_refs);
         f(&mut self.kp_requested);
+        self.pool.each_journal(&f);
     }
 
     /// The step is durable.

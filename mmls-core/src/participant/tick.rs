@@ -15,6 +15,11 @@ impl Participant {
                 tracing::debug!(universe = %u.short(), error = %e, "tick step failed");
             }
         }
+        if self.pool_needs_refill() {
+            if let Err(e) = self.step(|p| p.refill_pool()) {
+                tracing::debug!(error = %e, "KeyPackage pool refill failed");
+            }
+        }
         if !self.acked.is_empty() {
             let _ = self.step(|_| Ok(()));
         }

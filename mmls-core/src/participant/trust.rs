@@ -247,6 +247,7 @@ impl Participant {
         let old = std::mem::replace(&mut self.identity, renewed);
         let r = self.step(|p| {
             p.refresh_key_packages()?;
+            p.renew_pool()?;
             for uid in &ids {
                 p.mmls_update(*uid)?;
             }

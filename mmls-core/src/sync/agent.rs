@@ -12,7 +12,9 @@
 //! deterministic.
 
 use super::key_packages::{KeyPackageRelay, Seen};
+use super::kp_request::{KpRequest, KpRequests, KpResponse};
 use super::{FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FETCH_ENVELOPES};
+use crate::envelope::{Envelope, Kind};
 use crate::id::Id32;
 use crate::identity::MemberId;
 use crate::participant::{Event, Output, Participant, Publish};
@@ -39,6 +41,11 @@ pub struct SyncConfig {
     pub max_heads_per_peer: usize,
     /// Others' KeyPackages kept to hand to new peers.
     pub kp_cache: usize,
+    /// KeyPackage requests we serve per requesting peer: this many a
+    /// minute, in bursts of `kp_serve_burst`; more are refused
+    /// (`KpRefusal::RateLimited`).
+    pub kp_serve_per_min: u64,
+    pub kp_serve_burst: u64,
     /// How often every connected peer gets our summaries (the periodic
     /// round that repairs what gossip lost). `None`: only when the driver
     /// calls [`SyncAgent::sync_all`] (tests that step sync by hand).
@@ -55,6 +62,8 @@ impl Default for SyncConfig {
             max_summaries: 1024,
             max_heads_per_peer: 4096,
             kp_cache: 256,
+            kp_serve_per_min: 30,
+            kp_serve_burst: 8,
             round_interval_ms: Some(5_000),
         }
     }
@@ -116,6 +125,10 @@ enum Purpose<P> {
     Summary,
     /// KeyPackages handed over; the answer is empty.
     Push,
+    /// A KeyPackage request for this target.
+    KeyPackages {
+        target: String,
+    },
     Fetch {
         req: FetchRequest,
         route: Route<P>,
@@ -153,6 +166,7 @@ pub struct SyncAgent<P> {
     /// Universes we are not in: when we last asked for their Welcomes.
     welcome_polls: BTreeMap<Id32, u64>,
     kps: KeyPackageRelay,
+    kp_requests: KpRequests<P>,
     actions: VecDeque<Action<P>>,
     /// When the next summary round is due (set by the first timeout or by
     /// [`SyncAgent::start_rounds`]).
@@ -162,6 +176,7 @@ pub struct SyncAgent<P> {
 impl<P: Ord + Clone> SyncAgent<P> {
     pub fn new(me: MemberId, cfg: SyncConfig) -> SyncAgent<P> {
         let kps = KeyPackageRelay::new(cfg.kp_cache);
+        let kp_requests = KpRequests::new(cfg.kp_serve_per_min, cfg.kp_serve_burst);
         SyncAgent {
             me,
             cfg,
@@ -172,6 +187,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
             rr: 0,
             welcome_polls: BTreeMap::new(),
             kps,
+            kp_requests,
             actions: VecDeque::new(),
             next_round: None,
         }
@@ -234,8 +250,16 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.send_summary(p, peer, now);
     }
 
+    /// The driver knows which member `peer` is (its transport identity):
+    /// KeyPackage requests for that member go to it directly, and its own
+    /// requests must name it as requester.
+    pub fn peer_identified(&mut self, peer: P, member: MemberId) {
+        self.kp_requests.identified(peer, member);
+    }
+
     /// A peer is gone: its requests fail now (roaming fetches move on).
     pub fn peer_disconnected(&mut self, peer: &P, now: u64) {
+        self.kp_requests.gone(peer);
         if self.peers.remove(peer).is_none() {
             return;
         }
@@ -255,7 +279,15 @@ impl<P: Ord + Clone> SyncAgent<P> {
     pub fn handle_outputs(&mut self, outs: Vec<Output>, from: Option<&P>, now: u64) {
         for o in outs {
             match o {
-                Output::Publish(p) => self.actions.push_back(Action::Publish(p)),
+                Output::Publish(p) => {
+                    // Our request for a target we are connected to goes to
+                    // it alone; the lobby is for targets further away.
+                    let direct = own_kp_request(&self.me, &p)
+                        .is_some_and(|target| self.ask_key_packages(&target, now));
+                    if !direct {
+                        self.actions.push_back(Action::Publish(p))
+                    }
+                }
                 Output::Event(e) => self.actions.push_back(Action::Event(e)),
                 Output::Fetch(r) => self.fetch(r, from, now),
             }
@@ -265,9 +297,34 @@ impl<P: Ord + Clone> SyncAgent<P> {
     /// A command failed for lack of `member`'s KeyPackage: ask the lobby
     /// (rate-limited per member).
     pub fn missing_key_package(&mut self, member: &str, now: u64) {
+        if self.ask_key_packages(member, now) {
+            return;
+        }
         if let Some(p) = self.kps.ask(&self.me, member, now, self.cfg.kp_ask_ms) {
             self.actions.push_back(Action::Publish(p));
         }
+    }
+
+    /// Asks a peer for `target`'s KeyPackages (request-response): the
+    /// target itself when connected, else a neighbour (rate-limited per
+    /// target). True if the target itself was asked.
+    pub fn ask_key_packages(&mut self, target: &str, now: u64) -> bool {
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        let Some((peer, direct)) = self
+            .kp_requests
+            .whom(target, &peers, now, self.cfg.kp_ask_ms)
+        else {
+            return false;
+        };
+        let msg = SyncMessage::KeyPackageRequest(KpRequest {
+            target: target.to_string(),
+            requester: self.me.clone(),
+            ciphersuites: Participant::ciphersuites(),
+        });
+        let purpose = Purpose::KeyPackages {
+            target: target.to_string(),
+        };
+        self.request(peer, msg, purpose, now) && direct
     }
 
     /// A lobby envelope the engine accepted or already had, relayed to us by
@@ -306,6 +363,13 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 self.plan_from(p, peer, &theirs, now);
                 SyncMessage::Summaries(vec![])
             }
+            SyncMessage::KeyPackageRequest(req) => {
+                let (resp, outs) = self.kp_requests.serve(p, &self.kps, peer, req, now);
+                self.handle_outputs(outs, None, now);
+                SyncMessage::KeyPackages(resp)
+            }
+            // Not a request: unasked KeyPackages are not taken this way.
+            SyncMessage::KeyPackages(_) => SyncMessage::Fetched(FetchResponse::default()),
         }
     }
 
@@ -326,6 +390,25 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 Ok(())
             }
             (Purpose::Push, _) => Ok(()),
+            (Purpose::KeyPackages { target }, SyncMessage::KeyPackages(resp)) => {
+                match resp {
+                    KpResponse::KeyPackages(envs) => {
+                        let push = FetchResponse {
+                            envelopes: envs.into_iter().take(super::MAX_KP_ANSWER).collect(),
+                            ..FetchResponse::default()
+                        };
+                        self.absorb_push(p, &a.peer, push, now);
+                    }
+                    KpResponse::Refused(why) => {
+                        tracing::debug!(%target, %why, "KeyPackage request refused")
+                    }
+                }
+                Ok(())
+            }
+            (Purpose::KeyPackages { .. }, other) => Err(SyncError::UnexpectedAnswer {
+                asked: "key packages",
+                got: other.kind(),
+            }),
             (Purpose::Fetch { req, route }, SyncMessage::Fetched(resp)) => {
                 self.landed(&req, &a.peer);
                 self.on_fetched(p, a.peer, req, route, resp, now);
@@ -405,6 +488,8 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.welcome_polls
             .retain(|_, t| now < t.saturating_add(keep));
         self.kps.gc(now, self.cfg.kp_ask_ms.saturating_mul(60));
+        self.kp_requests
+            .gc(now, self.cfg.kp_ask_ms.saturating_mul(60));
     }
 
     // ----------------------------------------------------------- policy --
@@ -642,6 +727,20 @@ impl SyncMessage {
             SyncMessage::Fetch(_) => "fetch",
             SyncMessage::Summaries(_) => "summaries",
             SyncMessage::Fetched(_) => "fetched",
+            SyncMessage::KeyPackageRequest(_) => "key package request",
+            SyncMessage::KeyPackages(_) => "key packages",
         }
     }
+}
+
+/// The target of our own lobby KeyPackage request, if `p` is one.
+fn own_kp_request(me: &MemberId, p: &Publish) -> Option<String> {
+    if p.topic != crate::participant::Topic::Lobby {
+        return None;
+    }
+    let env = Envelope::decode(&p.bytes).ok()?;
+    if env.kind != Kind::KeyPackageRequest || env.sender.as_deref() != Some(me.as_str()) {
+        return None;
+    }
+    env.to
 }

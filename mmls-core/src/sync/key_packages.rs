@@ -62,6 +62,10 @@ impl KeyPackageRelay {
                 let Some(sender) = env.sender else {
                     return Seen::Nothing;
                 };
+                if env.to.is_some() {
+                    // Handed to one owner: nobody else may use it.
+                    return Seen::Nothing;
+                }
                 if sender == me.as_str() || !self.seen.insert(Envelope::id_of(bytes)) {
                     return Seen::Nothing;
                 }
@@ -94,7 +98,7 @@ impl KeyPackageRelay {
     }
 
     /// The newest cached KeyPackage of `member`.
-    fn newest_of(&self, member: &str) -> Option<&[u8]> {
+    pub(crate) fn newest_of(&self, member: &str) -> Option<&[u8]> {
         self.cache
             .iter()
             .rev()

@@ -8,11 +8,13 @@
 
 mod agent;
 pub(crate) mod key_packages;
+mod kp_request;
 #[cfg(test)]
 mod tests;
 
 pub use agent::{Action, RequestId, SyncAgent, SyncConfig, SyncError};
 pub use key_packages::key_package_request;
+pub use kp_request::{KpRequest, KpResponse, MAX_KP_ANSWER};
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::id::Id32;
@@ -80,6 +82,9 @@ pub enum SyncMessage {
     Fetch(FetchRequest),
     Summaries(Vec<SyncSummary>),
     Fetched(FetchResponse),
+    /// A KeyPackage request (answered by `KeyPackages`).
+    KeyPackageRequest(KpRequest),
+    KeyPackages(KpResponse),
 }
 
 impl SyncMessage {

@@ -2,9 +2,10 @@
 
 use super::*;
 use crate::identity::Identity;
+use crate::participant::KpRefusal;
 use crate::participant::{Output, Participant};
 use crate::testkit;
-use crate::{Envelope, Kind, Store};
+use crate::{Envelope, Kind, MemberId, Store};
 use std::collections::BTreeMap;
 
 #[test]
@@ -337,9 +338,22 @@ fn a_missing_key_package_is_asked_for_once_per_interval() {
     let who = testkit::identity(3).member_id();
     a.missing_key_package(who.as_str(), T0);
     a.missing_key_package(who.as_str(), T0 + every - 1);
+    // One request-response request to a peer (the only one: a neighbour
+    // that may hold it) and one on the lobby (for a target hops away).
     let acts = drain(&mut a);
-    assert_eq!(acts.len(), 1, "{acts:?}");
-    let Action::Publish(pb) = &acts[0] else {
+    assert_eq!(acts.len(), 2, "{acts:?}");
+    let Action::Request {
+        peer: 1,
+        msg: SyncMessage::KeyPackageRequest(r),
+        ..
+    } = &acts[0]
+    else {
+        panic!("not a KeyPackage request: {:?}", acts[0])
+    };
+    assert_eq!(r.target, who.as_str());
+    assert_eq!(&r.requester, p.me());
+    assert_eq!(r.ciphersuites, Participant::ciphersuites());
+    let Action::Publish(pb) = &acts[1] else {
         panic!("not a publish")
     };
     let env = Envelope::decode(&pb.bytes).expect("envelope");
@@ -347,7 +361,7 @@ fn a_missing_key_package_is_asked_for_once_per_interval() {
     assert_eq!(env.to.as_deref(), Some(who.as_str()));
     assert_eq!(env.sender.as_deref(), Some(p.me().as_str()));
     a.missing_key_package(who.as_str(), T0 + every);
-    assert_eq!(drain(&mut a).len(), 1);
+    assert_eq!(drain(&mut a).len(), 2);
 }
 
 #[test]
@@ -495,6 +509,147 @@ fn welcomes_that_add_us_to_nothing_start_no_new_summary_round() {
             .any(|(_, _, m)| matches!(m, SyncMessage::Summary(_))),
         "{after:?}"
     );
+}
+
+/// A KeyPackage request of `requester` for `target`.
+fn kp_request(target: &MemberId, requester: &MemberId) -> SyncMessage {
+    SyncMessage::KeyPackageRequest(KpRequest {
+        target: target.to_string(),
+        requester: requester.clone(),
+        ciphersuites: vec![u16::from(crate::DEFAULT_CIPHERSUITE)],
+    })
+}
+
+#[test]
+fn a_connected_target_is_asked_directly_and_not_on_the_lobby() {
+    let p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let target = testkit::identity(2).member_id();
+    a.peer_identified(2, target.clone());
+    a.missing_key_package(target.as_str(), T0);
+    let acts = drain(&mut a);
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert!(matches!(
+        &acts[0],
+        Action::Request { peer: 2, msg: SyncMessage::KeyPackageRequest(r), .. } if r.target == target.as_str()
+    ));
+}
+
+#[test]
+fn the_target_hands_a_key_package_for_the_requester_alone() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let requester = testkit::identity(1).member_id();
+    a.peer_identified(1, requester.clone());
+    let me = p.me().clone();
+    let SyncMessage::KeyPackages(KpResponse::KeyPackages(envs)) =
+        a.handle_request(&mut p, &1, kp_request(&me, &requester), T0)
+    else {
+        panic!("no KeyPackages")
+    };
+    assert_eq!(envs.len(), 1);
+    let env = Envelope::decode(&envs[0]).expect("envelope");
+    assert_eq!(env.kind, Kind::KeyPackage);
+    assert_eq!(env.to.as_deref(), Some(requester.as_str()));
+    me.verify(
+        &crate::participant::handed_signed_bytes(requester.as_str(), &env.body),
+        env.sig.as_deref().expect("signed"),
+    )
+    .expect("the addressee is signed by the target");
+    assert_eq!(p.key_package_pool().issued, 1);
+    // The requester takes it.
+    let mut r = participant(1);
+    r.handle_incoming(&envs[0]).expect("handed KeyPackage");
+    assert_eq!(r.key_package_pool().handed_to_us, vec![me]);
+}
+
+#[test]
+fn key_package_requests_are_refused_with_a_reason() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let one = testkit::identity(1).member_id();
+    a.peer_identified(1, one.clone());
+    let me = p.me().clone();
+    let stranger = testkit::identity(7).member_id();
+    let refused = |m: SyncMessage| match m {
+        SyncMessage::KeyPackages(KpResponse::Refused(r)) => r,
+        other => panic!("not refused: {other:?}"),
+    };
+    // Nobody we know.
+    let r = refused(a.handle_request(&mut p, &1, kp_request(&stranger, &one), T0));
+    assert_eq!(r, KpRefusal::Unknown(stranger.to_string()));
+    // Peer 1 asking in someone else's name.
+    let r = refused(a.handle_request(&mut p, &1, kp_request(&me, &stranger), T0));
+    assert_eq!(r, KpRefusal::WrongRequester);
+    // No common ciphersuite.
+    let msg = SyncMessage::KeyPackageRequest(KpRequest {
+        target: me.to_string(),
+        requester: one.clone(),
+        ciphersuites: vec![0x0007],
+    });
+    let r = refused(a.handle_request(&mut p, &1, msg, T0));
+    assert!(matches!(r, KpRefusal::NoCommonSuite { .. }), "{r:?}");
+    assert_eq!(p.key_package_pool().issued, 0, "nothing handed out");
+
+    // For a member we hold a published KeyPackage of, we answer with it.
+    let Output::Publish(theirs) = participant(3).announcement() else {
+        panic!()
+    };
+    p.handle_incoming(&theirs.bytes).expect("announcement");
+    let three = testkit::identity(3).member_id();
+    let SyncMessage::KeyPackages(KpResponse::KeyPackages(envs)) = a.handle_request(
+        &mut p,
+        &2,
+        kp_request(&three, &testkit::identity(2).member_id()),
+        T0,
+    ) else {
+        panic!("no published KeyPackage")
+    };
+    let env = Envelope::decode(&envs[0]).expect("envelope");
+    assert_eq!(env.sender.as_deref(), Some(three.as_str()));
+    assert_eq!(env.to, None, "published, not handed");
+    assert_eq!(env.body, Envelope::decode(&theirs.bytes).unwrap().body);
+}
+
+#[test]
+fn a_flood_of_key_package_requests_is_rate_limited_per_peer() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let (burst, per_min) = (a.config().kp_serve_burst, a.config().kp_serve_per_min);
+    let me = p.me().clone();
+    // Peer 1 floods, in as many requesters' names (it is not identified).
+    let mut granted = 0;
+    let mut limited = 0;
+    for i in 0..1000u32 {
+        let name = testkit::identity(100 + i as usize).member_id();
+        match a.handle_request(&mut p, &1, kp_request(&me, &name), T0) {
+            SyncMessage::KeyPackages(KpResponse::KeyPackages(_)) => granted += 1,
+            SyncMessage::KeyPackages(KpResponse::Refused(KpRefusal::RateLimited)) => limited += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(granted, burst);
+    assert_eq!(limited, 1000 - burst);
+    // What the flood cost us: `burst` KeyPackages at most.
+    assert!(p.key_package_pool().issued as u64 <= burst);
+    // Another peer is served meanwhile.
+    let two = testkit::identity(2).member_id();
+    assert!(matches!(
+        a.handle_request(&mut p, &2, kp_request(&me, &two), T0),
+        SyncMessage::KeyPackages(KpResponse::KeyPackages(_))
+    ));
+    // A minute on, peer 1 has its burst again (not more).
+    let later = T0 + 60_000;
+    let mut again = 0;
+    for i in 0..100u32 {
+        let name = testkit::identity(2000 + i as usize).member_id();
+        if let SyncMessage::KeyPackages(KpResponse::KeyPackages(_)) =
+            a.handle_request(&mut p, &1, kp_request(&me, &name), later)
+        {
+            again += 1;
+        }
+    }
+    assert_eq!(again, burst.min(per_min));
 }
 
 #[test]

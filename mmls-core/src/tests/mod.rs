@@ -12,6 +12,7 @@ mod delivery;
 mod federation;
 mod group_commit;
 mod hostile;
+mod key_packages;
 mod membership;
 mod psk;
 mod recovery;

@@ -445,6 +445,9 @@ pub fn check_sync(
                     }
                     None => true,
                 },
+                // Served by the agent (rate limit, typed refusals): its
+                // own tests; here the codec round trip above is the check.
+                SyncMessage::KeyPackageRequest(_) | SyncMessage::KeyPackages(_) => true,
             }
         }
     }

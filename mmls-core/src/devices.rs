@@ -1,0 +1,214 @@
+//! Users and their devices (issue 14, part 3; only the statement itself so
+//! far: see ARCHITECTURE.md "Users and devices").
+//!
+//! With basic credentials a user is an Ed25519 *user key*, apart from every
+//! device's identity key: it lives in the data dir of the user's first
+//! device and can be exported to link others from there. For each device
+//! it signs a device-link statement (user, device member id, time, linked
+//! or not); the newest statement per device wins, so an unlink is a newer
+//! statement with `linked: false`. The statement is the user's own act:
+//! only the user key can attach a device to the user (an admin could not
+//! make its own device speak as someone else), and it verifies from public
+//! data alone, like the PeerId binding of members.
+
+use crate::error::MmlsError;
+use crate::identity::MemberId;
+use crate::universe::{from_cbor, to_cbor};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use zeroize::Zeroizing;
+
+/// How a key user's id starts (then the base58 public key): never a PeerId
+/// (`12D3KooW...`), so a user id and a member id cannot be confused.
+pub const USER_PREFIX: &str = "u:";
+/// The label every device-link signature is made under (the user key signs
+/// nothing else, but labels keep it that way if it ever does).
+const LINK_LABEL: &[u8] = b"mmls device link v1";
+
+/// A user's secret key (basic credentials).
+#[derive(Clone)]
+pub struct UserKey {
+    key: SigningKey,
+}
+
+impl UserKey {
+    pub fn generate() -> UserKey {
+        UserKey {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<UserKey, MmlsError> {
+        let b: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| MmlsError::InvalidIdentityKey)?;
+        Ok(UserKey {
+            key: SigningKey::from_bytes(&b),
+        })
+    }
+
+    /// What to export to link devices from elsewhere.
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
+    }
+
+    /// `u:` and the base58 public key.
+    pub fn user_id(&self) -> String {
+        format!(
+            "{USER_PREFIX}{}",
+            bs58::encode(self.key.verifying_key().to_bytes()).into_string()
+        )
+    }
+
+    /// Signs that `device` is (`linked`) or no longer is one of ours, at
+    /// driver time `at` (ms).
+    pub fn sign_link(&self, device: &MemberId, at: u64, linked: bool) -> SignedDeviceLink {
+        let link = DeviceLink {
+            user: self.user_id(),
+            device: device.clone(),
+            at,
+            linked,
+        };
+        let bytes = to_cbor(&link);
+        let sig = self.key.sign(&labelled(&bytes)).to_bytes().to_vec();
+        SignedDeviceLink {
+            link: ByteBuf::from(bytes),
+            sig: ByteBuf::from(sig),
+        }
+    }
+}
+
+/// "`device` is (or, `linked: false`, no longer is) a device of `user`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLink {
+    pub user: String,
+    pub device: MemberId,
+    /// Driver time (ms) of the statement: the newest per device wins.
+    pub at: u64,
+    pub linked: bool,
+}
+
+/// A [`DeviceLink`] as the user key signed it (CBOR bytes and signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDeviceLink {
+    pub link: ByteBuf,
+    pub sig: ByteBuf,
+}
+
+impl SignedDeviceLink {
+    /// The statement, if the key its user id names signed it.
+    pub fn verify(&self) -> Result<DeviceLink, MmlsError> {
+        let link: DeviceLink = from_cbor(&self.link).map_err(MmlsError::Unexpected)?;
+        let pk = user_public_key(&link.user)?;
+        let sig = Signature::from_slice(&self.sig).map_err(|_| MmlsError::BadSignature)?;
+        pk.verify(&labelled(&self.link), &sig)
+            .map_err(|_| MmlsError::BadSignature)?;
+        Ok(link)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SignedDeviceLink, MmlsError> {
+        from_cbor(b).map_err(MmlsError::Unexpected)
+    }
+}
+
+/// The public key a key user's id names.
+fn user_public_key(user: &str) -> Result<VerifyingKey, MmlsError> {
+    let bad = || MmlsError::InvalidMemberId(user.chars().take(80).collect());
+    let b58 = user.strip_prefix(USER_PREFIX).ok_or_else(bad)?;
+    let bytes = bs58::decode(b58).into_vec().map_err(|_| bad())?;
+    let pk: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+    VerifyingKey::from_bytes(&pk).map_err(|_| bad())
+}
+
+fn labelled(bytes: &[u8]) -> Vec<u8> {
+    let mut m = LINK_LABEL.to_vec();
+    m.extend_from_slice(bytes);
+    m
+}
+
+/// The newest verified statement per device wins; older ones, replays and
+/// forgeries change nothing.
+pub fn newer(current: Option<&DeviceLink>, candidate: &DeviceLink) -> bool {
+    current.is_none_or(|c| candidate.at > c.at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    fn device(i: u8) -> MemberId {
+        Identity::from_seed([i; 32]).member_id()
+    }
+
+    #[test]
+    fn a_link_verifies_for_its_user_and_device_only() {
+        let alice = UserKey::generate();
+        assert!(alice.user_id().starts_with(USER_PREFIX));
+        let s = alice.sign_link(&device(1), 5, true);
+        let link = s.verify().expect("valid");
+        assert_eq!(link.user, alice.user_id());
+        assert_eq!(link.device, device(1));
+        assert!(link.linked);
+        let back = SignedDeviceLink::decode(&s.encode()).expect("decodes");
+        assert_eq!(back.verify().expect("valid"), link);
+
+        // Another device, or another user, in the same signature: refused.
+        let mut other = link.clone();
+        other.device = device(2);
+        let forged = SignedDeviceLink {
+            link: ByteBuf::from(to_cbor(&other)),
+            sig: s.sig.clone(),
+        };
+        assert!(matches!(forged.verify(), Err(MmlsError::BadSignature)));
+        let mallory = UserKey::generate();
+        let mut stolen = link;
+        stolen.user = mallory.user_id();
+        let forged = SignedDeviceLink {
+            link: ByteBuf::from(to_cbor(&stolen)),
+            sig: s.sig,
+        };
+        assert!(matches!(forged.verify(), Err(MmlsError::BadSignature)));
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        let garbage = SignedDeviceLink {
+            link: ByteBuf::from(b"\xff\x00".to_vec()),
+            sig: ByteBuf::from(vec![0; 64]),
+        };
+        assert!(garbage.verify().is_err());
+        assert!(SignedDeviceLink::decode(b"not cbor").is_err());
+        // A member id is not a user id.
+        let s = UserKey::generate().sign_link(&device(1), 1, true);
+        let mut link: DeviceLink = from_cbor(&s.link).expect("cbor");
+        link.user = device(3).to_string();
+        let bad = SignedDeviceLink {
+            link: ByteBuf::from(to_cbor(&link)),
+            sig: s.sig,
+        };
+        assert!(matches!(bad.verify(), Err(MmlsError::InvalidMemberId(_))));
+    }
+
+    #[test]
+    fn the_newest_statement_wins_and_an_unlink_is_one() {
+        let alice = UserKey::generate();
+        let linked = alice.sign_link(&device(1), 10, true).verify().unwrap();
+        let unlinked = alice.sign_link(&device(1), 20, false).verify().unwrap();
+        assert!(newer(None, &linked));
+        assert!(newer(Some(&linked), &unlinked));
+        // A replay of the older link does not undo the unlink.
+        assert!(!newer(Some(&unlinked), &linked));
+        let key = UserKey::from_secret_bytes(alice.secret_bytes().as_slice()).unwrap();
+        assert_eq!(
+            key.user_id(),
+            alice.user_id(),
+            "an exported key is the user"
+        );
+    }
+}
