@@ -137,7 +137,7 @@ impl Participant {
             return;
         }
         self.state.kp_requested.insert(m.clone(), now);
-        let e = crate::sync::key_packages::key_package_request(&self.me, m.as_str());
+        let e = crate::sync::key_packages::key_package_request(&self.me, m.as_str(), now);
         self.publish_lobby(e);
     }
 

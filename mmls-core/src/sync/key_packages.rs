@@ -130,7 +130,7 @@ impl KeyPackageRelay {
         self.asked.insert(member.to_string(), now);
         Some(Publish {
             topic: Topic::Lobby,
-            bytes: key_package_request(me, member).encode(),
+            bytes: key_package_request(me, member, now).encode(),
             outbox_id: None,
         })
     }
@@ -146,10 +146,16 @@ impl KeyPackageRelay {
     }
 }
 
-/// A lobby request, from `me`, for `member`'s KeyPackage.
-pub fn key_package_request(me: &MemberId, member: &str) -> Envelope {
+/// A lobby request, from `me`, for `member`'s KeyPackage, made at driver
+/// time `at`. The time makes each attempt's bytes differ: gossipsub drops a
+/// message it has already published, so a request repeated byte for byte
+/// after the first was lost (the lobby mesh not formed yet) would never
+/// leave the node again (found by the node test of a single-use member two
+/// hops away, under load).
+pub fn key_package_request(me: &MemberId, member: &str, at: u64) -> Envelope {
     let mut e = Envelope::new(Kind::KeyPackageRequest, vec![]);
     e.sender = Some(me.to_string());
     e.to = Some(member.to_string());
+    e.seq = at;
     e
 }

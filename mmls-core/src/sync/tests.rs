@@ -289,7 +289,8 @@ fn a_request_for_a_key_package_we_relay_is_answered_to_the_neighbour_that_relaye
     };
     let mut a = agent(&p, &[4]);
     a.lobby_envelope(&kp.bytes, None, T0);
-    let ask = key_package_request(&testkit::identity(2).member_id(), other.me().as_str()).encode();
+    let ask =
+        key_package_request(&testkit::identity(2).member_id(), other.me().as_str(), T0).encode();
     a.lobby_envelope(&ask, Some(&4), T0 + 1);
     let reqs = requests(&drain(&mut a));
     assert_eq!(reqs.len(), 1);
@@ -300,9 +301,9 @@ fn a_request_for_a_key_package_we_relay_is_answered_to_the_neighbour_that_relaye
     assert_eq!(r.envelopes.len(), 1);
     assert_eq!(r.envelopes[0].as_slice(), kp.bytes.as_slice());
     // A request for someone we hold nothing of, or for us, is left alone.
-    let ask = key_package_request(other.me(), testkit::identity(3).member_id().as_str());
+    let ask = key_package_request(other.me(), testkit::identity(3).member_id().as_str(), T0);
     a.lobby_envelope(&ask.encode(), Some(&4), T0 + 2);
-    let ask = key_package_request(other.me(), p.me().as_str());
+    let ask = key_package_request(other.me(), p.me().as_str(), T0);
     a.lobby_envelope(&ask.encode(), Some(&4), T0 + 2);
     assert!(drain(&mut a).is_empty());
 }

@@ -236,7 +236,7 @@ fn a_key_package_handed_to_one_owner_is_no_use_to_another() {
     let m3 = net.member(3);
     // A lobby request from node 1 (a target hops away is asked this way):
     // node 3 answers on the lobby with a KeyPackage for node 1 alone.
-    let req = crate::sync::key_package_request(&net.member(1), m3.as_str()).encode();
+    let req = crate::sync::key_package_request(&net.member(1), m3.as_str(), net.now).encode();
     let outs = net.node(3).handle_incoming(&req).expect("request");
     let (env, raw) = outs
         .iter()
