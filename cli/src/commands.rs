@@ -842,6 +842,13 @@ fn describe_event(e: &StreamEvent) -> String {
         StreamEvent::AnchorsChanged { by, .. } => {
             format!("trust anchors changed by admin {}", short_member(by))
         }
+        StreamEvent::DeviceLinked { user, device, .. } => {
+            format!("device {} linked to user {user}", short_member(device))
+        }
+        StreamEvent::DeviceUnlinked { user, device, .. } => format!(
+            "device {} unlinked by user {user}: removed from the universe",
+            short_member(device)
+        ),
     }
 }
 

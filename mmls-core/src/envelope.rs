@@ -36,6 +36,8 @@ pub enum Kind {
     /// group; only that owner uses it, and embeds it in the commit that
     /// covers it.
     Proposal,
+    /// A device-link statement on the lobby (body: `SignedDeviceLink`).
+    DeviceLink,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

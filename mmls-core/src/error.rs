@@ -31,6 +31,15 @@ pub enum MmlsError {
     AlreadyMember(String),
     #[error("only an admin of the universe may do this")]
     NotAdmin,
+    #[error("{0} is not a device of the sender's user")]
+    NotYourDevice(String),
+    #[error("an equal or newer statement about this device is already known")]
+    StaleDeviceLink,
+    #[error(
+        "no linked device of user {0} is known here: its devices announce themselves on the \
+         lobby once they run (`mmls device list` shows the ones heard of)"
+    )]
+    UnknownUser(String),
     #[error("no KeyPackage known for {0}; a request was broadcast, try again shortly")]
     MissingKeyPackage(String),
     #[error("a universe needs at least one other member")]
@@ -104,7 +113,10 @@ impl MmlsError {
     }
     /// A duplicate is normal in gossip; drivers log it quietly.
     pub fn is_duplicate(&self) -> bool {
-        matches!(self, MmlsError::Duplicate { .. })
+        matches!(
+            self,
+            MmlsError::Duplicate { .. } | MmlsError::StaleDeviceLink
+        )
     }
 
     pub(crate) fn mls(e: impl std::fmt::Debug) -> MmlsError {

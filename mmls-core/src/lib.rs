@@ -32,8 +32,8 @@ pub use error::MmlsError;
 pub use id::Id32;
 pub use identity::{Identity, MemberId};
 pub use participant::{
-    Config, Delivered, Event, GroupStatus, KpPoolStatus, KpRefusal, Output, Participant, Publish,
-    Topic, UniverseStatus,
+    Config, Delivered, DeviceInfo, Event, GroupStatus, KpPoolStatus, KpRefusal, Output,
+    Participant, Publish, Topic, UniverseStatus,
 };
 pub use profile::Profile;
 pub use relay::{relay, Relay};

@@ -36,6 +36,10 @@ pub enum Payload {
     Hello {
         def: UniverseDef,
         roster: Vec<MemberId>,
+        /// The roster's device-link statements, so that a joiner attributes
+        /// messages to users from the start (`participant/devices.rs`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        links: Vec<crate::devices::SignedDeviceLink>,
     },
     /// The owner's own earlier texts, re-sent after it re-added `to` (a
     /// rejoin), with their original numbers; other members step over it.
@@ -45,6 +49,10 @@ pub enum Payload {
     },
     /// The owner leaves the universe: every owner removes it.
     Leave,
+    /// Device-link statements: the owner's own link (or unlink: it
+    /// leaves), or a device of the same user linked or unlinked, the add or
+    /// removal following in the owner's next commit.
+    Devices(Vec<crate::devices::SignedDeviceLink>),
 }
 
 /// Authenticated data of every commit and application message (MLS

@@ -84,6 +84,10 @@ pub struct Message {
     /// The sender's display name here (nickname, else announced), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_name: Option<String>,
+    /// The user the sending device was linked to when it arrived (the
+    /// sender is then that user's device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl From<&Delivered> for Message {
@@ -98,6 +102,7 @@ impl From<&Delivered> for Message {
             group: d.group.hex(),
             epoch: d.epoch,
             sender_name: None,
+            user: d.user.clone(),
         }
     }
 }
@@ -329,6 +334,18 @@ pub enum StreamEvent {
         universe: String,
         by: String,
     },
+    /// A member said `device` is a device of `user`.
+    DeviceLinked {
+        universe: String,
+        user: String,
+        device: String,
+    },
+    /// `user` unlinked `device`: it is removed from the universe.
+    DeviceUnlinked {
+        universe: String,
+        user: String,
+        device: String,
+    },
     /// The subscriber fell behind and missed this many events (read them
     /// with the messages endpoint).
     Lagged {
@@ -354,6 +371,8 @@ impl StreamEvent {
             StreamEvent::Committed { .. } => "committed",
             StreamEvent::CertificateExpired { .. } => "certificate_expired",
             StreamEvent::AnchorsChanged { .. } => "anchors_changed",
+            StreamEvent::DeviceLinked { .. } => "device_linked",
+            StreamEvent::DeviceUnlinked { .. } => "device_unlinked",
             StreamEvent::Lagged { .. } => "lagged",
             StreamEvent::Sent(_) => "sent",
         }
@@ -443,6 +462,24 @@ impl From<&Event> for StreamEvent {
                 universe: universe.hex(),
                 by: by.to_string(),
             },
+            Event::DeviceLinked {
+                universe,
+                user,
+                device,
+            } => StreamEvent::DeviceLinked {
+                universe: universe.hex(),
+                user: user.clone(),
+                device: device.to_string(),
+            },
+            Event::DeviceUnlinked {
+                universe,
+                user,
+                device,
+            } => StreamEvent::DeviceUnlinked {
+                universe: universe.hex(),
+                user: user.clone(),
+                device: device.to_string(),
+            },
         }
     }
 }
@@ -460,7 +497,9 @@ pub fn event_universe(e: &Event) -> mmls_core::Id32 {
         | Event::Rejected { universe, .. }
         | Event::Committed { universe, .. }
         | Event::CertificateExpired { universe, .. }
-        | Event::AnchorsChanged { universe, .. } => *universe,
+        | Event::AnchorsChanged { universe, .. }
+        | Event::DeviceLinked { universe, .. }
+        | Event::DeviceUnlinked { universe, .. } => *universe,
         Event::Message(d) => d.universe,
     }
 }

@@ -236,8 +236,18 @@ impl Participant {
         let mirrors_admin =
             plan.anchors.is_some() || plan.added.iter().any(|m| !plan.readded.contains(m));
         if !is_admin(&self.me) && mirrors_admin {
+            // A device's add of its user's new device is mirrored the same
+            // way: readers must have its commit (and the statements before
+            // it) first.
+            let newcomers: Vec<&MemberId> = plan
+                .added
+                .iter()
+                .filter(|m| !plan.readded.contains(m))
+                .collect();
             for (g, gs) in &u.groups {
-                if is_admin(&gs.owner) && !gs.stale && gs.owner != self.me {
+                let justifies =
+                    is_admin(&gs.owner) || newcomers.iter().any(|m| self.same_user(&gs.owner, m));
+                if justifies && !gs.stale && gs.owner != self.me {
                     plan.deps.push((*g, gs.epoch));
                 }
             }

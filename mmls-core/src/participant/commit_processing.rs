@@ -11,7 +11,9 @@ struct CheckedCommit {
     owner: MemberId,
     owner_is_admin: bool,
     added: Vec<MemberId>,
-    removed: Vec<MemberId>,
+    /// Removals the universe takes over: all of an admin's, else those of
+    /// the owner's user's unlinked devices.
+    universe_removes: Vec<MemberId>,
     /// It carries an update path (an MMLS update if its AAD does not say
     /// the path was only forced: `Aad::is_mmls_update`).
     path: bool,
@@ -212,10 +214,19 @@ impl Participant {
             })
             .collect();
         let u = self.uni(&uid)?;
-        // Adds of new members need an admin; re-adds (rejoin) are fine.
-        if !owner_is_admin && added.iter().any(|m| !u.roster.contains(m)) {
+        // Adds of new members need an admin, or a device bringing in a
+        // device of its own user; re-adds (rejoin) are fine.
+        if !owner_is_admin
+            && added
+                .iter()
+                .any(|m| !u.roster.contains(m) && !self.same_user(&owner, m))
+        {
             return Err(MmlsError::NotAdmin);
         }
+        let universe_removes: Vec<MemberId> = removed
+            .into_iter()
+            .filter(|m| owner_is_admin || self.unlinked_by_user_of(&owner, m))
+            .collect();
         // The owner's own new leaf (a path): same member, and a renewed
         // certificate must hold now (an unchanged one, as for Updates, was
         // checked when it came in).
@@ -238,7 +249,7 @@ impl Participant {
             owner,
             owner_is_admin,
             added,
-            removed,
+            universe_removes,
             path: commit.update_path_leaf_node().is_some(),
             my_update_committed,
             self_removed: commit.self_removed(),
@@ -264,11 +275,12 @@ impl Participant {
         self.advance(uid, g)?;
         let equivocations = self.frontier_mismatches(&uid, &c.aad.frontier);
         if c.self_removed {
-            if c.added.contains(&me) || !c.owner_is_admin {
+            if c.added.contains(&me) || !c.universe_removes.contains(&me) {
                 // Re-added in the same commit (our Welcome follows), or
                 // dropped by an owner who is not an admin: that owner may
                 // stop sending to us, as it always could by staying silent,
-                // but only an admin removes us from the universe.
+                // but only an admin (or our user, unlinking us) removes us
+                // from the universe.
                 let gs = self
                     .group_state_mut(&uid, &g)
                     .ok_or(MmlsError::UnknownGroup(g))?;
@@ -298,7 +310,7 @@ impl Participant {
         }
         let wants_update = self.uni(&uid)?.leaf_updates.contains(&g);
         let import = c.aad.is_mmls_update(c.path);
-        if import || !c.added.is_empty() || !c.removed.is_empty() || wants_update {
+        if import || !c.added.is_empty() || !c.universe_removes.is_empty() || wants_update {
             let u = self.uni_mut(&uid)?;
             if import {
                 u.pending_imports.insert(g);
@@ -308,7 +320,7 @@ impl Participant {
             if wants_update && c.my_update_committed {
                 u.leaf_updates.remove(&g);
             }
-            self.mirror_membership(uid, &c.added, &c.removed, c.owner_is_admin)?;
+            self.mirror_membership(uid, &c.added, &c.universe_removes)?;
         }
         self.record_equivocations(uid, equivocations)?;
         if let Some(a) = c.anchors {

@@ -220,7 +220,8 @@ impl Participant {
         let u = self.uni(&uid)?;
         let def = u.def.clone().ok_or(MmlsError::UniverseNotReady(uid))?;
         let roster: Vec<MemberId> = u.roster.iter().cloned().collect();
-        self.send_payload(uid, &Payload::Hello { def, roster })
+        let links = self.roster_links(&roster);
+        self.send_payload(uid, &Payload::Hello { def, roster, links })
     }
 
     pub(super) fn send_payload(&mut self, uid: Id32, payload: &Payload) -> Result<(), MmlsError> {

@@ -204,6 +204,18 @@ impl Participant {
         })
     }
 
+    /// Test only: sends `payload` in our own send group as it is, as a
+    /// member's own (possibly malicious) engine could.
+    #[cfg(test)]
+    pub(crate) fn send_test_payload(
+        &mut self,
+        uid: &Id32,
+        payload: &Payload,
+    ) -> Result<Vec<Output>, MmlsError> {
+        self.step(|p| p.send_payload(*uid, payload))?;
+        Ok(self.take_outputs())
+    }
+
     /// Test only: our next send group takes `suite` whatever the universe
     /// accepts, as a node ignoring the universe's list would.
     #[cfg(test)]

@@ -14,6 +14,7 @@ impl Participant {
             Kind::KeyPackageRequest => self.step(|p| p.on_kp_request(&env)),
             Kind::Rejoin => self.step(|p| p.on_rejoin(&env)),
             Kind::Proposal => self.step(|p| p.on_proposal(&env)),
+            Kind::DeviceLink => self.step(|p| p.on_device_link(&env)),
             Kind::Welcome | Kind::Commit | Kind::Application => self.on_stream(env, bytes),
         };
         match r {

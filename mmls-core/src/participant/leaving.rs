@@ -41,7 +41,7 @@ impl Participant {
         if *owner == self.me {
             return Ok(());
         }
-        self.mirror_membership(uid, &[], std::slice::from_ref(owner), true)
+        self.mirror_membership(uid, &[], std::slice::from_ref(owner))
     }
 
     /// Drops all local state of a universe we are not a member of.

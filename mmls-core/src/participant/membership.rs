@@ -36,21 +36,21 @@ impl Participant {
 
 impl Participant {
     /// Mirrors a peer owner's adds and removals into our own send group.
-    /// Only an admin's removals are the universe's; any other owner's only
+    /// `removed` are only those the universe accepts (an admin's, a
+    /// leaver's, a user's unlinked device): any other owner's removals only
     /// shape who reads that owner (else any member could evict anyone).
     pub(super) fn mirror_membership(
         &mut self,
         uid: Id32,
         added: &[MemberId],
         removed: &[MemberId],
-        by_admin: bool,
     ) -> Result<(), MmlsError> {
         let now = self.now;
         let me = self.me.clone();
         let mut events = vec![];
         let u = self.uni_mut(&uid)?;
         for m in removed {
-            if added.contains(m) || *m == me || !by_admin {
+            if added.contains(m) || *m == me {
                 continue;
             }
             if u.roster.remove(m) {

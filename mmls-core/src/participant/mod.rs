@@ -44,6 +44,7 @@ mod config;
 mod control;
 mod conversation;
 mod creation;
+mod devices;
 mod equivocation;
 #[cfg(any(test, feature = "testkit"))]
 mod hooks;
@@ -69,6 +70,7 @@ mod trust;
 mod views;
 
 pub use config::Config;
+pub use devices::DeviceInfo;
 pub use kp_pool::{handed_signed_bytes, KpPoolStatus, KpRefusal};
 pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
@@ -309,6 +311,7 @@ impl Participant {
             }
         }
         outs.push(p.announcement());
+        outs.extend(p.device_announcement());
         Ok((p, outs))
     }
 

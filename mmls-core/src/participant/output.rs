@@ -34,6 +34,9 @@ pub struct Delivered {
     pub epoch: u64,
     /// Driver time (ms) when it was delivered here.
     pub received_at: u64,
+    /// The user the sender was a linked device of when it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,19 @@ pub enum Event {
     AnchorsChanged {
         universe: Id32,
         by: MemberId,
+    },
+    /// A member said in its send group that `device` is a device of
+    /// `user` (its own, or one it brings in: the add follows).
+    DeviceLinked {
+        universe: Id32,
+        user: String,
+        device: MemberId,
+    },
+    /// `user` unlinked `device`: it is removed from the universe.
+    DeviceUnlinked {
+        universe: Id32,
+        user: String,
+        device: MemberId,
     },
     /// Own commit made (for metrics: `path` = it was an MMLS update).
     Committed {

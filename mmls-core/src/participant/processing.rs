@@ -127,9 +127,13 @@ impl Participant {
             .ok_or(MmlsError::UnknownGroup(g))?;
         match payload {
             Payload::Text { seq, body } => self.deliver_text(uid, g, &owner, epoch, seq, body)?,
-            Payload::Hello { def, roster } => self.on_hello(uid, g, &owner, def, roster)?,
+            Payload::Hello { def, roster, links } => {
+                self.learn_hello_links(&links);
+                self.on_hello(uid, g, &owner, def, roster)?
+            }
             Payload::Resend { to, texts } => self.on_resend(uid, g, &owner, epoch, &to, texts)?,
             Payload::Leave => self.on_leave(uid, &owner)?,
+            Payload::Devices(links) => self.on_devices(uid, &owner, links)?,
         }
         Ok(())
     }

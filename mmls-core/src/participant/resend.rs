@@ -150,6 +150,7 @@ impl Participant {
             group: g,
             epoch,
             received_at: self.now,
+            user: self.user_of(owner),
         };
         self.provider
             .store()

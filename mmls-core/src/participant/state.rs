@@ -393,6 +393,9 @@ pub(super) struct EngineState {
     /// Single-use KeyPackages: ours (fresh, handed out) and others' handed
     /// to us (`kp_pool`).
     pub(super) pool: super::kp_pool::KpPool,
+    /// The newest device-link statement heard about each device
+    /// (`participant/devices.rs`).
+    pub(super) device_links: Rows<MemberId, super::devices::KnownLink>,
 }
 
 /// The whole-state blob of stores written before state was kept in rows.
@@ -427,6 +430,7 @@ const MY_KPS: &[u8] = b"my-kp/";
 const TEXTS: &[u8] = b"texts/";
 const LAST_RESORT_REFS: &[u8] = b"kp-ref/last-resort/";
 const USED_KP_REFS: &[u8] = b"kp-ref/used/";
+const DEVICE_LINKS: &[u8] = b"device-link/";
 
 fn set(refs: BTreeSet<ByteBuf>) -> Rows<ByteBuf, ()> {
     Rows::fresh(refs.into_iter().map(|r| (r, ())).collect())
@@ -474,6 +478,7 @@ impl EngineState {
                 used_kp_refs: set(old.used_kp_refs),
                 kp_requested: Rows::fresh(old.kp_requested),
                 pool: Default::default(),
+                device_links: Rows::default(),
             });
         }
         let mut node: NodeState = match store.get(Table::Meta, NODE_KEY)? {
@@ -527,6 +532,7 @@ impl EngineState {
             used_kp_refs: Rows::load(store, Table::Meta, USED_KP_REFS)?,
             kp_requested: Rows::load(store, Table::Meta, KP_REQUESTED)?,
             pool: super::kp_pool::KpPool::load(store)?,
+            device_links: Rows::load(store, Table::Meta, DEVICE_LINKS)?,
         })
     }
 
@@ -577,6 +583,7 @@ impl EngineState {
         self.used_kp_refs.write(store, Table::Meta, USED_KP_REFS);
         self.kp_requested.write(store, Table::Meta, KP_REQUESTED);
         self.pool.write(store);
+        self.device_links.write(store, Table::Meta, DEVICE_LINKS);
     }
 
     /// Serialized size of every row (metrics only: serializes everything).
@@ -594,6 +601,7 @@ impl EngineState {
             .sum::<usize>();
         n + self.pool.size()
             + self.kp_requested.values().count() * 60
+            + self.device_links.values().count() * 300
             + (self.my_kp_refs.keys().count()
                 + self.last_resort_refs.keys().count()
                 + self.used_kp_refs.keys().count())
@@ -615,6 +623,7 @@ impl EngineState {
             || self.used_kp_refs.is_touched()
             || self.kp_requested.is_touched()
             || self.pool.is_touched()
+            || self.device_links.is_touched()
     }
 
     fn each_journal(&mut self, f: impl Fn(&mut dyn Journal)) {
@@ -630,6 +639,7 @@ impl EngineState {
         f(&mut self.last_resort_refs);
         f(&mut self.used_kp_refs);
         f(&mut self.kp_requested);
+        f(&mut self.device_links);
         self.pool.each_journal(&f);
     }
 

@@ -235,18 +235,23 @@ impl<P: Ord + Clone> SyncAgent<P> {
             return;
         }
         self.peers.insert(peer.clone(), Peer::default());
-        let ann = p.announcement();
+        // Our device link too: a creator resolving `--user` needs it.
+        let anns: Vec<Output> = std::iter::once(p.announcement())
+            .chain(p.device_announcement())
+            .collect();
         let mut envelopes = vec![];
-        if let Output::Publish(a) = &ann {
-            envelopes.push(ByteBuf::from(a.bytes.clone()));
+        for a in &anns {
+            if let Output::Publish(a) = a {
+                envelopes.push(ByteBuf::from(a.bytes.clone()));
+            }
         }
         envelopes.extend(
             self.kps
-                .newest(MAX_FETCH_ENVELOPES - 1)
+                .newest(MAX_FETCH_ENVELOPES - envelopes.len())
                 .map(|b| ByteBuf::from(b.to_vec())),
         );
         self.push(peer.clone(), envelopes, now);
-        self.handle_outputs(vec![ann], None, now);
+        self.handle_outputs(anns, None, now);
         self.send_summary(p, peer, now);
     }
 

@@ -9,6 +9,7 @@ use crate::store::Table;
 use crate::testkit::{config, Net};
 
 mod delivery;
+mod devices;
 mod federation;
 mod group_commit;
 mod hostile;

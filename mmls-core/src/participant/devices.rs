@@ -1,0 +1,317 @@
+//! Users and their devices: the directory of device-link statements and
+//! what a statement does to the universes we are in.
+//!
+//! A statement (`crate::devices`) verifies from public data alone, so the
+//! directory is node-wide: statements come from the lobby (every device
+//! announces its own link), from `Payload::Devices` in a send group, and
+//! from the links a Hello carries for joiners. The newest per device wins.
+//!
+//! Admins admit members; a member that is a device of a user may bring the
+//! user's other devices in and take them out, because the user key (which
+//! only the user holds) signed those statements and the device itself
+//! signed its link. The device of user U that learns of a new link of U
+//! says so in its own send group (ordered, authenticated, fetched like any
+//! entry: `Payload::Devices`, its own link first) and then commits adding
+//! the new device; every reader has therefore seen both statements before
+//! the add, and accepts it from a non-admin because both devices name the
+//! same user. Other owners mirror that add with a dependency on the
+//! linking device's group, as mirrors of admin adds depend on the admin's.
+//! An unlink is the same with a removal, which every owner mirrors like a
+//! Leave; a device unlinked reads nothing sent after its removal.
+
+use super::rows::{plain_row, Row};
+use super::*;
+use crate::devices::{newer, DeviceLink, SignedDeviceLink};
+
+/// Statements the directory keeps about devices that are in none of our
+/// universes (a flood of fresh users must not grow it without bound).
+const MAX_DIRECTORY: usize = 4096;
+/// Statements a Hello or a `Payload::Devices` may carry.
+pub(super) const MAX_LINKS_PER_ENTRY: usize = 1024;
+
+/// A statement as the directory keeps it: verified once, when it came in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct KnownLink {
+    pub(super) link: DeviceLink,
+    pub(super) signed: SignedDeviceLink,
+}
+
+plain_row!(KnownLink);
+
+/// A device as this node knows it (`mmls device list`, the API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub user: String,
+    pub device: MemberId,
+    /// Linked now; `false` once the user unlinked it.
+    pub linked: bool,
+    /// Driver time (ms) of the newest statement.
+    pub at: u64,
+}
+
+impl Participant {
+    /// Links or unlinks a device with `signed`, made by the driver with the
+    /// user key (and, for a link, the device's identity key). It is kept,
+    /// announced on the lobby, and applied to every universe where we are a
+    /// device of that user.
+    pub fn publish_device_link(
+        &mut self,
+        signed: SignedDeviceLink,
+    ) -> Result<Vec<Output>, MmlsError> {
+        let link = signed.verify()?;
+        if let Some(k) = self.state.device_links.get(&link.device) {
+            if !newer(Some(&k.link), &link) {
+                return Err(MmlsError::StaleDeviceLink);
+            }
+        }
+        self.step(|p| {
+            p.learn_link(&link, &signed);
+            p.publish_lobby(link_envelope(&signed));
+            p.apply_link(&link, &signed)
+        })?;
+        Ok(self.take_outputs())
+    }
+
+    /// Our own newest link, to announce on the lobby (at start and to every
+    /// peer that connects, like our KeyPackage).
+    pub fn device_announcement(&self) -> Option<Output> {
+        let k = self.state.device_links.get(&self.me)?;
+        k.link.linked.then(|| {
+            Output::Publish(Publish {
+                topic: Topic::Lobby,
+                bytes: link_envelope(&k.signed).encode(),
+                outbox_id: None,
+            })
+        })
+    }
+
+    /// The user `member` is a linked device of, if any.
+    pub fn user_of(&self, member: &MemberId) -> Option<String> {
+        self.state
+            .device_links
+            .get(member)
+            .filter(|k| k.link.linked)
+            .map(|k| k.link.user.clone())
+    }
+
+    /// The linked devices of `user` that this node has heard of.
+    pub fn devices_of(&self, user: &str) -> Vec<MemberId> {
+        self.state
+            .device_links
+            .iter()
+            .filter(|(_, k)| k.link.linked && k.link.user == user)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// Every device this node has a statement about.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.state
+            .device_links
+            .iter()
+            .map(|(m, k)| DeviceInfo {
+                user: k.link.user.clone(),
+                device: m.clone(),
+                linked: k.link.linked,
+                at: k.link.at,
+            })
+            .collect()
+    }
+
+    /// A statement from the lobby: kept if newest, and applied to our
+    /// universes if it is about a device of our own user.
+    pub(super) fn on_device_link(&mut self, env: &Envelope) -> Result<(), MmlsError> {
+        let signed = SignedDeviceLink::decode(&env.body)?;
+        let link = signed.verify()?;
+        if !self.wants_link(&link) {
+            return Err(MmlsError::StaleDeviceLink);
+        }
+        self.learn_link(&link, &signed);
+        self.apply_link(&link, &signed)
+    }
+
+    /// Statements `owner` made in its send group of `uid`: its own link
+    /// (or unlink: it leaves), or one of a device of the same user, whose
+    /// add or removal follows in the owner's next commit.
+    pub(super) fn on_devices(
+        &mut self,
+        uid: Id32,
+        owner: &MemberId,
+        links: Vec<SignedDeviceLink>,
+    ) -> Result<(), MmlsError> {
+        if links.len() > MAX_LINKS_PER_ENTRY {
+            return Err(MmlsError::Unexpected("too many device links".into()));
+        }
+        for signed in links {
+            let link = signed.verify()?;
+            if link.device != *owner && self.link_user(owner) != Some(link.user.as_str()) {
+                return Err(MmlsError::NotYourDevice(link.device.to_string()));
+            }
+            if self.wants_link(&link) {
+                self.learn_link(&link, &signed);
+            }
+            let e = if link.linked {
+                Event::DeviceLinked {
+                    universe: uid,
+                    user: link.user.clone(),
+                    device: link.device.clone(),
+                }
+            } else {
+                Event::DeviceUnlinked {
+                    universe: uid,
+                    user: link.user.clone(),
+                    device: link.device.clone(),
+                }
+            };
+            self.emit(e);
+            if !link.linked && link.device == *owner {
+                self.on_leave(uid, owner)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The links a Hello carries: kept where newest; one that does not
+    /// verify is left out (it attributes nothing), not the Hello.
+    pub(super) fn learn_hello_links(&mut self, links: &[SignedDeviceLink]) {
+        for signed in links.iter().take(MAX_LINKS_PER_ENTRY) {
+            if let Ok(link) = signed.verify() {
+                if self.wants_link(&link) {
+                    self.learn_link(&link, signed);
+                }
+            }
+        }
+    }
+
+    /// The statements a Hello carries: those of the roster's devices.
+    pub(super) fn roster_links(&self, roster: &[MemberId]) -> Vec<SignedDeviceLink> {
+        roster
+            .iter()
+            .filter_map(|m| self.state.device_links.get(m))
+            .take(MAX_LINKS_PER_ENTRY)
+            .map(|k| k.signed.clone())
+            .collect()
+    }
+
+    /// Whether a new statement is worth keeping: newer than what we hold,
+    /// and (past the directory's bound) about someone we share a universe
+    /// with.
+    fn wants_link(&self, link: &DeviceLink) -> bool {
+        let current = self.state.device_links.get(&link.device);
+        if !newer(current.map(|k| &k.link), link) {
+            return false;
+        }
+        current.is_some()
+            || self.state.device_links.keys().len() < MAX_DIRECTORY
+            || self
+                .state
+                .universes
+                .values()
+                .any(|u| u.roster.contains(&link.device))
+    }
+
+    fn learn_link(&mut self, link: &DeviceLink, signed: &SignedDeviceLink) {
+        self.state.device_links.insert(
+            link.device.clone(),
+            KnownLink {
+                link: link.clone(),
+                signed: signed.clone(),
+            },
+        );
+    }
+
+    /// The user `m`'s newest statement names, linked or not: what decides
+    /// who may add or remove whom (an unlink that crossed an add in flight
+    /// must not turn the add into an error that wedges the group).
+    fn link_user(&self, m: &MemberId) -> Option<&str> {
+        self.state.device_links.get(m).map(|k| k.link.user.as_str())
+    }
+
+    /// Whether `a` and `b` are (or were) devices of one user.
+    pub(super) fn same_user(&self, a: &MemberId, b: &MemberId) -> bool {
+        matches!((self.link_user(a), self.link_user(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// Whether `owner` may remove `m` from the universe as its user's
+    /// device: `m` was unlinked by that user.
+    pub(super) fn unlinked_by_user_of(&self, owner: &MemberId, m: &MemberId) -> bool {
+        self.same_user(owner, m)
+            && self
+                .state
+                .device_links
+                .get(m)
+                .is_some_and(|k| !k.link.linked)
+    }
+
+    /// A statement about a device of our own user: said in each universe we
+    /// are in, with the add or removal it calls for.
+    fn apply_link(
+        &mut self,
+        link: &DeviceLink,
+        signed: &SignedDeviceLink,
+    ) -> Result<(), MmlsError> {
+        let me = self.me.clone();
+        if self.link_user(&me) != Some(link.user.as_str()) {
+            return Ok(());
+        }
+        let Some(mine) = self.state.device_links.get(&me).map(|k| k.signed.clone()) else {
+            return Ok(());
+        };
+        let universes: Vec<Id32> = self
+            .state
+            .universes
+            .iter()
+            .filter(|(_, u)| {
+                !u.removed && u.own_group.is_some() && u.def.is_some() && u.roster.contains(&me)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for uid in universes {
+            let now = self.now;
+            let d = &link.device;
+            let present = self.uni(&uid)?.roster.contains(d);
+            if *d == me {
+                self.send_payload(uid, &Payload::Devices(vec![signed.clone()]))?;
+                if !link.linked {
+                    let u = self.uni_mut(&uid)?;
+                    u.removed = true;
+                    self.emit(Event::RemovedFromUniverse { universe: uid });
+                }
+                continue;
+            }
+            if link.linked == present {
+                continue;
+            }
+            self.send_payload(uid, &Payload::Devices(vec![mine.clone(), signed.clone()]))?;
+            let u = self.uni_mut(&uid)?;
+            let e = if link.linked {
+                u.roster.insert(d.clone());
+                u.pending_adds.insert(d.clone());
+                u.pending_removes.remove(d);
+                Event::MemberAdded {
+                    universe: uid,
+                    member: d.clone(),
+                }
+            } else {
+                u.roster.remove(d);
+                u.pending_removes.insert(d.clone());
+                u.pending_adds.remove(d);
+                if let Some(og) = u.owner_group.remove(d) {
+                    u.retire(og);
+                }
+                Event::MemberRemoved {
+                    universe: uid,
+                    member: d.clone(),
+                }
+            };
+            u.pending_since.get_or_insert(now);
+            self.emit(e);
+        }
+        Ok(())
+    }
+}
+
+/// A statement as a lobby envelope.
+fn link_envelope(signed: &SignedDeviceLink) -> Envelope {
+    Envelope::new(Kind::DeviceLink, signed.encode())
+}
