@@ -151,6 +151,9 @@ others' texts, oldest first, paged by cursor, as it always was.")]
     /// Names: list the people this node knows, give someone a local nickname
     #[command(subcommand)]
     Contact(ContactCmd),
+    /// Users with several devices: link this device to a user, list, unlink
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Run a demo universe of N nodes in this process: partition, heal, update
     Demo(DemoArgs),
 }
@@ -174,6 +177,47 @@ pub enum ContactCmd {
     },
     /// Everyone with an announced name or a nickname
     List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A user is a key (`u:...`) that signs which devices are its own; each
+/// device is its own node and member. Linking takes the device into every
+/// universe where another device of the user is a member; unlinking
+/// removes it from all of them.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// Link this device to a user: with --key, the user whose key file that is
+    /// (exported from another device); without, this device's user, made now if
+    /// it has none (your first device)
+    Link {
+        /// The user key file (`--export-key` on a device of the user wrote it)
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Write the user key to FILE (owner-only), to link more devices with it.
+        /// Whoever holds it can link and unlink devices as you: keep it safe
+        #[arg(long, value_name = "FILE")]
+        export_key: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// This device's user and every device this node has heard of
+    List {
+        /// Only the devices of this user
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disown a device of your user (lost, stolen, retired): it is removed from
+    /// every universe and reads nothing sent after
+    Unlink {
+        /// The device's member id
+        device: String,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -287,8 +331,12 @@ pub enum UniverseCmd {
         /// The universe's name
         name: String,
         /// A member id (`mmls id` prints it); repeat, or list several
-        #[arg(long = "member", value_name = "ID", required = true, num_args = 1..)]
+        #[arg(long = "member", value_name = "ID", required_unless_present = "users", num_args = 1..)]
         members: Vec<String>,
+        /// A user id (`u:...`, `mmls device list` prints it): every device of the user
+        /// this node has heard of becomes a member; repeat, or list several
+        #[arg(long = "user", value_name = "USER", num_args = 1..)]
+        users: Vec<String>,
         /// Key-derivation profile: `mmls-00` (draft-xue-multi-mls) or `dmls`
         #[arg(long, default_value = "mmls-00", value_parser = ["mmls-00", "dmls"])]
         profile: String,

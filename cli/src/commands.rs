@@ -215,6 +215,7 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
         UniverseCmd::Create {
             name,
             members,
+            users,
             profile,
             anchors,
             suites,
@@ -233,21 +234,28 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| read_anchor(a))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            for u in &users {
+                if !u.starts_with(mmls_core::devices::USER_PREFIX) {
+                    bail!("{u:?} is not a user id: user ids start with `u:` (`mmls device list` shows them)");
+                }
+            }
             let c = client(dir)?;
+            let body = node::types::CreateUniverse {
+                name: name.clone(),
+                members: members.clone(),
+                profile: Some(profile.clone()),
+                admins: None,
+                anchors,
+                ciphersuites: Some(suites.0.clone()),
+                users: users.clone(),
+            };
             let id = c
-                .create_federated_universe(
-                    &name,
-                    &members,
-                    Some(&profile),
-                    None,
-                    &anchors,
-                    Some(&suites.0),
-                )
+                .create_universe_from(&body)
                 .map_err(|e| api_error(dir, e))?;
             if json {
                 print_json(
                     &json!({"id": id, "name": name, "profile": profile, "members": members,
-                            "ciphersuites": suites.0}),
+                            "users": users, "ciphersuites": suites.0}),
                 )
             } else {
                 outln!("{id}");
@@ -620,7 +628,7 @@ pub fn read(
         t.row(vec![
             m.cursor.to_string(),
             utc(m.received_at),
-            short_member(&m.sender).to_string(),
+            sender_label(false, None, &m.sender, m.user.as_deref()),
             m.seq.to_string(),
             one_line(&m.text),
         ]);
@@ -663,7 +671,12 @@ pub fn conversation(
             } else {
                 utc(m.at)
             },
-            sender_label(m.mine, m.sender_name.as_deref(), &m.sender),
+            sender_label(
+                m.mine,
+                m.sender_name.as_deref(),
+                &m.sender,
+                m.user.as_deref(),
+            ),
             m.seq.to_string(),
             one_line(&m.text),
             receipt_label(m),
@@ -674,14 +687,25 @@ pub fn conversation(
 }
 
 /// Who sent a text, for people: `you`, a name, or the member id's suffix.
-fn sender_label(mine: bool, name: Option<&str>, member: &str) -> String {
-    if mine {
-        return "you".into();
-    }
-    match name {
+/// A linked device's texts are the user's: `u:AbCdEf (laptop)`, the
+/// device named in brackets.
+fn sender_label(mine: bool, name: Option<&str>, member: &str, user: Option<&str>) -> String {
+    let device = match name {
         Some(n) => one_line(n),
         None => short_member(member).to_string(),
+    };
+    match (mine, user) {
+        (true, None) => "you".into(),
+        (true, Some(_)) => format!("you ({device})"),
+        (false, Some(u)) => format!("{} ({device})", short_user(u)),
+        (false, None) => device,
     }
+}
+
+/// `u:` and the first 6 characters of the key: enough to tell users apart
+/// in a table (`mmls device list` shows whole ids).
+pub(crate) fn short_user(u: &str) -> String {
+    u.chars().take(8).collect()
 }
 
 fn receipt_label(m: &types::ConversationEntry) -> String {
@@ -785,13 +809,18 @@ pub fn tail(dir: &Path, universe: &str, json: bool) -> anyhow::Result<()> {
             StreamEvent::Message(m) => outln!(
                 "{}  {}  {}",
                 &utc(m.received_at)[11..],
-                sender_label(false, m.sender_name.as_deref(), &m.sender),
+                sender_label(
+                    false,
+                    m.sender_name.as_deref(),
+                    &m.sender,
+                    m.user.as_deref()
+                ),
                 m.text
             ),
             StreamEvent::Sent(m) => outln!(
                 "{}  {}  {}",
                 &utc(m.at)[11..],
-                sender_label(true, None, &m.sender),
+                sender_label(true, None, &m.sender, m.user.as_deref()),
                 m.text
             ),
             other => outln!("-- {}", describe_event(other)),

@@ -9,6 +9,7 @@
 pub mod args;
 pub mod commands;
 pub mod demo;
+pub mod devices;
 pub mod output;
 pub mod run;
 
@@ -86,6 +87,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Open { no_browser, json } => commands::open(&dir()?, no_browser, json)?,
         Command::Contact(c) => commands::contact(&dir()?, c)?,
+        Command::Device(c) => devices::device(&dir()?, c)?,
         Command::Tail { universe, json } => commands::tail(&dir()?, &universe, json)?,
         Command::Update { universe } => commands::update(&dir()?, &universe)?,
         Command::Identity(c) => commands::identity(&dir()?, c)?,

@@ -50,8 +50,12 @@ fn help_on_every_subcommand() {
         ),
         (
             &["universe", "create"],
-            &["--member", "--profile", "--anchor", "--json"],
+            &["--member", "--user", "--profile", "--anchor", "--json"],
         ),
+        (&["device"], &["link", "list", "unlink"]),
+        (&["device", "link"], &["--key", "--export-key", "--json"]),
+        (&["device", "list"], &["--user", "--json"]),
+        (&["device", "unlink"], &["<DEVICE>", "--json"]),
         (&["universe", "anchor"], &["<UNIVERSE>", "DOMAIN=CA.pem"]),
         (&["universe", "list"], &["--json"]),
         (&["universe", "show"], &["--json"]),

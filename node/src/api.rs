@@ -137,6 +137,9 @@ fn router(state: ApiState) -> Router {
         )
         .route("/v1/universes/{id}/conversation", get(conversation))
         .route("/v1/contacts", get(contacts))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/link", post(link_device))
+        .route("/v1/devices/unlink", post(unlink_device))
         .route(
             "/v1/contacts/{member}",
             axum::routing::put(set_contact).delete(clear_contact),
@@ -275,17 +278,31 @@ async fn create_universe(
     if name.is_empty() || name.len() > 256 {
         return Err(ApiError::bad("bad_name", "name must be 1 to 256 bytes"));
     }
-    if req.members.is_empty() || req.members.len() > 4096 {
+    if (req.members.is_empty() && req.users.is_empty()) || req.members.len() > 4096 {
         return Err(ApiError::bad(
             "no_members",
-            "members must list 1 to 4096 member ids",
+            "members must list 1 to 4096 member ids (or users name at least one user)",
         ));
     }
-    let members = req
+    if req.users.len() > 1024 {
+        return Err(ApiError::bad(
+            "too_many_users",
+            "users must list at most 1024 users",
+        ));
+    }
+    let mut members = req
         .members
         .iter()
         .map(|m| member_id(m))
         .collect::<Result<Vec<_>, _>>()?;
+    if !req.users.is_empty() {
+        let me = s.node.member_id();
+        for m in s.node.devices_of_users(req.users.clone()).await? {
+            if m != me && !members.contains(&m) {
+                members.push(m);
+            }
+        }
+    }
     let admins = req
         .admins
         .unwrap_or_default()
@@ -328,6 +345,33 @@ fn anchor_in(a: &types::AnchorIn) -> Result<mmls_core::federation::DomainAnchor,
         domain: mmls_core::federation::DomainAnchor::normalise_domain(&a.domain),
         cert,
     })
+}
+
+async fn devices(State(s): State<ApiState>) -> ApiResult<types::Devices> {
+    Ok(Json(s.node.devices().await?))
+}
+
+async fn link_device(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Devices> {
+    let req: types::LinkDevice = body_json(body)?;
+    let key = req
+        .user_key
+        .as_deref()
+        .map(crate::datadir::parse_user_key)
+        .transpose()
+        .map_err(|e| ApiError::bad("bad_user_key", format!("user_key: {e}")))?;
+    Ok(Json(s.node.link_device(key).await?))
+}
+
+async fn unlink_device(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::Devices> {
+    let req: types::UnlinkDevice = body_json(body)?;
+    let device = member_id(&req.device)?;
+    Ok(Json(s.node.unlink_device(device).await?))
 }
 
 async fn renew_certificate(
@@ -715,6 +759,9 @@ mod tests {
             "/v1/contacts",
             "/v1/contacts/{member}",
             "/v1/web/login",
+            "/v1/devices",
+            "/v1/devices/link",
+            "/v1/devices/unlink",
         ] {
             assert!(v["paths"].get(p).is_some(), "{p} missing");
         }

@@ -172,9 +172,39 @@ impl Client {
             admins: admins.map(<[String]>::to_vec),
             anchors: anchors.to_vec(),
             ciphersuites: ciphersuites.map(<[u16]>::to_vec),
+            users: vec![],
         };
-        let c: types::Created = self.post("/v1/universes", &body)?;
+        self.create_universe_from(&body)
+    }
+
+    /// `POST /v1/universes` with every field (e.g. `users`).
+    pub fn create_universe_from(
+        &self,
+        body: &types::CreateUniverse,
+    ) -> Result<String, ClientError> {
+        let c: types::Created = self.post("/v1/universes", body)?;
         Ok(c.id)
+    }
+
+    /// `GET /v1/devices`
+    pub fn devices(&self) -> Result<types::Devices, ClientError> {
+        self.get("/v1/devices")
+    }
+
+    /// `POST /v1/devices/link`: `user_key` is a key file's text.
+    pub fn link_device(&self, user_key: Option<&str>) -> Result<types::Devices, ClientError> {
+        let body = types::LinkDevice {
+            user_key: user_key.map(|k| k.trim().to_string()),
+        };
+        self.post("/v1/devices/link", &body)
+    }
+
+    /// `POST /v1/devices/unlink`
+    pub fn unlink_device(&self, device: &str) -> Result<types::Devices, ClientError> {
+        let body = types::UnlinkDevice {
+            device: device.to_string(),
+        };
+        self.post("/v1/devices/unlink", &body)
     }
 
     /// `GET /v1/universes/{id}`

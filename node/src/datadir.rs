@@ -13,6 +13,7 @@
 //! ```
 
 use crate::error::NodeError;
+use mmls_core::devices::UserKey;
 use mmls_core::{Identity, MmlsError, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -27,6 +28,8 @@ pub const NODE_FILE: &str = "node.json";
 pub const STORE_FILE: &str = "store.redb";
 pub const TOKEN_FILE: &str = "api.token";
 pub const ADDR_FILE: &str = "api.addr";
+/// The user key of the user this device is linked to (`mmls device link`).
+pub const USER_KEY_FILE: &str = "user.key";
 
 /// `node.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,6 +147,26 @@ impl DataDir {
         Ok(Zeroizing::new(arr))
     }
 
+    /// The user key of the user this device is linked to, if any
+    /// (`user.key`, hex, like the identity key).
+    pub fn user_key(&self) -> Result<Option<UserKey>, NodeError> {
+        let path = self.file(USER_KEY_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => Zeroizing::new(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(NodeError::io(&path, e)),
+        };
+        parse_user_key(&text)
+            .map(Some)
+            .map_err(|reason| NodeError::CorruptUserKey { path, reason })
+    }
+
+    /// Keeps `key` as this device's user key (owner-only file).
+    pub fn set_user_key(&self, key: &UserKey) -> Result<(), NodeError> {
+        let text = Zeroizing::new(hex::encode(key.secret_bytes().as_slice()));
+        write_private(&self.file(USER_KEY_FILE), text.as_bytes(), false)
+    }
+
     /// The engine identity, with its certificate chain if the data dir
     /// holds one.
     pub fn identity(&self) -> Result<Identity, NodeError> {
@@ -239,6 +262,13 @@ impl DataDir {
 }
 
 /// Maps an engine error met while opening the store to a typed node error.
+/// A user key file's text (hex of the 32 secret bytes) as a key.
+pub fn parse_user_key(text: &str) -> Result<UserKey, String> {
+    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?);
+    UserKey::from_secret_bytes(&bytes)
+        .map_err(|_| format!("expected 32 bytes, found {}", bytes.len()))
+}
+
 pub(crate) fn store_error(path: &Path, e: MmlsError) -> NodeError {
     match e {
         MmlsError::Store(se) => {

@@ -948,6 +948,14 @@ impl Driver {
         self.engine(r)
     }
 
+    pub(crate) fn cmd_publish_device_link(
+        &mut self,
+        signed: mmls_core::devices::SignedDeviceLink,
+    ) -> Result<(), NodeError> {
+        let r = self.p.publish_device_link(signed).map(|o| ((), o));
+        self.engine(r)
+    }
+
     pub(crate) fn cmd_leave(&mut self, u: &Id32) -> Result<(), NodeError> {
         let r = self.p.leave_universe(u).map(|o| ((), o));
         self.engine(r)

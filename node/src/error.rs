@@ -54,6 +54,18 @@ pub enum NodeError {
     Timeout(String),
     #[error("the node has stopped")]
     Stopped,
+    #[error(
+        "this device holds no user key: link it first (`mmls device link`, or `mmls device link \
+         --key FILE` with the key file exported from the user's first device)"
+    )]
+    NoUserKey,
+    #[error(
+        "this device is already linked to user {0}; a device belongs to one user: unlink it \
+         there first"
+    )]
+    OtherUser(String),
+    #[error("user key {} is unreadable: {reason}", path.display())]
+    CorruptUserKey { path: PathBuf, reason: String },
 }
 
 impl NodeError {
@@ -77,6 +89,9 @@ impl NodeError {
             NodeError::IdentityExists(_) => "identity_exists",
             NodeError::CorruptStore { .. } => "corrupt_store",
             NodeError::StoreInUse(_) => "store_in_use",
+            NodeError::NoUserKey => "no_user_key",
+            NodeError::OtherUser(_) => "other_user",
+            NodeError::CorruptUserKey { .. } => "bad_user_key",
             _ => "internal",
         }
     }
@@ -89,7 +104,8 @@ impl NodeError {
             NodeError::Bundle(BundleError::TooLarge(_)) => 413,
             NodeError::Bundle(_) | NodeError::InvalidInput(_) => 400,
             NodeError::Timeout(_) | NodeError::Stopped => 503,
-            NodeError::IdentityExists(_) => 409,
+            NodeError::IdentityExists(_) | NodeError::OtherUser(_) => 409,
+            NodeError::NoUserKey | NodeError::CorruptUserKey { .. } => 400,
             _ => 500,
         }
     }
@@ -117,6 +133,8 @@ fn engine_code(e: &MmlsError) -> &'static str {
         MmlsError::AlreadyMember(_) => "already_member",
         MmlsError::StillMember(_) => "still_member",
         MmlsError::NotAdmin => "not_admin",
+        MmlsError::UnknownUser(_) => "unknown_user",
+        MmlsError::StaleDeviceLink => "stale_device_link",
         MmlsError::MissingKeyPackage(_) => "missing_key_package",
         MmlsError::NoMembers => "no_members",
         MmlsError::TooLarge(..) => "too_large",
@@ -137,9 +155,10 @@ fn engine_status(e: &MmlsError) -> u16 {
         | MmlsError::NotInUniverse(_)
         | MmlsError::UnknownGroup(_)
         | MmlsError::NotInGroup(_)
-        | MmlsError::NotAMember(_) => 404,
+        | MmlsError::NotAMember(_)
+        | MmlsError::UnknownUser(_) => 404,
         MmlsError::UniverseNotReady(_) | MmlsError::MissingKeyPackage(_) => 503,
-        MmlsError::AlreadyMember(_) | MmlsError::StillMember(_) => 409,
+        MmlsError::AlreadyMember(_) | MmlsError::StillMember(_) | MmlsError::StaleDeviceLink => 409,
         MmlsError::NotAdmin => 403,
         MmlsError::TooLarge(..) => 413,
         MmlsError::Store(_) | MmlsError::Internal(_) => 500,

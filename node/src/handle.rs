@@ -12,6 +12,7 @@ use crate::views::{lock, SentText, SharedNames, Ux};
 use crate::web::WebAuth;
 use crate::{api, swarm, types};
 use libp2p::{Multiaddr, PeerId};
+use mmls_core::devices::UserKey;
 use mmls_core::{
     Delivered, Event, ExportReport, Id32, ImportReport, MemberId, MmlsError, Participant, Profile,
     UniverseStatus,
@@ -467,6 +468,87 @@ impl NodeHandle {
     /// every group of a universe this store lost.
     pub async fn rejoin(&self, universe: Id32) -> Result<(), NodeError> {
         self.call(move |d| d.cmd_rejoin(&universe)).await?
+    }
+
+    /// Links this device to a user: the one whose key is given (a device
+    /// joining its user), else the user key this device holds, made now if
+    /// it holds none (the user's first device). Signed by the user key and
+    /// our identity key; every universe where another device of the user
+    /// is a member then takes this one in.
+    pub async fn link_device(&self, key: Option<UserKey>) -> Result<types::Devices, NodeError> {
+        let dir = DataDir::open(self.data_dir())?;
+        let held = dir.user_key()?;
+        let user = match (key, held) {
+            (Some(k), Some(h)) if k.user_id() != h.user_id() => {
+                return Err(NodeError::OtherUser(h.user_id()))
+            }
+            (Some(k), None) => {
+                dir.set_user_key(&k)?;
+                k
+            }
+            (_, Some(h)) => h,
+            (None, None) => {
+                let k = UserKey::generate();
+                dir.set_user_key(&k)?;
+                k
+            }
+        };
+        let signed = user.link(&dir.identity()?, crate::driver::now_ms());
+        self.call(move |d| d.cmd_publish_device_link(signed))
+            .await??;
+        self.devices().await
+    }
+
+    /// The user whose key this device holds disowns `device` (another of
+    /// its devices, or this one): it is removed from every universe.
+    pub async fn unlink_device(&self, device: MemberId) -> Result<types::Devices, NodeError> {
+        let dir = DataDir::open(self.data_dir())?;
+        let user = dir.user_key()?.ok_or(NodeError::NoUserKey)?;
+        let signed = user.unlink(&device, crate::driver::now_ms());
+        self.call(move |d| d.cmd_publish_device_link(signed))
+            .await??;
+        self.devices().await
+    }
+
+    /// This device's user and every device heard of.
+    pub async fn devices(&self) -> Result<types::Devices, NodeError> {
+        self.call(|d| {
+            let me = d.p.me().clone();
+            types::Devices {
+                me: me.to_string(),
+                user: d.p.user_of(&me),
+                devices: d
+                    .p
+                    .devices()
+                    .into_iter()
+                    .map(|i| types::Device {
+                        user: i.user,
+                        device: i.device.to_string(),
+                        linked: i.linked,
+                        at: i.at,
+                    })
+                    .collect(),
+            }
+        })
+        .await
+    }
+
+    /// The linked devices of each of `users`; a user none of whose devices
+    /// we have heard of is an error (a mistyped id must not silently make a
+    /// smaller universe).
+    pub async fn devices_of_users(&self, users: Vec<String>) -> Result<Vec<MemberId>, NodeError> {
+        self.call(move |d| {
+            let mut out = vec![];
+            for u in &users {
+                let devs = d.p.devices_of(u);
+                if devs.is_empty() {
+                    return Err(NodeError::Engine(MmlsError::UnknownUser(u.clone())));
+                }
+                out.extend(devs);
+            }
+            Ok(out)
+        })
+        .await?
     }
 
     /// Leaves a universe (every member removes us).

@@ -28,6 +28,47 @@ pub struct CreateUniverse {
     /// first); absent: 0x0001 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ciphersuites: Option<Vec<u16>>,
+    /// Users (`u:...`) whose every linked device (as this node has heard
+    /// of them) becomes a member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+}
+
+/// `POST /v1/devices/link`: link this device to a user. `user_key` (hex
+/// of the 32 secret bytes, as in a key file) names the user; absent, this
+/// device's own user key, made now if it has none (a user's first device).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct LinkDevice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_key: Option<String>,
+}
+
+/// `POST /v1/devices/unlink`: the user (whose key this device holds)
+/// disowns `device`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnlinkDevice {
+    pub device: String,
+}
+
+/// A device as this node knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    pub user: String,
+    pub device: String,
+    pub linked: bool,
+    /// Unix milliseconds of the newest statement about it.
+    pub at: u64,
+}
+
+/// `GET /v1/devices`: this device's user and every device heard of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Devices {
+    /// This device's own id.
+    pub me: String,
+    /// The user this device is linked to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub devices: Vec<Device>,
 }
 
 /// `POST /v1/identity/certificate`: a renewed certificate chain (PEM, leaf
@@ -587,6 +628,10 @@ pub struct ConversationEntry {
     /// Ours only, when the send position is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
+    /// The user the sending device was linked to (others': when it
+    /// arrived); the sender is then that user's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A member of a universe as this node sees it.

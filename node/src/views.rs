@@ -221,6 +221,7 @@ impl Driver {
             at,
             cursor: None,
             receipt,
+            user: self.p.user_of(&self.me),
         };
         let _ = self.ux.sent_tx.send(SentText {
             universe: *u,
@@ -281,6 +282,7 @@ impl Driver {
                     at: d.received_at,
                     cursor: Some(d.cursor),
                     receipt: None,
+                    user: d.user.clone(),
                 });
                 if theirs.len() > limit {
                     theirs.pop_front();
@@ -306,6 +308,7 @@ impl Driver {
         }
         let r = self.receipts(u)?;
         let me = self.me.to_string();
+        let my_user = self.p.user_of(&self.me);
         let mine: Vec<(ConversationEntry, Option<u64>)> = mine
             .into_iter()
             .map(|(seq, body)| {
@@ -319,6 +322,7 @@ impl Driver {
                     at: meta.map(|m| m.at).unwrap_or(0),
                     cursor: None,
                     receipt: meta.map(|m| r.receipt(&m)),
+                    user: my_user.clone(),
                 };
                 (e, meta.and_then(|m| m.seen))
             })
@@ -448,6 +452,7 @@ mod tests {
             at,
             cursor: None,
             receipt: None,
+            user: None,
         }
     }
 
