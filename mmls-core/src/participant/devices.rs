@@ -94,6 +94,20 @@ impl Participant {
             .map(|k| k.link.user.clone())
     }
 
+    /// Who `member` speaks for in universe `uid`: the user it is a linked
+    /// device of, else, in a federated universe, the name its certificate
+    /// certifies (with X.509 the CA vouches for the name, so each device
+    /// of alice@org, certified as such, is alice@org's).
+    pub(super) fn speaks_for(&self, uid: &Id32, member: &MemberId) -> Option<String> {
+        self.user_of(member).or_else(|| {
+            let u = self.state.universes.get(uid)?;
+            let federated = u.def.as_ref().is_some_and(|d| !d.anchors.is_empty());
+            federated
+                .then(|| u.certs.get(member).map(|c| c.name.clone()))
+                .flatten()
+        })
+    }
+
     /// The linked devices of `user` that this node has heard of.
     pub fn devices_of(&self, user: &str) -> Vec<MemberId> {
         self.state

@@ -34,7 +34,8 @@ pub struct Delivered {
     pub epoch: u64,
     /// Driver time (ms) when it was delivered here.
     pub received_at: u64,
-    /// The user the sender was a linked device of when it arrived.
+    /// The user the sender spoke for when it arrived: the user it was a
+    /// linked device of, else (federated universes) its certified name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }

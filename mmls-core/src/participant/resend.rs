@@ -150,7 +150,7 @@ impl Participant {
             group: g,
             epoch,
             received_at: self.now,
-            user: self.user_of(owner),
+            user: self.speaks_for(&uid, owner),
         };
         self.provider
             .store()

@@ -210,6 +210,42 @@ fn three_domains_talk_and_every_send_group_carries_the_anchors() {
     net.assert_consistent(&uid);
 }
 
+/// With X.509 the certified name is the user: Alice's two devices, each
+/// certified as alice@alpha.example by her domain's CA, speak for her.
+#[test]
+fn two_devices_certified_with_one_name_are_one_user() {
+    let co = Coalition::new();
+    let phone = identity(3);
+    let phone = phone
+        .clone()
+        .with_x509_chain(co.alpha.chain_for(&phone, "alice@alpha.example"))
+        .unwrap();
+    let mut net = Net::with_identities(co.identities(vec![phone]), config(), NOW_MS);
+    let members: Vec<MemberId> = (0..4).map(|i| net.member(i)).collect();
+    let (uid, outs) = net
+        .node(1)
+        .create_federated_universe("coalition", &members, &[], Profile::Mmls00, co.anchors())
+        .expect("create");
+    net.absorb(1, outs);
+    net.run();
+    net.settle();
+    for i in [0, 3, 2] {
+        net.send(i, &uid, &format!("from {i}"));
+    }
+    net.run();
+    net.settle();
+    let user_of = |text: &str| {
+        net.delivered[1]
+            .iter()
+            .find(|d| d.body.as_slice() == text.as_bytes())
+            .map(|d| d.user.clone())
+            .expect("delivered")
+    };
+    assert_eq!(user_of("from 0").as_deref(), Some("alice@alpha.example"));
+    assert_eq!(user_of("from 3").as_deref(), Some("alice@alpha.example"));
+    assert_eq!(user_of("from 2").as_deref(), Some("cathy@charlie.example"));
+}
+
 #[test]
 fn a_ca_of_one_domain_issuing_for_another_is_refused_naming_both() {
     let co = Coalition::new();

@@ -244,6 +244,8 @@ function renderConversation(list, entries) {
   },
     h('div', { class: 'meta' },
       h('span', { class: 'who', title: m.sender, text: m.mine ? 'you' : who(m.sender_name, m.sender) }),
+      m.user ? h('span', { class: 'user', title: m.user, 'data-user': m.user,
+        text: (m.user.startsWith('u:') ? m.user.slice(0, 8) : m.user) + ' · device ' + short(m.sender) }) : null,
       h('span', { text: fmtTime(m.at) })),
     h('div', { class: 'text', text: m.text }),
     m.mine ? h('div', {
