@@ -187,7 +187,12 @@ async function main() {
     await A.page.locator('#messages li.mine .receipt:text("received by 1 of 1")').waitFor({ timeout: 40000 });
   });
 
+  let bobUser = null;
   await check('a reply appears live in the sender\'s page (event stream, no reload)', async () => {
+    // Bob's node becomes a device of a user first (`mmls device link`):
+    // his reply is then attributed to that user.
+    bobUser = JSON.parse(mmls(bob.dir, 'device', 'link', '--json')).user;
+    assert(/^u:/.test(bobUser), 'a user id: ' + bobUser);
     await B.page.fill('#text', 'hi alice, got it');
     await B.page.press('#text', 'Enter');
     await B.page.locator('#messages li.mine .text:text("hi alice, got it")').waitFor();
@@ -195,6 +200,16 @@ async function main() {
     const order = await A.page.locator('#messages li').evaluateAll(ls => ls.map(l => l.dataset.mine));
     assert(JSON.stringify(order) === '["1","0"]', 'own then theirs, in order: ' + order);
     if (SHOTS) { mkdirSync(SHOTS, { recursive: true }); await A.page.screenshot({ path: join(SHOTS, 'web-conversation.png') }); }
+  });
+
+  await check('a linked device\'s text names its user and the device', async () => {
+    const theirs = A.page.locator('#messages li:not(.mine)').last();
+    const user = theirs.locator('.user');
+    await user.waitFor({ timeout: 10000 });
+    assert(await user.getAttribute('data-user') === bobUser, 'the user: ' + await user.getAttribute('data-user'));
+    const label = await user.textContent();
+    assert(label.startsWith(bobUser.slice(0, 8)) && label.includes('device'), 'label: ' + label);
+    assert(await theirs.locator('.who').textContent() === 'bob', 'the device by its name');
   });
 
   await check('members view: names, link, epochs', async () => {
