@@ -85,6 +85,14 @@ impl Participant {
         })
     }
 
+    /// The newest statement about `device` as a lobby envelope: what a
+    /// KeyPackage answer for a user carries next to each device's
+    /// KeyPackage, so the requester learns which devices are the user's.
+    pub fn device_link_envelope(&self, device: &MemberId) -> Option<Vec<u8>> {
+        let k = self.state.device_links.get(device)?;
+        Some(link_envelope(&k.signed).encode())
+    }
+
     /// The user `member` is a linked device of, if any.
     pub fn user_of(&self, member: &MemberId) -> Option<String> {
         self.state

@@ -133,6 +133,9 @@ impl<P: Ord + Clone> KpRequests<P> {
         if self.members.get(peer).is_some_and(|m| *m != req.requester) {
             return (KpResponse::Refused(KpRefusal::WrongRequester), vec![]);
         }
+        if req.target.starts_with(crate::devices::USER_PREFIX) {
+            return Self::serve_user(p, relay, &req);
+        }
         if p.answers_for(&req.target) {
             return match p.hand_key_packages(&req.target, &req.requester, &req.ciphersuites) {
                 Ok((envs, outs)) => (
@@ -157,6 +160,58 @@ impl<P: Ord + Clone> KpRequests<P> {
                 vec![],
             ),
         }
+    }
+
+    /// A request for a user: for each of its linked devices we have heard
+    /// of, the statement that it is the user's and a KeyPackage (ours
+    /// handed to the requester alone if we are one of them, else a
+    /// published one we hold). Devices we hold no KeyPackage of are left
+    /// out; a user we know no device of is `Unknown`.
+    fn serve_user(
+        p: &mut Participant,
+        relay: &KeyPackageRelay,
+        req: &KpRequest,
+    ) -> (KpResponse, Vec<Output>) {
+        let unknown = || {
+            (
+                KpResponse::Refused(KpRefusal::Unknown(req.target.clone())),
+                vec![],
+            )
+        };
+        let mut envs = vec![];
+        let mut outs = vec![];
+        let mut kps = 0;
+        for d in p.devices_of(&req.target) {
+            let Some(link) = p.device_link_envelope(&d) else {
+                continue;
+            };
+            let kp: Vec<Vec<u8>> = if p.answers_for(d.as_str()) {
+                // Ours: one in each of the requester's suites, as for a
+                // request naming this device.
+                match p.hand_key_packages(d.as_str(), &req.requester, &req.ciphersuites) {
+                    Ok((e, o)) => {
+                        outs.extend(o);
+                        e
+                    }
+                    Err(_) => vec![],
+                }
+            } else {
+                p.published_key_package(d.as_str())
+                    .or_else(|| relay.newest_of(d.as_str()).map(|b| b.to_vec()))
+                    .into_iter()
+                    .collect()
+            };
+            if kp.is_empty() || envs.len() + 1 + kp.len() > MAX_KP_ANSWER {
+                continue;
+            }
+            envs.push(ByteBuf::from(link));
+            envs.extend(kp.into_iter().map(ByteBuf::from));
+            kps += 1;
+        }
+        if kps == 0 {
+            return unknown();
+        }
+        (KpResponse::KeyPackages(envs), outs)
     }
 
     /// Whom to ask for `target`'s KeyPackages, and whether it is the

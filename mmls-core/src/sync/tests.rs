@@ -613,6 +613,77 @@ fn key_package_requests_are_refused_with_a_reason() {
 }
 
 #[test]
+fn a_request_for_a_user_gets_one_key_package_per_device_with_its_link() {
+    let alice = crate::devices::UserKey::generate();
+    let mut p = participant(0);
+    let mut phone = participant(3);
+    let link = |q: &mut Participant, i: usize| {
+        q.publish_device_link(alice.link(&testkit::identity(i), T0))
+            .expect("link")
+    };
+    link(&mut p, 0);
+    // The phone's link and KeyPackage, as the lobby brings them.
+    for o in link(&mut phone, 3)
+        .into_iter()
+        .chain(std::iter::once(phone.announcement()))
+    {
+        if let Output::Publish(pb) = o {
+            p.handle_incoming(&pb.bytes).expect("lobby envelope");
+        }
+    }
+    let mut a = agent(&p, &[1]);
+    let requester = testkit::identity(1).member_id();
+    a.peer_identified(1, requester.clone());
+    let msg = SyncMessage::KeyPackageRequest(KpRequest {
+        target: alice.user_id(),
+        requester: requester.clone(),
+        ciphersuites: vec![u16::from(crate::DEFAULT_CIPHERSUITE)],
+    });
+    let SyncMessage::KeyPackages(KpResponse::KeyPackages(envs)) =
+        a.handle_request(&mut p, &1, msg, T0)
+    else {
+        panic!("no KeyPackages for the user")
+    };
+    let kinds: Vec<(Kind, Option<String>, Option<String>)> = envs
+        .iter()
+        .map(|b| {
+            let e = Envelope::decode(b).expect("envelope");
+            (e.kind, e.sender, e.to)
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| k.0 == Kind::DeviceLink).count(), 2);
+    // Ours handed to the requester alone; the phone's as it published it.
+    assert!(kinds.contains(&(
+        Kind::KeyPackage,
+        Some(p.me().to_string()),
+        Some(requester.to_string())
+    )));
+    assert!(kinds.contains(&(Kind::KeyPackage, Some(phone.me().to_string()), None)));
+    // The requester learns both devices of the user and can add them.
+    let mut r = participant(1);
+    for e in &envs {
+        r.handle_incoming(e).expect("answer entry");
+    }
+    let mut devs = r.devices_of(&alice.user_id());
+    devs.sort();
+    let mut want = vec![p.me().clone(), phone.me().clone()];
+    want.sort();
+    assert_eq!(devs, want);
+    assert_eq!(r.key_package_pool().handed_to_us, vec![p.me().clone()]);
+    // A user nobody linked: refused as unknown.
+    let stranger = crate::devices::UserKey::generate().user_id();
+    let msg = SyncMessage::KeyPackageRequest(KpRequest {
+        target: stranger.clone(),
+        requester,
+        ciphersuites: vec![u16::from(crate::DEFAULT_CIPHERSUITE)],
+    });
+    assert!(matches!(
+        a.handle_request(&mut p, &1, msg, T0),
+        SyncMessage::KeyPackages(KpResponse::Refused(KpRefusal::Unknown(u))) if u == stranger
+    ));
+}
+
+#[test]
 fn a_flood_of_key_package_requests_is_rate_limited_per_peer() {
     let mut p = participant(0);
     let mut a = agent(&p, &[1, 2]);
