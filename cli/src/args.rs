@@ -333,8 +333,9 @@ pub enum UniverseCmd {
         /// A member id (`mmls id` prints it); repeat, or list several
         #[arg(long = "member", value_name = "ID", required_unless_present = "users", num_args = 1..)]
         members: Vec<String>,
-        /// A user id (`u:...`, `mmls device list` prints it): every device of the user
-        /// this node has heard of becomes a member; repeat, or list several
+        /// A user: a user id (`u:...`, `mmls device list` prints it) or, with X.509, a
+        /// certified name (alice@alpha.example); every device of the user this node has
+        /// heard of becomes a member; repeat, or list several
         #[arg(long = "user", value_name = "USER", num_args = 1..)]
         users: Vec<String>,
         /// Key-derivation profile: `mmls-00` (draft-xue-multi-mls) or `dmls`

@@ -234,10 +234,8 @@ pub fn universe(dir: &Path, cmd: UniverseCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| read_anchor(a))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            for u in &users {
-                if !u.starts_with(mmls_core::devices::USER_PREFIX) {
-                    bail!("{u:?} is not a user id: user ids start with `u:` (`mmls device list` shows them)");
-                }
+            if users.iter().any(|u| u.trim().is_empty()) {
+                bail!("--user needs a user: a user id (`u:...`, `mmls device list` shows them) or a certified name (alice@alpha.example)");
             }
             let c = client(dir)?;
             let body = node::types::CreateUniverse {

@@ -28,8 +28,8 @@ pub struct CreateUniverse {
     /// first); absent: 0x0001 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ciphersuites: Option<Vec<u16>>,
-    /// Users (`u:...`) whose every linked device (as this node has heard
-    /// of them) becomes a member.
+    /// Users whose every device (as this node has heard of them) becomes a
+    /// member: user ids (`u:...`) or, with X.509, certified names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
 }

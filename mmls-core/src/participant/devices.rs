@@ -116,12 +116,41 @@ impl Participant {
         })
     }
 
-    /// The linked devices of `user` that this node has heard of.
+    /// The devices of `user` that this node has heard of: for a key user
+    /// (`u:...`) its linked devices; for any other name, the members whose
+    /// published KeyPackage carries a certificate naming it
+    /// (`alice@alpha.example`). The latter is no trust decision: a
+    /// federated universe's anchors judge each device when it is added.
     pub fn devices_of(&self, user: &str) -> Vec<MemberId> {
+        if !user.starts_with(crate::devices::USER_PREFIX) {
+            return self.certified_as(user);
+        }
         self.state
             .device_links
             .iter()
             .filter(|(_, k)| k.link.linked && k.link.user == user)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// Members whose published KeyPackages carry a certificate naming
+    /// `name` (their first suite's; parsed and checked in itself).
+    fn certified_as(&self, name: &str) -> Vec<MemberId> {
+        self.state
+            .known_kps
+            .iter()
+            .filter(|(m, kps)| {
+                kps.0.values().next().is_some_and(|b| {
+                    self.validate_kp(b, Some(m)).is_ok_and(|kp| {
+                        let leaf = kp.leaf_node();
+                        crate::federation::inspect(
+                            leaf.credential(),
+                            leaf.signature_key().as_slice(),
+                        )
+                        .is_ok_and(|c| c.name == name)
+                    })
+                })
+            })
             .map(|(m, _)| m.clone())
             .collect()
     }

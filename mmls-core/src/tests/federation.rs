@@ -221,7 +221,16 @@ fn two_devices_certified_with_one_name_are_one_user() {
         .with_x509_chain(co.alpha.chain_for(&phone, "alice@alpha.example"))
         .unwrap();
     let mut net = Net::with_identities(co.identities(vec![phone]), config(), NOW_MS);
-    let members: Vec<MemberId> = (0..4).map(|i| net.member(i)).collect();
+    // Bob names Alice by her certified name: both devices are found from
+    // the KeyPackages they published.
+    let mut alice = net.node(1).devices_of("alice@alpha.example");
+    alice.sort();
+    let mut want = vec![net.member(0), net.member(3)];
+    want.sort();
+    assert_eq!(alice, want);
+    assert!(net.node(1).devices_of("nobody@alpha.example").is_empty());
+    let mut members = alice;
+    members.push(net.member(2));
     let (uid, outs) = net
         .node(1)
         .create_federated_universe("coalition", &members, &[], Profile::Mmls00, co.anchors())
