@@ -150,19 +150,34 @@ fn coalition_of_three_organisations_end_to_end() {
         format!("beta.example={}", s(&beta.pem)),
         format!("charlie.example={}", s(&charlie.pem)),
     ];
+    // Bob by his certified name (his node's published KeyPackage carries
+    // the certificate), Cathy by her member id.
     let mut args = vec![
         "universe",
         "create",
         "coalition",
-        "--member",
-        &bob.member,
+        "--user",
+        "bob@beta.example",
         "--member",
         &cathy.member,
     ];
     for x in &anchors {
         args.extend(["--anchor", x.as_str()]);
     }
-    let u = alice.cmd(&args).ok().stdout.trim().to_string();
+    let mut u = String::new();
+    wait_for(
+        "alice knows bob@beta.example",
+        Duration::from_secs(30),
+        || {
+            let out = alice.cmd(&args);
+            if out.success() {
+                u = out.stdout.trim().to_string();
+                Ok(())
+            } else {
+                Err(out.one_line_error())
+            }
+        },
+    );
     assert_eq!(u.len(), 64, "{u}");
     let nodes = [&alice, &bob, &cathy];
     wait_for("the coalition ready", Duration::from_secs(40), || {
@@ -178,6 +193,13 @@ fn coalition_of_three_organisations_end_to_end() {
             Err(format!("{got:?}"))
         }
     });
+    // His certified name is the user his messages are from.
+    let m = cathy
+        .read(&u)
+        .into_iter()
+        .find(|m| m.text == "hello from beta")
+        .expect("read");
+    assert_eq!(m.user.as_deref(), Some("bob@beta.example"));
 
     // Every node shows the domains, anchors and each member's certificate.
     for n in nodes {
