@@ -493,7 +493,8 @@ impl NodeHandle {
                 k
             }
         };
-        let signed = user.link(&dir.identity()?, crate::driver::now_ms());
+        let at = self.next_statement_time(self.member_id()).await?;
+        let signed = user.link(&dir.identity()?, at);
         self.call(move |d| d.cmd_publish_device_link(signed))
             .await??;
         self.devices().await
@@ -504,10 +505,26 @@ impl NodeHandle {
     pub async fn unlink_device(&self, device: MemberId) -> Result<types::Devices, NodeError> {
         let dir = DataDir::open(self.data_dir())?;
         let user = dir.user_key()?.ok_or(NodeError::NoUserKey)?;
-        let signed = user.unlink(&device, crate::driver::now_ms());
+        let at = self.next_statement_time(device.clone()).await?;
+        let signed = user.unlink(&device, at);
         self.call(move |d| d.cmd_publish_device_link(signed))
             .await??;
         self.devices().await
+    }
+
+    /// The time for a new statement about `device`: now, or just after the
+    /// newest one we hold (two in one millisecond, or a clock that went
+    /// back, must not make the second look stale).
+    async fn next_statement_time(&self, device: MemberId) -> Result<u64, NodeError> {
+        let prev = self
+            .call(move |d| {
+                d.p.devices()
+                    .into_iter()
+                    .find(|i| i.device == device)
+                    .map(|i| i.at)
+            })
+            .await?;
+        Ok(prev.map_or(now_ms(), |p| now_ms().max(p + 1)))
     }
 
     /// This device's user and every device heard of.

@@ -300,3 +300,94 @@ async fn client_drives_two_nodes() {
     .await
     .expect("test timed out");
 }
+
+/// The device routes refuse garbage with a typed JSON error and change
+/// nothing: no user key appears, the directory stays empty; then a real
+/// link works once, and the device belongs to one user only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_routes_refuse_garbage_and_change_nothing() {
+    init_tracing();
+    timeout(Duration::from_secs(60), async {
+        let root = root();
+        let n = start_with(root.path(), "a", api_node).await;
+        let addr = n.h.api_addr().expect("api addr");
+        let dd = DataDir::open(&n.dir).unwrap();
+        let token = dd.api_token().unwrap();
+        let key_file = dd.file(node::datadir::USER_KEY_FILE);
+        let t = token.clone();
+        let codes = blocking(move || {
+            let post = |path: &str, body: &str| raw("POST", addr, path, Some(&t), Some(body));
+            let mut got = vec![];
+            for (path, body) in [
+                ("/v1/devices/link", "not json"),
+                ("/v1/devices/link", "{\"user_key\": 7}"),
+                ("/v1/devices/link", "{\"user_key\": \"zz\"}"),
+                ("/v1/devices/link", "{\"user_key\": \"00ff\"}"),
+                (
+                    "/v1/devices/link",
+                    &format!("{{\"user_key\": \"{}\"}}", "ab".repeat(33)),
+                ),
+                ("/v1/devices/unlink", "{}"),
+                ("/v1/devices/unlink", "{\"device\": \"12D3KooW\"}"),
+                // A well-formed unlink, but this device holds no user key.
+                (
+                    "/v1/devices/unlink",
+                    "{\"device\": \"12D3KooWxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+                ),
+            ] {
+                let (status, v) = post(path, body);
+                got.push((
+                    status,
+                    v["error"]["code"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+            let (status, v) = raw("GET", addr, "/v1/devices", Some(&t), None);
+            (got, status, v)
+        })
+        .await;
+        let (got, status, v) = codes;
+        for (s, code) in &got[..7] {
+            assert_eq!(*s, 400, "{got:?}");
+            assert!(!code.is_empty(), "{got:?}");
+        }
+        assert!(
+            got[2].1 == "bad_user_key" && got[4].1 == "bad_user_key",
+            "{got:?}"
+        );
+        assert_eq!(got[7].0, 400, "{got:?}");
+        assert!(
+            got[7].1 == "no_user_key" || got[7].1 == "invalid_member",
+            "{got:?}"
+        );
+        assert!(!key_file.exists(), "garbage made a user key");
+        assert_eq!(status, 200);
+        assert_eq!(v["devices"], serde_json::json!([]), "{v}");
+        assert!(v.get("user").is_none(), "{v}");
+
+        // A real link: this device's first user key.
+        let t = token.clone();
+        let (first, again, other) = blocking(move || {
+            let post = |body: &str| raw("POST", addr, "/v1/devices/link", Some(&t), Some(body));
+            let first = post("{}");
+            let again = post("{}");
+            let other = post(&format!("{{\"user_key\": \"{}\"}}", "11".repeat(32)));
+            (first, again, other)
+        })
+        .await;
+        assert_eq!(first.0, 200, "{first:?}");
+        let user = first.1["user"].as_str().expect("a user").to_string();
+        assert!(user.starts_with("u:"));
+        assert!(key_file.exists());
+        // Linking again re-states the same user (a newer statement).
+        assert_eq!(again.0, 200, "{again:?}");
+        assert_eq!(again.1["user"], user.as_str());
+        // Another user's key: refused, the device keeps its user.
+        assert_eq!(other.0, 409, "{other:?}");
+        assert_eq!(other.1["error"]["code"], "other_user");
+        let d = n.h.devices().await.unwrap();
+        assert_eq!(d.user.as_deref(), Some(user.as_str()));
+        assert_eq!(d.devices.len(), 1);
+    })
+    .await
+    .expect("test timed out");
+}
