@@ -218,6 +218,7 @@ async function main() {
     await row.waitFor();
     await row.locator('.name:text("bob")').waitFor();
     await row.locator('.badge:text("connected")').waitFor({ timeout: 15000 });
+    assert(await row.locator('.user').getAttribute('data-user') === bobUser, 'bob\'s row names his user');
     if (SHOTS) await A.page.screenshot({ path: join(SHOTS, 'web-members.png') });
   });
 

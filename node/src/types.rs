@@ -669,6 +669,10 @@ pub struct MemberView {
     pub stale: bool,
     /// Highest text number received from it.
     pub received_texts: u64,
+    /// The user it is a device of (its linked user, or its certified name
+    /// in a federated universe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A contact: a member with an announced name or a local nickname.

@@ -376,6 +376,7 @@ impl Driver {
                 },
                 stale: group.is_some_and(|g| g.stale),
                 received_texts: received.get(m).copied().unwrap_or(0),
+                user: self.p.speaks_for(u, m),
             });
         }
         Ok(out)

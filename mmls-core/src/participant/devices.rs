@@ -106,7 +106,7 @@ impl Participant {
     /// device of, else, in a federated universe, the name its certificate
     /// certifies (with X.509 the CA vouches for the name, so each device
     /// of alice@org, certified as such, is alice@org's).
-    pub(super) fn speaks_for(&self, uid: &Id32, member: &MemberId) -> Option<String> {
+    pub fn speaks_for(&self, uid: &Id32, member: &MemberId) -> Option<String> {
         self.user_of(member).or_else(|| {
             let u = self.state.universes.get(uid)?;
             let federated = u.def.as_ref().is_some_and(|d| !d.anchors.is_empty());
