@@ -444,6 +444,21 @@ pub fn logged_texts(p: &Participant, uid: &Id32) -> Vec<String> {
         .collect()
 }
 
+/// The texts `p` (e.g. a copy of a member's stolen state) decrypts from
+/// `wire`, the envelopes as they went out: the check of post-compromise
+/// security and of removal.
+pub fn texts_read_by(p: &mut Participant, wire: &[Vec<u8>]) -> Vec<String> {
+    let mut read = vec![];
+    for b in wire {
+        for o in p.handle_incoming(b).unwrap_or_default() {
+            if let Output::Event(Event::Message(d)) = o {
+                read.push(String::from_utf8_lossy(&d.body).to_string());
+            }
+        }
+    }
+    read
+}
+
 /// Pulls everything `victim` misses from `peers` (read-only), as the
 /// driver's periodic sync would, until nothing new comes.
 pub fn pull_from(victim: &mut Participant, peers: &[&Participant]) -> Vec<Output> {

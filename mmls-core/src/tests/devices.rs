@@ -198,16 +198,7 @@ fn an_unlinked_device_is_removed_everywhere_and_reads_nothing_new() {
         assert!(net.texts((i + 1) % 3).contains(&format!("post {i}")));
     }
     // The copy, fed every byte since, decrypts none of it.
-    let mut read = vec![];
-    for b in &net.all_bytes[mark..] {
-        if let Ok(outs) = thief.handle_incoming(b) {
-            for o in outs {
-                if let Output::Event(Event::Message(d)) = o {
-                    read.push(String::from_utf8_lossy(&d.body).to_string());
-                }
-            }
-        }
-    }
+    let read = crate::testkit::texts_read_by(&mut thief, &net.all_bytes[mark..]);
     for i in [LAPTOP, BOB, CAROL] {
         assert!(
             !read.contains(&format!("post {i}")),

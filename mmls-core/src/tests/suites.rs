@@ -93,16 +93,7 @@ fn assert_pcs_heals(net: &mut Net, uid: &Id32, victim: usize) {
     }
     net.run();
     net.settle();
-    let mut read = vec![];
-    for b in &net.all_bytes[mark..] {
-        if let Ok(outs) = attacker.handle_incoming(b) {
-            for o in outs {
-                if let Output::Event(Event::Message(d)) = o {
-                    read.push(String::from_utf8_lossy(&d.body).to_string());
-                }
-            }
-        }
-    }
+    let read = crate::testkit::texts_read_by(&mut attacker, &net.all_bytes[mark..]);
     for i in (0..n).filter(|i| *i != victim) {
         assert!(
             read.contains(&format!("pre {i}")),
