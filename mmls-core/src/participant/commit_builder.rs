@@ -245,8 +245,12 @@ impl Participant {
                 .filter(|m| !plan.readded.contains(m))
                 .collect();
             for (g, gs) in &u.groups {
-                let justifies =
-                    is_admin(&gs.owner) || newcomers.iter().any(|m| self.same_user(&gs.owner, m));
+                // (Not the newcomer's own group: readers may not be in it
+                // yet, and it justifies nothing.)
+                let justifies = is_admin(&gs.owner)
+                    || newcomers
+                        .iter()
+                        .any(|m| **m != gs.owner && self.same_user(&gs.owner, m));
                 if justifies && !gs.stale && gs.owner != self.me {
                     plan.deps.push((*g, gs.epoch));
                 }
