@@ -129,6 +129,34 @@ impl Participant {
             .universes
             .get_or_insert_with(uid, || UniverseState::new(uid));
         let rejoined = u.groups.get(&g).is_some_and(|s| s.stale);
+        // We had been removed (or had left) and an owner adds us again: we
+        // are back. Our old send group was retired by everyone, so we make
+        // a new one (its id derived from a group we hold at a new epoch:
+        // the others are stale until their owners re-add us too, so none
+        // at an old epoch can give back the old id), and the Hello that
+        // follows this Welcome tells us the universe as it is now.
+        let readded = u.removed;
+        if readded {
+            u.removed = false;
+            u.def = None;
+            if let Some(old) = u.own_group.take() {
+                u.retire(old);
+            }
+            // What was pending for the old group stays with it (proposals
+            // made in it would make our new group's first commit invalid).
+            u.own_proposals.clear();
+            u.leaf_updates.clear();
+            u.pending_adds.clear();
+            u.pending_removes.clear();
+            u.readds.clear();
+            let others: Vec<Id32> = u.groups.keys().filter(|og| **og != g).copied().collect();
+            for og in others {
+                if let Some(gs) = u.groups.get_mut(&og) {
+                    gs.stale = true;
+                    gs.stale_since = Some(now);
+                }
+            }
+        }
         // The owner's previous send group is abandoned (it lost its state).
         if let Some(old) = u.owner_group.insert(owner.clone(), g) {
             if old != g {
@@ -206,6 +234,13 @@ impl Participant {
         }
         // A joiner needs the Hello that follows; it may have gone by
         // before we could read it.
+        if readded {
+            self.emit(Event::Rejoined {
+                universe: uid,
+                group: g,
+                owner: self.me.clone(),
+            });
+        }
         if is_new_universe || self.uni(&uid)?.def.is_none() {
             self.outputs.push(Output::Fetch(FetchRequest::Range {
                 universe: uid,

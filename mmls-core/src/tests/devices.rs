@@ -261,3 +261,47 @@ fn statements_nobody_may_make_change_nothing() {
     assert_eq!(crate::testkit::view(net.node(BOB), &uid), before);
     assert_eq!(net.node(BOB).devices(), directory);
 }
+
+#[test]
+fn a_device_unlinked_then_linked_again_is_back_in_its_users_universes() {
+    let mut net = Net::new(4);
+    let alice = UserKey::generate();
+    let uid = phone_linked_later(&mut net, &alice);
+    let unlink = alice.unlink(&net.member(PHONE), net.now);
+    let outs = net
+        .node(LAPTOP)
+        .publish_device_link(unlink)
+        .expect("unlink");
+    net.absorb(LAPTOP, outs);
+    net.run();
+    net.settle();
+    assert!(!roster(&mut net, BOB, &uid).contains(&net.member(PHONE)));
+    net.send(BOB, &uid, "while it was out");
+    net.run();
+    net.settle();
+    // Found again: Alice links it anew (on the phone, with her key).
+    net.now += 1_000;
+    link(&mut net, &alice, PHONE);
+    for _ in 0..4 {
+        net.settle();
+    }
+    for i in 0..4 {
+        assert!(
+            roster(&mut net, i, &uid).contains(&net.member(PHONE)),
+            "node {i} lacks the phone"
+        );
+    }
+    net.send(CAROL, &uid, "welcome back");
+    net.send(PHONE, &uid, "back again");
+    net.run();
+    net.settle();
+    assert!(
+        net.texts(PHONE).contains(&"welcome back".to_string()),
+        "{:?}",
+        net.rejections[PHONE]
+    );
+    assert!(!net.texts(PHONE).contains(&"while it was out".to_string()));
+    let (_, user) = attribution(&net, BOB, "back again").expect("delivered");
+    assert_eq!(user.as_deref(), Some(alice.user_id().as_str()));
+    net.assert_consistent(&uid);
+}

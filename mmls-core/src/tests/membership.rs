@@ -248,3 +248,45 @@ fn a_member_that_leaves_is_removed_everywhere_and_can_forget_the_universe() {
         Err(MmlsError::UnknownUniverse(_))
     ));
 }
+
+#[test]
+fn a_removed_member_added_again_is_back_with_a_new_send_group() {
+    let mut net = Net::new(4);
+    let uid = net.universe(Profile::Mmls00);
+    let m3 = net.member(3);
+    let old_group = net.node(3).group_of(&uid, &m3).expect("its group");
+    let outs = net.node(0).remove_member(&uid, &m3).unwrap();
+    net.absorb(0, outs);
+    net.run();
+    net.settle();
+    assert!(net.events[3]
+        .iter()
+        .any(|e| matches!(e, Event::RemovedFromUniverse { .. })));
+    net.send(1, &uid, "while it was out");
+    net.run();
+    net.settle();
+    let outs = net.node(0).add_member(&uid, &m3).unwrap();
+    net.absorb(0, outs);
+    for _ in 0..3 {
+        net.settle();
+    }
+    for i in 0..4 {
+        assert!(
+            net.node(i).status(&uid).unwrap().roster.contains(&m3),
+            "node {i}"
+        );
+    }
+    let new_group = net.node(3).group_of(&uid, &m3).expect("a new group");
+    assert_ne!(
+        new_group, old_group,
+        "the old send group was retired by all"
+    );
+    net.send(2, &uid, "welcome back");
+    net.send(3, &uid, "back again");
+    net.run();
+    net.settle();
+    assert!(net.texts(3).contains(&"welcome back".to_string()));
+    assert!(!net.texts(3).contains(&"while it was out".to_string()));
+    assert!(net.texts(1).contains(&"back again".to_string()));
+    net.assert_consistent(&uid);
+}
