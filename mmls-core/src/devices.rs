@@ -167,9 +167,14 @@ fn labelled(label: &[u8], bytes: &[u8]) -> Vec<u8> {
 }
 
 /// The newest verified statement per device wins; older ones, replays and
-/// forgeries change nothing.
+/// forgeries change nothing. An unlink counts only from the user the device
+/// is linked to: it needs no signature of the device, so from anyone else
+/// (dated far ahead) it would detach a device from its user for good.
 pub fn newer(current: Option<&DeviceLink>, candidate: &DeviceLink) -> bool {
-    current.is_none_or(|c| candidate.at > c.at)
+    match current {
+        None => candidate.linked,
+        Some(c) => candidate.at > c.at && (candidate.linked || c.user == candidate.user),
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +263,14 @@ mod tests {
         assert!(newer(Some(&linked), &unlinked));
         // A replay of the older link does not undo the unlink.
         assert!(!newer(Some(&unlinked), &linked));
+        // Another user's unlink, however far ahead it is dated, is nothing.
+        let mallory = UserKey::generate();
+        let theirs = mallory
+            .unlink(&device(1).member_id(), u64::MAX)
+            .verify()
+            .unwrap();
+        assert!(!newer(Some(&linked), &theirs));
+        assert!(!newer(None, &theirs));
         let key = UserKey::from_secret_bytes(alice.secret_bytes().as_slice()).unwrap();
         assert_eq!(
             key.user_id(),

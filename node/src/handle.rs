@@ -524,7 +524,7 @@ impl NodeHandle {
                     .map(|i| i.at)
             })
             .await?;
-        Ok(prev.map_or(now_ms(), |p| now_ms().max(p + 1)))
+        Ok(prev.map_or(now_ms(), |p| now_ms().max(p.saturating_add(1))))
     }
 
     /// This device's user and every device heard of.

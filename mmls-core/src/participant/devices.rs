@@ -59,10 +59,12 @@ impl Participant {
         signed: SignedDeviceLink,
     ) -> Result<Vec<Output>, MmlsError> {
         let link = signed.verify()?;
-        if let Some(k) = self.state.device_links.get(&link.device) {
-            if !newer(Some(&k.link), &link) {
-                return Err(MmlsError::StaleDeviceLink);
-            }
+        let current = self.state.device_links.get(&link.device).map(|k| &k.link);
+        if !newer(current, &link) {
+            return Err(match current {
+                Some(c) if link.linked || c.user == link.user => MmlsError::StaleDeviceLink,
+                _ => MmlsError::NotYourDevice(link.device.to_string()),
+            });
         }
         self.step(|p| {
             p.learn_link(&link, &signed);
@@ -75,14 +77,12 @@ impl Participant {
     /// Our own newest link, to announce on the lobby (at start and to every
     /// peer that connects, like our KeyPackage).
     pub fn device_announcement(&self) -> Option<Output> {
-        let k = self.state.device_links.get(&self.me)?;
-        k.link.linked.then(|| {
-            Output::Publish(Publish {
-                topic: Topic::Lobby,
-                bytes: link_envelope(&k.signed).encode(),
-                outbox_id: None,
-            })
-        })
+        self.user_of(&self.me)?;
+        Some(Output::Publish(Publish {
+            topic: Topic::Lobby,
+            bytes: self.device_link_envelope(&self.me)?,
+            outbox_id: None,
+        }))
     }
 
     /// The newest statement about `device` as a lobby envelope: what a

@@ -172,15 +172,8 @@ impl<P: Ord + Clone> KpRequests<P> {
         relay: &KeyPackageRelay,
         req: &KpRequest,
     ) -> (KpResponse, Vec<Output>) {
-        let unknown = || {
-            (
-                KpResponse::Refused(KpRefusal::Unknown(req.target.clone())),
-                vec![],
-            )
-        };
         let mut envs = vec![];
         let mut outs = vec![];
-        let mut kps = 0;
         for d in p.devices_of(&req.target) {
             let Some(link) = p.device_link_envelope(&d) else {
                 continue;
@@ -206,10 +199,12 @@ impl<P: Ord + Clone> KpRequests<P> {
             }
             envs.push(ByteBuf::from(link));
             envs.extend(kp.into_iter().map(ByteBuf::from));
-            kps += 1;
         }
-        if kps == 0 {
-            return unknown();
+        if envs.is_empty() {
+            return (
+                KpResponse::Refused(KpRefusal::Unknown(req.target.clone())),
+                outs,
+            );
         }
         (KpResponse::KeyPackages(envs), outs)
     }

@@ -116,6 +116,19 @@ fn phone_linked_later(net: &mut Net, alice: &UserKey) -> Id32 {
     uid
 }
 
+/// Alice, from her laptop, unlinks her phone; everyone settles.
+fn unlink_phone(net: &mut Net, alice: &UserKey) {
+    let unlink = alice.unlink(&net.member(PHONE), net.now);
+    let outs = net
+        .node(LAPTOP)
+        .publish_device_link(unlink)
+        .expect("unlink");
+    net.absorb(LAPTOP, outs);
+    net.run();
+    net.settle();
+    net.settle();
+}
+
 #[test]
 fn a_device_linked_later_joins_its_users_universes_through_a_non_admin_device() {
     let mut net = Net::new(4);
@@ -166,15 +179,7 @@ fn an_unlinked_device_is_removed_everywhere_and_reads_nothing_new() {
     let events = net.events[PHONE].len();
 
     // Alice unlinks it from her laptop.
-    let unlink = alice.unlink(&net.member(PHONE), net.now);
-    let outs = net
-        .node(LAPTOP)
-        .publish_device_link(unlink)
-        .expect("unlink");
-    net.absorb(LAPTOP, outs);
-    net.run();
-    net.settle();
-    net.settle();
+    unlink_phone(&mut net, &alice);
     for i in [LAPTOP, BOB, CAROL] {
         assert!(
             !roster(&mut net, i, &uid).contains(&net.member(PHONE)),
@@ -267,14 +272,7 @@ fn a_device_unlinked_then_linked_again_is_back_in_its_users_universes() {
     let mut net = Net::new(4);
     let alice = UserKey::generate();
     let uid = phone_linked_later(&mut net, &alice);
-    let unlink = alice.unlink(&net.member(PHONE), net.now);
-    let outs = net
-        .node(LAPTOP)
-        .publish_device_link(unlink)
-        .expect("unlink");
-    net.absorb(LAPTOP, outs);
-    net.run();
-    net.settle();
+    unlink_phone(&mut net, &alice);
     assert!(!roster(&mut net, BOB, &uid).contains(&net.member(PHONE)));
     net.send(BOB, &uid, "while it was out");
     net.run();
