@@ -287,6 +287,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub commit_delay_ms: u64,
+    /// Let PSK imports wait up to this long, and not for a send, so one
+    /// commit covers every peer update heard meanwhile: fewer commits in
+    /// large universes, at the price of a peer's update healing our send
+    /// group up to this late [default: import before every send]
+    #[arg(long, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub import_window_ms: Option<u64>,
     /// How often every connection is pinged. With --ping-timeout-ms, how
     /// fast a dead link is noticed (and its peer re-dialled, every 500 ms,
     /// until the link is back)

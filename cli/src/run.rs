@@ -46,6 +46,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     cfg.peers = args.peer;
     cfg.mdns = !args.no_mdns;
     cfg.engine.commit_delay_ms = args.commit_delay_ms;
+    cfg.engine.import_window_ms = args.import_window_ms;
     cfg.engine.psk_max_age_ms = args.psk_max_age_hours * 3_600_000;
     cfg.engine.ciphersuites = args.suites.0.clone();
     cfg.timing.ping_interval = Duration::from_millis(args.ping_interval_ms);

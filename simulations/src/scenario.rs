@@ -235,6 +235,11 @@ impl Default for Workload {
 pub struct EngineSpec {
     #[serde(default = "d_commit_delay")]
     pub commit_delay_ms: u64,
+    /// PSK imports alone wait up to this long and not for a send: one
+    /// commit covers every update heard meanwhile (`Config::import_window_ms`;
+    /// absent: the draft's import before every send).
+    #[serde(default)]
+    pub import_window_ms: Option<u64>,
     /// Forward-secrecy bound on exported PSKs (hours of virtual time); they
     /// are otherwise kept while a member may still import them.
     #[serde(default = "d_psk_max_age_h")]
@@ -282,6 +287,7 @@ impl Default for EngineSpec {
     fn default() -> Self {
         EngineSpec {
             commit_delay_ms: d_commit_delay(),
+            import_window_ms: None,
             psk_max_age_h: d_psk_max_age_h(),
             log_retention: d_log_retention(),
             fetch_retry_ms: d_fetch_retry(),

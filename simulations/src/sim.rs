@@ -282,6 +282,7 @@ impl Sim {
         let net = Network::build(&sc.network, n, &mut rng);
         let cfg = Config {
             commit_delay_ms: sc.engine.commit_delay_ms,
+            import_window_ms: sc.engine.import_window_ms,
             update_interval_ms: None,
             psk_max_age_ms: (sc.engine.psk_max_age_h * 3_600_000.0) as u64,
             log_retention: sc.engine.log_retention,

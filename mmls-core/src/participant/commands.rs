@@ -141,7 +141,7 @@ impl Participant {
         if u.own_group.is_none() {
             return Err(MmlsError::UniverseNotReady(*universe));
         }
-        if u.has_pending() {
+        if u.commit_due_before_send(&self.config) {
             self.step(|p| p.commit_own(*universe, false).map(|_| ()))?;
         }
         let seq = self.step(|p| {

@@ -3,9 +3,19 @@
 /// Policy knobs. Times are in the driver's milliseconds.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Commit pending PSK imports at the latest this long after they arose
-    /// (they are also committed before every send).
+    /// Commit pending changes (membership, anchors, Update proposals, and
+    /// PSK imports unless `import_window_ms` says otherwise) at the latest
+    /// this long after they arose; they are also committed before every
+    /// send, so nothing we send is readable by a member we removed.
     pub commit_delay_ms: u64,
+    /// When set, PSK imports alone wait up to this long and are not
+    /// committed before a send: one commit then covers every MMLS update
+    /// heard in the window, instead of one commit per update in each of the
+    /// N - 1 other send groups. The draft's default (None) imports before
+    /// every send; a window trades post-compromise healing latency (a peer's
+    /// update reaches our group at most this late) for N times fewer
+    /// commits, which is what lets universes of 64+ members update at all.
+    pub import_window_ms: Option<u64>,
     /// Issue an own MMLS update (commit with path) this often; None = only
     /// when asked.
     pub update_interval_ms: Option<u64>,
@@ -57,6 +67,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             commit_delay_ms: 500,
+            import_window_ms: None,
             update_interval_ms: None,
             psk_max_age_ms: 24 * 3_600_000,
             log_retention: 100_000,

@@ -235,8 +235,21 @@ impl UniverseState {
     }
 
     pub(super) fn has_pending(&self) -> bool {
-        !self.pending_imports.is_empty()
-            || !self.own_proposals.is_empty()
+        !self.pending_imports.is_empty() || self.has_pending_beyond_imports()
+    }
+
+    /// PROTECT commits what is pending first (the draft: "before encrypting
+    /// an application message, Bob should incorporate any MMLS updates he
+    /// has received"), except imports an import window lets wait.
+    pub(super) fn commit_due_before_send(&self, cfg: &super::Config) -> bool {
+        self.has_pending_beyond_imports()
+            || (!self.pending_imports.is_empty() && cfg.import_window_ms.is_none())
+    }
+
+    /// Pending changes other than PSK imports: these never wait for an
+    /// import window (a removal, above all, must be in before we send).
+    pub(super) fn has_pending_beyond_imports(&self) -> bool {
+        !self.own_proposals.is_empty()
             || !self.pending_adds.is_empty()
             || !self.pending_removes.is_empty()
             || !self.readds.is_empty()

@@ -46,9 +46,14 @@ impl Participant {
             let due_update = cfg
                 .update_interval_ms
                 .is_some_and(|iv| now >= u.last_update_at.saturating_add(iv));
+            let delay = if u.has_pending_beyond_imports() {
+                cfg.commit_delay_ms
+            } else {
+                cfg.import_window_ms.unwrap_or(cfg.commit_delay_ms)
+            };
             let due_commit = u.has_pending()
                 && u.pending_since
-                    .is_some_and(|t| now >= t.saturating_add(cfg.commit_delay_ms));
+                    .is_some_and(|t| now >= t.saturating_add(delay));
             if due_update || u.update_due {
                 self.mmls_update(uid)?;
             } else if due_commit {

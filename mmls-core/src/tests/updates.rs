@@ -235,3 +235,85 @@ fn status_tells_when_each_owner_last_renewed_its_keys() {
     assert!(seen >= t && Some(seen) != before, "{seen} < {t}");
     assert!(key_update(&mut net, 1, g1).is_some_and(|v| v >= t));
 }
+
+/// `(node, imports)` of every commit made since `marks` (event counts).
+fn commits_since(net: &Net, marks: &[usize]) -> Vec<(usize, usize)> {
+    net.events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ev)| {
+            ev[marks[i]..].iter().filter_map(move |e| match e {
+                Event::Committed { imports, .. } => Some((i, *imports)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+fn window_config(window_ms: u64) -> crate::participant::Config {
+    let mut cfg = config();
+    // Leaf rotation brings Update proposals, which never wait: off, the
+    // imports are all there is to commit.
+    cfg.rotate_leaves = false;
+    cfg.import_window_ms = Some(window_ms);
+    cfg
+}
+
+/// With an import window, two peers' updates wait for one commit per other
+/// owner that imports both; a send inside the window does not commit first,
+/// and every member still reads it.
+#[test]
+fn an_import_window_covers_several_updates_with_one_commit() {
+    const WINDOW: u64 = 60_000;
+    let mut net = Net::with_config(4, window_config(WINDOW));
+    let uid = net.universe(Profile::Mmls00);
+    // The send groups' creations are updates too: their imports first.
+    net.tick(WINDOW);
+    net.settle();
+    let marks: Vec<usize> = net.events.iter().map(|e| e.len()).collect();
+    net.update(0, &uid);
+    net.update(1, &uid);
+    net.run();
+    net.send(2, &uid, "inside the window");
+    net.run();
+    net.tick(WINDOW / 2);
+    for i in [0, 1, 3] {
+        assert!(net.texts(i).contains(&"inside the window".to_string()));
+    }
+    let early = commits_since(&net, &marks);
+    assert_eq!(early, [(0, 0), (1, 0)], "only the two updates so far");
+    net.tick(WINDOW / 2);
+    net.settle();
+    let mut all = commits_since(&net, &marks);
+    all.sort();
+    // Nodes 0 and 1 import each other's update; 2 and 3 import both, in one
+    // commit each. No commit imports a PSK-only commit: quiet after that.
+    assert_eq!(all, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (3, 2)]);
+    net.assert_consistent(&uid);
+}
+
+/// The window is for imports only: a member an admin removed is out of our
+/// send group before our next text, even with an import still waiting.
+#[test]
+fn a_removal_is_committed_before_a_send_whatever_the_import_window() {
+    let mut net = Net::with_config(4, window_config(3_600_000));
+    let uid = net.universe(Profile::Mmls00);
+    net.tick(3_600_000);
+    net.settle();
+    net.update(1, &uid);
+    net.run();
+    let victim = net.member(3);
+    let outs = net.node(0).remove_member(&uid, &victim).expect("remove");
+    net.absorb(0, outs);
+    net.run();
+    let marks: Vec<usize> = net.events.iter().map(|e| e.len()).collect();
+    net.send(2, &uid, "after the removal");
+    net.run();
+    assert_eq!(
+        commits_since(&net, &marks),
+        [(2, 0)],
+        "node 2 commits the removal before it sends (the waiting import never goes with a removal)"
+    );
+    assert!(net.texts(1).contains(&"after the removal".to_string()));
+    assert!(!net.texts(3).contains(&"after the removal".to_string()));
+}
