@@ -150,12 +150,15 @@ impl Participant {
     pub(super) fn prune_log(&mut self, uid: Id32) -> Result<(), MmlsError> {
         let keep = self.config.log_retention;
         let u = self.uni(&uid)?;
-        let heads: Vec<(Id32, u64)> = u.groups.iter().map(|(g, s)| (*g, s.next_seq)).collect();
-        for (g, next) in heads {
-            if next <= keep {
-                continue;
-            }
-            let cut = next - keep;
+        // Only groups with something new to prune: touching a group's row
+        // costs its undo image and a rewrite, for every group at every tick.
+        let heads: Vec<(Id32, u64)> = u
+            .groups
+            .iter()
+            .filter(|(_, s)| s.next_seq.saturating_sub(keep) > s.pruned_below)
+            .map(|(g, s)| (*g, s.next_seq - keep))
+            .collect();
+        for (g, cut) in heads {
             let old = self.provider.store().range(
                 Table::Log,
                 &log_key(&g, 0),
@@ -175,7 +178,7 @@ impl Participant {
             for (k, _) in old {
                 self.provider.store().delete(Table::Log, &k);
             }
-            if let Some(gs) = self.uni_mut(&uid)?.groups.get_mut(&g) {
+            if let Some(gs) = self.group_state_mut(&uid, &g) {
                 gs.pruned_below = gs.pruned_below.max(done_to);
             }
         }
