@@ -68,7 +68,9 @@ impl Participant {
         let gs = self
             .group_state_mut(&uid, &g)
             .ok_or(MmlsError::UnknownGroup(g))?;
-        gs.mark_epoch(epoch, now, mark_every);
+        if gs.mark_due(epoch, now, mark_every) {
+            gs.mark_epoch(epoch, now);
+        }
         // The cap only: need and age are judged by `prune_psks`.
         let keep_from = (epoch + 1).saturating_sub(PSK_HARD_CAP);
         self.delete_psks_below(uid, g, keep_from)
@@ -125,10 +127,23 @@ impl Participant {
             .collect();
         for (g, owner, epoch, _) in groups {
             let needed_from = self.needed_from(&g, &owner, &roster, epoch)?;
+            // Read first: a group row touched is rewritten, and this runs
+            // for every group of every universe.
             let gs = self
-                .group_state_mut(&uid, &g)
+                .uni(&uid)?
+                .groups
+                .get(&g)
                 .ok_or(MmlsError::UnknownGroup(g))?;
-            gs.mark_epoch(epoch, now, max_age / 64);
+            if gs.mark_due(epoch, now, max_age / 64) {
+                if let Some(gs) = self.group_state_mut(&uid, &g) {
+                    gs.mark_epoch(epoch, now);
+                }
+            }
+            let gs = self
+                .uni(&uid)?
+                .groups
+                .get(&g)
+                .ok_or(MmlsError::UnknownGroup(g))?;
             let aged_from = gs.aged_from(now, max_age);
             let keep_from = needed_from.max(aged_from).min(epoch);
             self.delete_psks_below(uid, g, keep_from)?;
@@ -178,12 +193,17 @@ impl Participant {
 
     fn delete_psks_below(&mut self, uid: Id32, g: Id32, keep_from: u64) -> Result<(), MmlsError> {
         let gs = self
-            .group_state_mut(&uid, &g)
+            .uni(&uid)?
+            .groups
+            .get(&g)
             .ok_or(MmlsError::UnknownGroup(g))?;
         let keep_from = keep_from.min(gs.epoch);
         if gs.psk_min >= keep_from {
             return Ok(());
         }
+        let gs = self
+            .group_state_mut(&uid, &g)
+            .ok_or(MmlsError::UnknownGroup(g))?;
         let old = gs.psk_min..keep_from;
         gs.psk_min = keep_from;
         gs.psk_marks.retain(|(e, _)| *e >= keep_from);
@@ -199,18 +219,18 @@ impl Participant {
 }
 
 impl GroupState {
-    /// Notes that at `now` the current epoch is `epoch` (every older one
-    /// has ended), at most one checkpoint per `every` ms.
-    fn mark_epoch(&mut self, epoch: u64, now: u64, every: u64) {
-        let due = self
-            .psk_marks
+    /// Whether to note that at `now` the current epoch is `epoch` (every
+    /// older one has ended): at most one checkpoint per `every` ms.
+    fn mark_due(&self, epoch: u64, now: u64, every: u64) -> bool {
+        self.psk_marks
             .last()
-            .is_none_or(|(e, t)| *e < epoch && now >= t.saturating_add(every));
-        if due {
-            self.psk_marks.push((epoch, now));
-            if self.psk_marks.len() > MAX_MARKS {
-                self.psk_marks.remove(0);
-            }
+            .is_none_or(|(e, t)| *e < epoch && now >= t.saturating_add(every))
+    }
+
+    fn mark_epoch(&mut self, epoch: u64, now: u64) {
+        self.psk_marks.push((epoch, now));
+        if self.psk_marks.len() > MAX_MARKS {
+            self.psk_marks.remove(0);
         }
     }
 

@@ -238,35 +238,30 @@ impl Participant {
                 }
             }
             if progressed {
-                // Our progress may unblock other groups' heads.
+                // Our progress may unblock other groups' heads, and groups
+                // we are not in yet may hold our Welcome. Walked from the
+                // buffers (few, usually none), not from the universe's
+                // groups: this runs after every entry processed.
+                let mut pending = vec![];
                 if let Some(u) = self.state.universes.get(&uid) {
-                    for (og, gs) in &u.groups {
-                        if *og != g
-                            && !gs.stale
-                            && self
-                                .buffers
-                                .get(og)
-                                .is_some_and(|b| b.contains_key(&gs.next_seq))
-                            && !work.contains(og)
-                        {
-                            work.push(*og);
+                    for (bg, b) in &self.buffers {
+                        if b.is_empty() {
+                            continue;
+                        }
+                        match u.groups.get(bg) {
+                            Some(gs) => {
+                                if *bg != g
+                                    && !gs.stale
+                                    && b.contains_key(&gs.next_seq)
+                                    && !work.contains(bg)
+                                {
+                                    work.push(*bg);
+                                }
+                            }
+                            None => pending.push(*bg),
                         }
                     }
                 }
-                // Groups we are not in yet may hold our Welcome.
-                let pending: Vec<Id32> = self
-                    .buffers
-                    .iter()
-                    .filter(|(bg, b)| {
-                        !b.is_empty()
-                            && self
-                                .state
-                                .universes
-                                .get(&uid)
-                                .is_some_and(|u| !u.groups.contains_key(*bg))
-                    })
-                    .map(|(bg, _)| *bg)
-                    .collect();
                 for bg in pending {
                     self.retry_orphan_welcomes(uid, bg);
                 }
