@@ -109,6 +109,11 @@ impl Backend {
         }
     }
 
+    /// Whether commits go to a file (and can be deferred to a flush).
+    pub(super) fn is_file(&self) -> bool {
+        matches!(self, Backend::Redb(_))
+    }
+
     /// Applies a step's writes atomically: one redb transaction, durable
     /// (fsync) or deferred to the next durable one (group commit).
     pub(super) fn apply(
@@ -163,20 +168,6 @@ impl Backend {
                         };
                     }
                 }
-                txn.commit()?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Makes every deferred transaction durable: an empty durable one
-    /// persists those before it (redb). Memory maps have nothing to do.
-    pub(super) fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            Backend::Memory(_) => Ok(()),
-            Backend::Redb(db) => {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
                 txn.commit()?;
                 Ok(())
             }

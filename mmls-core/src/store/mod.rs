@@ -14,13 +14,13 @@
 mod backend;
 mod mls_storage;
 
+use mls_storage::MlsState;
 pub use mls_storage::{MlsStorage, MlsStorageError};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use backend::Backend;
@@ -155,14 +155,36 @@ impl Pending {
     }
 }
 
+/// Steps committed with [`Store::commit_deferred`] and not yet flushed
+/// (file stores only). They are kept here, not in redb: a redb commit,
+/// even without fsync, writes and copies pages, and was a third of a
+/// node's CPU under load; one transaction per flush does that once.
+#[derive(Default)]
+struct Deferred {
+    tables: Pending,
+    /// openmls keys written since the flush; their values are read from
+    /// the image at the flush.
+    mls_keys: HashSet<Vec<u8>>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.tables.is_empty() && self.mls_keys.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.tables.clear();
+        self.mls_keys.clear();
+    }
+}
+
 struct Inner {
     backend: Backend,
     /// The database file, `None` in memory.
     path: Option<PathBuf>,
     pending: Mutex<Pending>,
     mls: MlsStorage,
-    /// A deferred commit is not yet durable: the next flush has work.
-    unflushed: AtomicBool,
+    deferred: Mutex<Deferred>,
 }
 
 /// The transactional store. A cheap handle: clones share the database, the
@@ -259,7 +281,7 @@ impl Store {
                 path,
                 pending: Mutex::new(Pending::default()),
                 mls: MlsStorage::new(values),
-                unflushed: AtomicBool::new(false),
+                deferred: Mutex::new(Deferred::default()),
             }),
         })
     }
@@ -302,6 +324,9 @@ impl Store {
         if let Some(v) = lock(&self.inner.pending).tables[t.index()].get(key) {
             return Ok(v.clone());
         }
+        if let Some(v) = lock(&self.inner.deferred).tables.tables[t.index()].get(key) {
+            return Ok(v.clone());
+        }
         self.inner.backend.get(t, key)
     }
 
@@ -332,10 +357,22 @@ impl Store {
             end.map_or(Bound::Unbounded, Bound::Excluded),
         );
         let pending = lock(&self.inner.pending);
+        let deferred = lock(&self.inner.deferred);
         let pend = pending.tables[t.index()].range::<[u8], _>(bounds);
+        let def = &deferred.tables.tables[t.index()];
+        if def.is_empty() {
+            return self
+                .inner
+                .backend
+                .range(t, bounds, |disk| merge(disk, pend, limit))?;
+        }
+        // The step's writes shadow the deferred ones, which shadow the disk.
+        let mut writes: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> =
+            def.range::<[u8], _>(bounds).collect();
+        writes.extend(pend);
         self.inner
             .backend
-            .range(t, bounds, |disk| merge(disk, pend, limit))?
+            .range(t, bounds, |disk| merge(disk, writes.into_iter(), limit))?
     }
 
     /// Applies every pending write (all tables, including openmls's state)
@@ -355,15 +392,39 @@ impl Store {
         self.apply_step(false)
     }
 
-    /// Makes every deferred commit durable (one fsync for all of them).
+    /// Makes every deferred commit durable: one transaction, one fsync for
+    /// all of them. On error they stay deferred.
     pub fn flush(&self) -> Result<(), StoreError> {
-        if self.inner.unflushed.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.inner.backend.flush() {
-                self.inner.unflushed.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
+        let mls = self.inner.mls.lock();
+        let mut deferred = lock(&self.inner.deferred);
+        if deferred.is_empty() {
+            return Ok(());
         }
+        self.write_deferred(&mls, &deferred, false)?;
+        deferred.clear();
         Ok(())
+    }
+
+    /// Writes the deferred steps in one durable transaction. openmls's
+    /// values come from the image: as committed (a key the open step
+    /// changed is written with its value from before the step) unless
+    /// `with_open_step`.
+    fn write_deferred(
+        &self,
+        mls: &MlsState,
+        deferred: &Deferred,
+        with_open_step: bool,
+    ) -> Result<(), StoreError> {
+        let mut writes = deferred.mls_keys.iter().map(|k| {
+            let v = match mls.undo.get(k) {
+                Some(original) if !with_open_step => original.as_deref(),
+                _ => mls.values.get(k).map(Vec::as_slice),
+            };
+            (k.as_slice(), v)
+        });
+        self.inner
+            .backend
+            .apply(&deferred.tables, &mut writes, true)
     }
 
     fn apply_step(&self, durable: bool) -> Result<(), StoreError> {
@@ -372,13 +433,50 @@ impl Store {
         if pending.is_empty() && mls.dirty().next().is_none() {
             pending.clear();
             mls.undo.clear();
+            drop(mls);
+            drop(pending);
+            // A durable commit persists the deferred ones before it.
+            return if durable { self.flush() } else { Ok(()) };
+        }
+        if !self.inner.backend.is_file() {
+            // Memory has nothing to defer: the maps are the state.
+            self.inner
+                .backend
+                .apply(&pending, &mut mls.dirty(), durable)?;
+            pending.clear();
+            mls.undo.clear();
             return Ok(());
         }
-        self.inner
-            .backend
-            .apply(&pending, &mut mls.dirty(), durable)?;
-        // A durable commit persists the deferred ones before it too.
-        self.inner.unflushed.store(!durable, Ordering::SeqCst);
+        let mut deferred = lock(&self.inner.deferred);
+        if durable {
+            // This step and every deferred one before it, in one
+            // transaction; nothing moves until it is on disk.
+            let dirty: Vec<Vec<u8>> = mls.dirty().map(|(k, _)| k.to_vec()).collect();
+            let mut all = Deferred::default();
+            for t in Table::ALL {
+                let i = t.index();
+                all.tables.tables[i] = deferred.tables.tables[i].clone();
+                all.tables.tables[i].extend(
+                    pending.tables[i]
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+            all.mls_keys = deferred.mls_keys.clone();
+            all.mls_keys.extend(dirty);
+            // On error the step stays pending (undo intact) and the
+            // deferred ones deferred.
+            self.write_deferred(&mls, &all, true)?;
+            deferred.clear();
+        } else {
+            for t in Table::ALL {
+                let i = t.index();
+                let step = std::mem::take(&mut pending.tables[i]);
+                deferred.tables.tables[i].extend(step);
+            }
+            let dirty: Vec<Vec<u8>> = mls.dirty().map(|(k, _)| k.to_vec()).collect();
+            deferred.mls_keys.extend(dirty);
+        }
         pending.clear();
         mls.undo.clear();
         Ok(())
@@ -417,6 +515,7 @@ impl Store {
         let mut mls = self.inner.mls.lock();
         pending.clear();
         mls.undo.clear();
+        lock(&self.inner.deferred).clear();
     }
 }
 

@@ -488,3 +488,63 @@ fn damaged_database_file_does_not_panic() {
         }
     }
 }
+
+/// Group commit on a file: deferred steps are read back (get, range, the
+/// openmls image) before the flush, are gone after a crash before it, and
+/// are all on disk after it; a step left open at the flush is not.
+#[test]
+fn deferred_steps_reach_the_disk_only_with_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch.redb");
+    let (signer, credential) = signer_and_credential("carol");
+
+    let store = Store::open(&path).unwrap();
+    let provider = MmlsProvider::new(store.clone());
+    store.put(Table::Log, b"1", b"one");
+    store.commit().unwrap();
+
+    // Two deferred steps: the second shadows and deletes the first's keys.
+    store.put(Table::Log, b"2", b"two");
+    store.put(Table::Log, b"3", b"three");
+    let group = new_group(&provider, &signer, &credential);
+    let gid = group.group_id().clone();
+    store.commit_deferred().unwrap();
+    store.delete(Table::Log, b"1");
+    store.put(Table::Log, b"3", b"THREE");
+    store.commit_deferred().unwrap();
+    let expect = vec![kv(b"2", b"two"), kv(b"3", b"THREE")];
+    assert_eq!(store.get(Table::Log, b"1").unwrap(), None);
+    assert_eq!(store.range(Table::Log, b"", None, 10).unwrap(), expect);
+    // A step's own writes still shadow the deferred ones.
+    store.put(Table::Log, b"2", b"TWO");
+    assert_eq!(
+        store.range(Table::Log, b"", None, 10).unwrap(),
+        vec![kv(b"2", b"TWO"), kv(b"3", b"THREE")]
+    );
+    store.rollback();
+
+    // Nothing deferred is on disk: a second handle on the file sees the
+    // last durable commit only, and so does the disk after a crash.
+    let on_disk = |p: &Path| {
+        let s = Store::open(p).unwrap();
+        let log = s.range(Table::Log, b"", None, 10).unwrap();
+        let has_group = MlsGroup::load(s.mls(), &gid).unwrap().is_some();
+        (log, has_group)
+    };
+    assert_eq!(on_disk(&path), (vec![kv(b"1", b"one")], false));
+
+    // A step open at the flush stays out of it.
+    store.put(Table::Log, b"4", b"open");
+    store.flush().unwrap();
+    assert_eq!(on_disk(&path), (expect.clone(), true));
+    store.rollback();
+    assert_eq!(store.range(Table::Log, b"", None, 10).unwrap(), expect);
+
+    // A crash before the flush loses the deferred steps, never a part of one.
+    store.put(Table::Log, b"5", b"five");
+    store.commit_deferred().unwrap();
+    store.crash_discard();
+    drop(provider);
+    drop(store);
+    assert_eq!(on_disk(&path), (expect, true));
+}
