@@ -33,7 +33,7 @@ pub use id::Id32;
 pub use identity::{Identity, MemberId};
 pub use participant::{
     Config, Delivered, DeviceInfo, Event, GroupStatus, KpPoolStatus, KpRefusal, Output,
-    Participant, Publish, Topic, UniverseStatus,
+    Participant, Publish, SealedBatch, Topic, UniverseStatus,
 };
 pub use profile::Profile;
 pub use relay::{relay, Relay};

@@ -148,6 +148,8 @@ pub(crate) struct Driver {
     pub(crate) stop: bool,
     /// The group commit in progress (`batch.rs`).
     batch: crate::batch::Batch,
+    /// The sealed batch being written, if any.
+    in_flight: Option<crate::batch::InFlight>,
 }
 
 pub(crate) struct DriverParts {
@@ -205,6 +207,7 @@ impl Driver {
             ux: parts.ux,
             stop: false,
             batch: crate::batch::Batch::default(),
+            in_flight: None,
         }
     }
 
@@ -235,6 +238,14 @@ impl Driver {
             }
             self.batch.begin();
             tokio::select! {
+                done = crate::batch::written(&mut self.in_flight) => {
+                    // The previous batch is on disk: out with what it held,
+                    // and the open one is sealed below.
+                    if let Err(e) = self.release(done) {
+                        tracing::error!(error = %e, "stopping: the store failed");
+                        break;
+                    }
+                }
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 cmd = commands.recv() => match cmd {
                     Some(job) => job(&mut self),
@@ -283,8 +294,13 @@ impl Driver {
                     break;
                 }
             }
-            if let Err(e) = self.end_batch() {
-                // The disk did not take the batch: what we hold in memory may
+            if self.in_flight.is_some() && !self.batch.is_full() && !self.stop {
+                // The disk is still busy with the previous batch: this one
+                // keeps taking inputs until that flush is done.
+                continue;
+            }
+            if let Err(e) = self.seal_batch().await {
+                // The disk did not take a batch: what we hold in memory may
                 // not be on it, so nothing more may leave. A restart carries
                 // on from the last durable state (fsync errors are not retried).
                 tracing::error!(error = %e, "stopping: the store failed");
@@ -294,7 +310,21 @@ impl Driver {
                 break;
             }
         }
-        // Persist the last publish acknowledgements.
+        // The last batch's flush, then the last publish acknowledgements.
+        if self.in_flight.is_some() {
+            let last = crate::batch::written(&mut self.in_flight).await;
+            if self.release(last).is_err() {
+                tracing::info!(member = %self.me, "node stopped");
+                return;
+            }
+        }
+        if let Ok(outs) = self.p.end_batch() {
+            for o in outs {
+                if let Output::Event(e) = o {
+                    let _ = self.events.send(e);
+                }
+            }
+        }
         let outs = self.p.tick(now_ms());
         for o in outs {
             if let Output::Event(e) = o {
@@ -313,19 +343,56 @@ impl Driver {
         self.drain();
     }
 
-    /// Ends the group commit: one flush, then the batch's engine outputs,
-    /// sync responses and API replies, in that order.
-    fn end_batch(&mut self) -> Result<(), MmlsError> {
-        let flushed = self.p.end_batch();
-        let (replies, responses) = self.batch.close();
-        // On failure the replies are dropped unsent: their callers see the
-        // node stop, not an acknowledgement of what may be lost.
-        let outs = flushed?;
-        self.handle_outputs(outs);
-        for (channel, msg) in responses {
+    /// Closes the open batch: waits for the previous one's flush (flushes
+    /// reach the disk in order, and what a batch held leaves in order),
+    /// then starts this one's on a blocking thread. A batch that wrote
+    /// nothing is released at once.
+    async fn seal_batch(&mut self) -> Result<(), MmlsError> {
+        if self.in_flight.is_some() {
+            let done = crate::batch::written(&mut self.in_flight).await;
+            self.release(done)?;
+        }
+        let sealed = self.p.seal_batch()?;
+        let mut held = self.batch.close();
+        held.actions
+            .extend(std::iter::from_fn(|| self.sync.poll_action()));
+        if sealed.needs_write() {
+            self.in_flight = Some(crate::batch::InFlight::start(sealed, held));
+            Ok(())
+        } else {
+            self.release(crate::batch::Written {
+                sealed: Some(sealed),
+                result: Ok(()),
+                held,
+            })
+        }
+    }
+
+    /// A sealed batch is written: its engine outputs, the sync actions,
+    /// responses and API replies it held go out, in that order. On failure
+    /// they are dropped unsent: callers see the node stop, not an
+    /// acknowledgement of what may be lost.
+    fn release(&mut self, done: crate::batch::Written) -> Result<(), MmlsError> {
+        let sealed = done.sealed.ok_or_else(|| match &done.result {
+            Err(e) => MmlsError::Unflushed(e.to_string()),
+            Ok(()) => MmlsError::Internal("a flush without its batch".into()),
+        })?;
+        let outs = self.p.batch_written(sealed, done.result)?;
+        // What the open batch has queued so far stays with it.
+        let open: Vec<_> = std::iter::from_fn(|| self.sync.poll_action()).collect();
+        self.batch.hold(open);
+        for a in done.held.actions {
+            self.act(a);
+        }
+        self.sync.handle_outputs(outs, None, now_ms());
+        while let Some(a) = self.sync.poll_action() {
+            self.act(a);
+        }
+        self.sync_subscriptions();
+        for (channel, msg) in done.held.responses {
             let _ = self.swarm.behaviour_mut().sync.send_response(channel, msg);
         }
-        for r in replies {
+        for r in done.held.replies {
             r();
         }
         Ok(())
@@ -347,16 +414,21 @@ impl Driver {
             return;
         }
         while let Some(a) = self.sync.poll_action() {
-            match a {
-                Action::Request { peer, id, msg } => {
-                    let rid = self.swarm.behaviour_mut().sync.send_request(&peer, msg);
-                    self.requests.insert(rid, id);
-                }
-                Action::Publish(p) => self.publish(p),
-                Action::Event(e) => self.emit(e),
-            }
+            self.act(a);
         }
         self.sync_subscriptions();
+    }
+
+    /// Carries out one sync agent action.
+    fn act(&mut self, a: crate::batch::Action) {
+        match a {
+            Action::Request { peer, id, msg } => {
+                let rid = self.swarm.behaviour_mut().sync.send_request(&peer, msg);
+                self.requests.insert(rid, id);
+            }
+            Action::Publish(p) => self.publish(p),
+            Action::Event(e) => self.emit(e),
+        }
     }
 
     fn emit(&mut self, e: Event) {

@@ -76,6 +76,7 @@ pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
 };
 use state::{EngineState, GroupState, MemberKps, UniverseState, UniverseTexts};
+pub use step::SealedBatch;
 
 /// One node's MMLS engine.
 pub struct Participant {

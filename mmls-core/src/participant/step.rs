@@ -11,53 +11,136 @@ pub(super) enum Durability {
     #[default]
     PerStep,
     /// Group commit: steps commit without waiting for the disk and their
-    /// outputs are held until `end_batch`, whose one flush makes them all
-    /// durable. Each step stays atomic: a failed one rolls back alone.
-    Batch,
+    /// outputs are held until the batch is sealed and its one flush is
+    /// written. Each step stays atomic: a failed one rolls back alone.
+    /// `flushing`: the previous batch's flush is still being written
+    /// ([`SealedBatch`]); this one cannot be sealed before it is done.
+    Batch { flushing: bool },
     /// A batch's flush failed: memory is ahead of the disk, and nothing
     /// more may be committed or announced from it.
     Failed(String),
 }
 
+/// A group commit, closed: its flush (to be written, possibly on another
+/// thread, by [`SealedBatch::write`]) and the outputs that may leave only
+/// once it is written ([`Participant::batch_written`]).
+#[derive(Debug)]
+pub struct SealedBatch {
+    flush: Option<crate::store::FlushWrite>,
+    outputs: Vec<Output>,
+}
+
+impl SealedBatch {
+    /// Makes the batch durable: one transaction, one fsync (blocks). A
+    /// batch that wrote nothing has nothing to write.
+    pub fn write(&self) -> Result<(), MmlsError> {
+        match &self.flush {
+            Some(w) => w.write().map_err(MmlsError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether there is anything to write.
+    pub fn needs_write(&self) -> bool {
+        self.flush.is_some()
+    }
+}
+
 impl Participant {
-    /// Starts a group commit: the steps of the inputs handled until
-    /// [`Participant::end_batch`] are made durable together, by one flush,
-    /// and their outputs are returned only by `end_batch` (calls in between
-    /// return none). Durable before announced still holds; a crash before
-    /// the flush loses the whole batch, which nothing outside saw.
+    /// Starts a group commit: the steps of the inputs handled until the
+    /// batch is sealed ([`Participant::seal_batch`] or
+    /// [`Participant::end_batch`]) are made durable together, by one flush,
+    /// and their outputs are handed out only once it is written (calls in
+    /// between return none). Durable before announced still holds; a crash
+    /// before the flush loses the whole batch, which nothing outside saw.
+    /// While a sealed batch is being written the next one is already open.
     pub fn begin_batch(&mut self) -> Result<(), MmlsError> {
         match &self.durability {
             Durability::Failed(e) => Err(MmlsError::Unflushed(e.clone())),
-            _ => {
-                self.durability = Durability::Batch;
+            Durability::Batch { .. } => Ok(()),
+            Durability::PerStep => {
+                self.durability = Durability::Batch { flushing: false };
                 Ok(())
             }
         }
     }
 
-    /// Ends a group commit: one flush, then every output of the batch.
-    pub fn end_batch(&mut self) -> Result<Vec<Output>, MmlsError> {
+    /// Closes the open batch and freezes its flush, so that the next batch
+    /// can run while it is written (pipelined group commit). The next
+    /// batch is open at once; it can be sealed only after this one's
+    /// [`Participant::batch_written`].
+    pub fn seal_batch(&mut self) -> Result<SealedBatch, MmlsError> {
         match &self.durability {
             Durability::Failed(e) => return Err(MmlsError::Unflushed(e.clone())),
-            Durability::PerStep => return Ok(self.take_outputs()),
-            Durability::Batch => {}
+            Durability::PerStep => {
+                return Ok(SealedBatch {
+                    flush: None,
+                    outputs: self.take_outputs(),
+                })
+            }
+            Durability::Batch { flushing: true } => {
+                return Err(MmlsError::Internal(
+                    "the previous batch is still being flushed".into(),
+                ))
+            }
+            Durability::Batch { flushing: false } => {}
         }
-        let r = match self.injected_flush_fault() {
-            Some(e) => Err(e),
-            None => self.provider.store().flush().map_err(|e| e.to_string()),
+        let flush = self.provider.store().begin_flush()?;
+        self.durability = Durability::Batch {
+            flushing: flush.is_some(),
         };
-        match r {
-            Ok(()) => {
-                self.durability = Durability::PerStep;
-                Ok(self.take_outputs())
-            }
-            Err(e) => {
-                // Nothing of the batch may leave: it may not be on disk.
-                self.outputs.clear();
-                self.durability = Durability::Failed(e.clone());
-                Err(MmlsError::Unflushed(e))
-            }
+        Ok(SealedBatch {
+            flush,
+            outputs: std::mem::take(&mut self.outputs),
+        })
+    }
+
+    /// Takes back a sealed batch with the result of its write: its outputs
+    /// if it is durable; otherwise nothing of it (or of anything after it)
+    /// may leave, and every later step is refused.
+    pub fn batch_written(
+        &mut self,
+        sealed: SealedBatch,
+        written: Result<(), MmlsError>,
+    ) -> Result<Vec<Output>, MmlsError> {
+        if let Durability::Failed(e) = &self.durability {
+            return Err(MmlsError::Unflushed(e.clone()));
         }
+        let written = match self.injected_flush_fault() {
+            Some(e) => Err(e),
+            None => written.map_err(|e| e.to_string()),
+        };
+        let durable = written.is_ok();
+        if let Some(w) = sealed.flush {
+            self.provider.store().end_flush(w, durable);
+        }
+        match written {
+            Ok(()) => {
+                if let Durability::Batch { flushing } = &mut self.durability {
+                    *flushing = false;
+                }
+                Ok(sealed.outputs)
+            }
+            Err(e) => Err(self.fail_flush(e)),
+        }
+    }
+
+    /// Ends a group commit in one go: seals it, writes its flush here and
+    /// hands out its outputs; per-step durability follows.
+    pub fn end_batch(&mut self) -> Result<Vec<Output>, MmlsError> {
+        let sealed = self.seal_batch()?;
+        let written = sealed.write();
+        let outs = self.batch_written(sealed, written)?;
+        self.durability = Durability::PerStep;
+        Ok(outs)
+    }
+
+    /// A flush failed: nothing of its batch or after it may leave (it may
+    /// not be on disk), and memory is ahead of the disk for good.
+    fn fail_flush(&mut self, e: String) -> MmlsError {
+        self.outputs.clear();
+        self.durability = Durability::Failed(e.clone());
+        MmlsError::Unflushed(e)
     }
 
     /// Runs `f` as one atomic step: all or nothing, on disk and in memory.
@@ -96,7 +179,7 @@ impl Participant {
             self.state.node.get_mut().rejected_inputs += pending;
         }
         self.state.write(self.provider.store());
-        let deferred = matches!(self.durability, Durability::Batch);
+        let deferred = matches!(self.durability, Durability::Batch { .. });
         let r = match self.injected_fault() {
             Some(e) => Err(e),
             None if deferred => self
@@ -147,7 +230,7 @@ impl Participant {
     /// The outputs to hand out now: none inside a batch (held for
     /// `end_batch`).
     pub(super) fn take_outputs(&mut self) -> Vec<Output> {
-        if matches!(self.durability, Durability::Batch) {
+        if matches!(self.durability, Durability::Batch { .. }) {
             return vec![];
         }
         std::mem::take(&mut self.outputs)

@@ -128,6 +128,11 @@ pub enum StoreError {
     /// An error of the openmls storage provider.
     #[error(transparent)]
     Mls(#[from] MlsStorageError),
+    /// A durable write was asked for while a group commit's flush was
+    /// still being written: it could reach the disk before that flush, or
+    /// without it if the flush failed.
+    #[error("a flush is in flight: finish it first")]
+    FlushInFlight,
 }
 
 impl From<redb::StorageError> for StoreError {
@@ -178,6 +183,14 @@ impl Deferred {
     }
 }
 
+/// Deferred steps frozen for a flush that another thread is writing
+/// ([`Store::begin_flush`]). openmls's values are copied out: the image
+/// moves on with the next steps while this one is on its way to the disk.
+struct Frozen {
+    tables: Pending,
+    mls: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
 struct Inner {
     backend: Backend,
     /// The database file, `None` in memory.
@@ -185,6 +198,42 @@ struct Inner {
     pending: Mutex<Pending>,
     mls: MlsStorage,
     deferred: Mutex<Deferred>,
+    /// The flush being written, readable until it is on disk.
+    flushing: Mutex<Option<Arc<Frozen>>>,
+}
+
+/// A group commit's flush, frozen by [`Store::begin_flush`]: its one
+/// durable transaction can be written on another thread
+/// ([`FlushWrite::write`]) while the next steps run, and is handed back to
+/// [`Store::end_flush`]. Overlapping the fsync with the next batch's work
+/// is what lets a node on disk keep up with one on tmpfs.
+pub struct FlushWrite {
+    store: Store,
+    frozen: Arc<Frozen>,
+}
+
+impl std::fmt::Debug for FlushWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushWrite")
+            .field("mls_values", &self.frozen.mls.len())
+            .finish()
+    }
+}
+
+impl FlushWrite {
+    /// Writes the frozen steps in one durable transaction (blocks for the
+    /// fsync).
+    pub fn write(&self) -> Result<(), StoreError> {
+        let mut mls = self
+            .frozen
+            .mls
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        self.store
+            .inner
+            .backend
+            .apply(&self.frozen.tables, &mut mls, true)
+    }
 }
 
 /// The transactional store. A cheap handle: clones share the database, the
@@ -282,6 +331,7 @@ impl Store {
                 pending: Mutex::new(Pending::default()),
                 mls: MlsStorage::new(values),
                 deferred: Mutex::new(Deferred::default()),
+                flushing: Mutex::new(None),
             }),
         })
     }
@@ -327,6 +377,11 @@ impl Store {
         if let Some(v) = lock(&self.inner.deferred).tables.tables[t.index()].get(key) {
             return Ok(v.clone());
         }
+        if let Some(f) = lock(&self.inner.flushing).as_ref() {
+            if let Some(v) = f.tables.tables[t.index()].get(key) {
+                return Ok(v.clone());
+            }
+        }
         self.inner.backend.get(t, key)
     }
 
@@ -358,17 +413,23 @@ impl Store {
         );
         let pending = lock(&self.inner.pending);
         let deferred = lock(&self.inner.deferred);
+        let flushing = lock(&self.inner.flushing).clone();
         let pend = pending.tables[t.index()].range::<[u8], _>(bounds);
         let def = &deferred.tables.tables[t.index()];
-        if def.is_empty() {
+        let fl = flushing.as_ref().map(|f| &f.tables.tables[t.index()]);
+        if def.is_empty() && fl.is_none_or(BTreeMap::is_empty) {
             return self
                 .inner
                 .backend
                 .range(t, bounds, |disk| merge(disk, pend, limit))?;
         }
-        // The step's writes shadow the deferred ones, which shadow the disk.
-        let mut writes: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> =
-            def.range::<[u8], _>(bounds).collect();
+        // The step's writes shadow the deferred ones, which shadow the
+        // flush in flight, which shadows the disk.
+        let mut writes: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> = BTreeMap::new();
+        if let Some(fl) = fl {
+            writes.extend(fl.range::<[u8], _>(bounds));
+        }
+        writes.extend(def.range::<[u8], _>(bounds));
         writes.extend(pend);
         self.inner
             .backend
@@ -395,33 +456,88 @@ impl Store {
     /// Makes every deferred commit durable: one transaction, one fsync for
     /// all of them. On error they stay deferred.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mls = self.inner.mls.lock();
-        let mut deferred = lock(&self.inner.deferred);
-        if deferred.is_empty() {
-            return Ok(());
+        match self.begin_flush()? {
+            None => Ok(()),
+            Some(w) => {
+                let r = w.write();
+                self.end_flush(w, r.is_ok());
+                r
+            }
         }
-        self.write_deferred(&mls, &deferred, false)?;
-        deferred.clear();
-        Ok(())
     }
 
-    /// Writes the deferred steps in one durable transaction. openmls's
-    /// values come from the image: as committed (a key the open step
-    /// changed is written with its value from before the step) unless
-    /// `with_open_step`.
-    fn write_deferred(
-        &self,
-        mls: &MlsState,
-        deferred: &Deferred,
-        with_open_step: bool,
-    ) -> Result<(), StoreError> {
-        let mut writes = deferred.mls_keys.iter().map(|k| {
-            let v = match mls.undo.get(k) {
-                Some(original) if !with_open_step => original.as_deref(),
-                _ => mls.values.get(k).map(Vec::as_slice),
-            };
-            (k.as_slice(), v)
+    /// Freezes the deferred commits for a flush written elsewhere
+    /// ([`FlushWrite::write`], e.g. on a blocking thread) while later
+    /// steps go on deferring; reads see the frozen writes until
+    /// [`Store::end_flush`]. `None`: nothing to flush. One flush at a time
+    /// ([`StoreError::FlushInFlight`]), so flushes reach the disk in order.
+    pub fn begin_flush(&self) -> Result<Option<FlushWrite>, StoreError> {
+        let mls = self.inner.mls.lock();
+        let mut deferred = lock(&self.inner.deferred);
+        let mut flushing = lock(&self.inner.flushing);
+        if flushing.is_some() {
+            return Err(StoreError::FlushInFlight);
+        }
+        if deferred.is_empty() {
+            return Ok(None);
+        }
+        let d = std::mem::take(&mut *deferred);
+        // As committed: a key the open step changed keeps its value from
+        // before the step.
+        let values = d
+            .mls_keys
+            .into_iter()
+            .map(|k| {
+                let v = match mls.undo.get(&k) {
+                    Some(original) => original.clone(),
+                    None => mls.values.get(&k).cloned(),
+                };
+                (k, v)
+            })
+            .collect();
+        let frozen = Arc::new(Frozen {
+            tables: d.tables,
+            mls: values,
         });
+        *flushing = Some(frozen.clone());
+        Ok(Some(FlushWrite {
+            store: self.clone(),
+            frozen,
+        }))
+    }
+
+    /// Ends the flush begun by [`Store::begin_flush`]: `durable` is
+    /// whether its write succeeded. If not, its steps are deferred again
+    /// (under the ones deferred since, which shadow them).
+    pub fn end_flush(&self, w: FlushWrite, durable: bool) {
+        let mut deferred = lock(&self.inner.deferred);
+        let mut flushing = lock(&self.inner.flushing);
+        if !flushing.as_ref().is_some_and(|f| Arc::ptr_eq(f, &w.frozen)) {
+            // Not ours (a crash discarded it): nothing to put back.
+            return;
+        }
+        *flushing = None;
+        if durable {
+            return;
+        }
+        for t in Table::ALL {
+            let i = t.index();
+            let mut merged = w.frozen.tables.tables[i].clone();
+            merged.extend(std::mem::take(&mut deferred.tables.tables[i]));
+            deferred.tables.tables[i] = merged;
+        }
+        deferred
+            .mls_keys
+            .extend(w.frozen.mls.iter().map(|(k, _)| k.clone()));
+    }
+
+    /// Writes the deferred steps and the open one in one durable
+    /// transaction (openmls's values from the image as it is now).
+    fn write_deferred(&self, mls: &MlsState, deferred: &Deferred) -> Result<(), StoreError> {
+        let mut writes = deferred
+            .mls_keys
+            .iter()
+            .map(|k| (k.as_slice(), mls.values.get(k).map(Vec::as_slice)));
         self.inner
             .backend
             .apply(&deferred.tables, &mut writes, true)
@@ -448,6 +564,9 @@ impl Store {
             return Ok(());
         }
         let mut deferred = lock(&self.inner.deferred);
+        if durable && lock(&self.inner.flushing).is_some() {
+            return Err(StoreError::FlushInFlight);
+        }
         if durable {
             // This step and every deferred one before it, in one
             // transaction; nothing moves until it is on disk.
@@ -466,7 +585,7 @@ impl Store {
             all.mls_keys.extend(dirty);
             // On error the step stays pending (undo intact) and the
             // deferred ones deferred.
-            self.write_deferred(&mls, &all, true)?;
+            self.write_deferred(&mls, &all)?;
             deferred.clear();
         } else {
             for t in Table::ALL {
@@ -516,6 +635,7 @@ impl Store {
         pending.clear();
         mls.undo.clear();
         lock(&self.inner.deferred).clear();
+        *lock(&self.inner.flushing) = None;
     }
 }
 

@@ -548,3 +548,66 @@ fn deferred_steps_reach_the_disk_only_with_the_flush() {
     drop(store);
     assert_eq!(on_disk(&path), (expect, true));
 }
+
+#[test]
+fn a_flush_in_flight_stays_readable_goes_first_and_comes_back_if_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipelined.redb");
+    let (signer, credential) = signer_and_credential("dave");
+    let on_disk = |p: &Path| {
+        Store::open(p)
+            .unwrap()
+            .range(Table::Log, b"", None, 10)
+            .unwrap()
+    };
+
+    let store = Store::open(&path).unwrap();
+    let provider = MmlsProvider::new(store.clone());
+    store.put(Table::Log, b"1", b"one");
+    store.commit_deferred().unwrap();
+    let group = new_group(&provider, &signer, &credential);
+    let gid = group.group_id().clone();
+    store.commit_deferred().unwrap();
+    let first = store.begin_flush().unwrap().expect("something to flush");
+
+    // The next steps run while it is on its way: they read it, shadow it,
+    // and may not overtake it.
+    assert_eq!(store.get(Table::Log, b"1").unwrap(), Some(b"one".to_vec()));
+    store.put(Table::Log, b"2", b"two");
+    store.delete(Table::Log, b"1");
+    store.commit_deferred().unwrap();
+    assert_eq!(
+        store.range(Table::Log, b"", None, 10).unwrap(),
+        vec![kv(b"2", b"two")]
+    );
+    assert!(matches!(
+        store.begin_flush(),
+        Err(StoreError::FlushInFlight)
+    ));
+    assert!(matches!(store.flush(), Err(StoreError::FlushInFlight)));
+    store.put(Table::Log, b"3", b"three");
+    assert!(matches!(store.commit(), Err(StoreError::FlushInFlight)));
+    store.rollback();
+    assert_eq!(on_disk(&path), vec![]);
+
+    // Its write failed: its steps are deferred again, under the later ones,
+    // and the next flush writes them all.
+    store.end_flush(first, false);
+    assert_eq!(
+        store.range(Table::Log, b"", None, 10).unwrap(),
+        vec![kv(b"2", b"two")]
+    );
+    let again = store.begin_flush().unwrap().expect("all of it");
+    // Written on another thread, as the node does.
+    let written = std::thread::spawn(move || {
+        let r = again.write();
+        (again, r)
+    });
+    let (again, r) = written.join().unwrap();
+    assert!(r.is_ok());
+    store.end_flush(again, true);
+    assert_eq!(on_disk(&path), vec![kv(b"2", b"two")]);
+    let reopened = Store::open(&path).unwrap();
+    assert!(MlsGroup::load(reopened.mls(), &gid).unwrap().is_some());
+    assert!(store.begin_flush().unwrap().is_none(), "nothing left");
+}
