@@ -1509,16 +1509,14 @@ impl Sim {
             let own = self.nodes[o]
                 .p
                 .group_of(&uid, &mo)
-                .and_then(|g| self.nodes[o].p.epoch_fingerprint(&g).ok())
-                .map(|f| f.0);
+                .and_then(|g| self.nodes[o].p.group_epoch(&g).ok());
             let Some(own) = own else { continue };
             let (mut lo, mut hi) = (u64::MAX, 0);
             for &r in &online {
                 let p = &mut self.nodes[r].p;
                 if let Some(e) = p
                     .group_of(&uid, &mo)
-                    .and_then(|g| p.epoch_fingerprint(&g).ok())
-                    .map(|f| f.0)
+                    .and_then(|g| p.group_epoch(&g).ok())
                 {
                     lo = lo.min(e);
                     hi = hi.max(e);

@@ -21,10 +21,12 @@ impl Participant {
                 return Ok(members.clone());
             }
         }
+        let known = &mut self.known_ids;
         let members: Vec<(LeafNodeIndex, MemberId)> = group
             .members()
             .filter_map(|m| {
-                verify_binding(&m.credential, &m.signature_key)
+                known
+                    .verify(&m.credential, &m.signature_key)
                     .ok()
                     .map(|id| (m.index, id))
             })

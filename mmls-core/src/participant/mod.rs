@@ -113,6 +113,8 @@ pub struct Participant {
     psk_pruned_at: HashMap<Id32, u64>,
     /// Verified members per send group at one (epoch, authenticator).
     members_cache: HashMap<Id32, MembersAt>,
+    /// Member ids of the keys met in group trees.
+    known_ids: crate::identity::KnownIds,
     /// Per-step durability or a group commit in progress.
     durability: step::Durability,
 }
@@ -274,6 +276,7 @@ impl Participant {
             rejected_pending: 0,
             psk_pruned_at: HashMap::new(),
             members_cache: HashMap::new(),
+            known_ids: Default::default(),
             alternates: BTreeMap::new(),
             durability: step::Durability::default(),
         };

@@ -136,6 +136,13 @@ impl Participant {
         Ok((group.epoch().as_u64(), v))
     }
 
+    /// The epoch we hold of group `g`: what a fingerprint gives without
+    /// deriving a secret (the simulator samples it for every pair of
+    /// members).
+    pub fn group_epoch(&mut self, g: &Id32) -> Result<u64, MmlsError> {
+        Ok(self.group(g)?.epoch().as_u64())
+    }
+
     /// The send group of `member` in `uid`, as we know it.
     pub fn group_of(&self, uid: &Id32, member: &MemberId) -> Option<Id32> {
         self.state
