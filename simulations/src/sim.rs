@@ -1514,10 +1514,7 @@ impl Sim {
             let (mut lo, mut hi) = (u64::MAX, 0);
             for &r in &online {
                 let p = &mut self.nodes[r].p;
-                if let Some(e) = p
-                    .group_of(&uid, &mo)
-                    .and_then(|g| p.group_epoch(&g).ok())
-                {
+                if let Some(e) = p.group_of(&uid, &mo).and_then(|g| p.group_epoch(&g).ok()) {
                     lo = lo.min(e);
                     hi = hi.max(e);
                 }

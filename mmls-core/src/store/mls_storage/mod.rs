@@ -3,7 +3,8 @@
 //! Adapted from openmls_memory_storage 0.6.0 (MIT).
 //!
 //! The key scheme is the one of `openmls_memory_storage`
-//! (`label || key || version_be`, serde_json values). The whole "mls" table
+//! (`label || key || version_be`, serde_json keys); values are CBOR
+//! (JSON values of older stores still read). The whole "mls" table
 //! lives in memory (loaded when the [`Store`](super::Store) opens); every
 //! change records, the first time a key is touched in the current step, the
 //! key's original value in an undo log. The keys of the undo log are the dirty
@@ -37,6 +38,20 @@ pub enum MlsStorageError {
 impl From<serde_json::Error> for MlsStorageError {
     fn from(e: serde_json::Error) -> Self {
         Self::Serialization(e.to_string())
+    }
+}
+
+/// First byte of a CBOR value. Never the first byte of a JSON text (nor
+/// valid UTF-8), so the values written as JSON before stay readable.
+pub(super) const CBOR_VALUE: u8 = 0xff;
+
+/// A stored value: CBOR behind [`CBOR_VALUE`], else JSON.
+fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, MlsStorageError> {
+    match bytes.split_first() {
+        Some((&CBOR_VALUE, cbor)) => {
+            ciborium::from_reader(cbor).map_err(|e| MlsStorageError::Serialization(e.to_string()))
+        }
+        _ => Ok(serde_json::from_slice(bytes)?),
     }
 }
 
@@ -198,7 +213,7 @@ impl MlsStorage {
         let storage_key = build_key_from_vec(label, key.to_vec());
         let state = self.lock();
         match state.values.get(&storage_key) {
-            Some(value) => Ok(Some(serde_json::from_slice(value)?)),
+            Some(value) => Ok(Some(decode(value)?)),
             None => Ok(None),
         }
     }
@@ -213,7 +228,7 @@ impl MlsStorage {
         let storage_key = build_key_from_vec(label, key.to_vec());
         let state = self.lock();
         match state.values.get(&storage_key) {
-            Some(value) => Ok(serde_json::from_slice::<Option<V>>(value)?),
+            Some(value) => decode::<Option<V>>(value),
             None => Ok(None),
         }
     }
@@ -244,5 +259,51 @@ impl MlsStorage {
         let storage_key = build_key_from_vec(label, key.to_vec());
         self.lock().remove(&storage_key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value the way openmls hands state over: byte strings as integer
+    /// sequences.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Secret {
+        epoch: u64,
+        bytes: Vec<u8>,
+    }
+
+    fn secret() -> Secret {
+        Secret {
+            epoch: 7,
+            bytes: (0..=255).collect(),
+        }
+    }
+
+    #[test]
+    fn values_are_cbor_and_the_json_of_older_stores_still_reads() {
+        let cbor = provider::stored(&secret()).expect("encode");
+        assert_eq!(cbor[0], CBOR_VALUE);
+        let json = provider::json(&secret()).expect("encode");
+        assert!(
+            cbor.len() * 3 < json.len() * 2,
+            "{} vs {}",
+            cbor.len(),
+            json.len()
+        );
+        assert_eq!(decode::<Secret>(&cbor).expect("cbor"), secret());
+        assert_eq!(decode::<Secret>(&json).expect("json"), secret());
+    }
+
+    #[test]
+    fn a_damaged_value_is_an_error_not_a_panic() {
+        let cbor = provider::stored(&secret()).expect("encode");
+        for cut in [1, cbor.len() / 2, cbor.len() - 1] {
+            assert!(decode::<Secret>(&cbor[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode::<Secret>(&[CBOR_VALUE, 0xff, 0x00]).is_err());
+        assert!(decode::<Secret>(b"{\"epoch\":").is_err());
+        assert!(decode::<Secret>(&[]).is_err());
     }
 }

@@ -26,8 +26,23 @@ const EPOCH_SECRETS_LABEL: &[u8] = b"EpochSecrets";
 const RESUMPTION_PSK_STORE_LABEL: &[u8] = b"ResumptionPsk";
 const MESSAGE_SECRETS_LABEL: &[u8] = b"MessageSecrets";
 
+/// Keys and list items: JSON, as `openmls_memory_storage` wrote them (a
+/// key must encode the same way forever, and list items are found by
+/// their bytes).
 pub(super) fn json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, MlsStorageError> {
     Ok(serde_json::to_vec(v)?)
+}
+
+/// A single value: CBOR behind [`CBOR_VALUE`]. openmls's state is mostly
+/// byte strings that serde hands over as sequences of integers: JSON spent
+/// 3.6 bytes and a number formatting per byte on them, CBOR about 1.9
+/// bytes. Values written as JSON before read as they are
+/// (`decode`).
+pub(super) fn stored<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, MlsStorageError> {
+    let mut out = vec![super::CBOR_VALUE];
+    ciborium::into_writer(v, &mut out)
+        .map_err(|e| MlsStorageError::Serialization(e.to_string()))?;
+    Ok(out)
 }
 
 impl StorageProvider<CURRENT_VERSION> for MlsStorage {
@@ -45,7 +60,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
     ) -> Result<(), Self::Error> {
         // write proposal to key (group_id, proposal_ref)
         let key = json(&(group_id, proposal_ref))?;
-        let value = json(proposal)?;
+        let value = stored(proposal)?;
         self.write(QUEUED_PROPOSAL_LABEL, &key, value)?;
 
         // update proposal list for group_id
@@ -64,7 +79,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         tree: &TreeSync,
     ) -> Result<(), Self::Error> {
-        self.write(TREE_LABEL, &json(group_id)?, json(tree)?)
+        self.write(TREE_LABEL, &json(group_id)?, stored(tree)?)
     }
 
     fn write_interim_transcript_hash<
@@ -78,7 +93,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             INTERIM_TRANSCRIPT_HASH_LABEL,
             &json(group_id)?,
-            json(interim_transcript_hash)?,
+            stored(interim_transcript_hash)?,
         )
     }
 
@@ -90,7 +105,11 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         group_context: &GroupContext,
     ) -> Result<(), Self::Error> {
-        self.write(GROUP_CONTEXT_LABEL, &json(group_id)?, json(group_context)?)
+        self.write(
+            GROUP_CONTEXT_LABEL,
+            &json(group_id)?,
+            stored(group_context)?,
+        )
     }
 
     fn write_confirmation_tag<
@@ -104,7 +123,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             CONFIRMATION_TAG_LABEL,
             &json(group_id)?,
-            json(confirmation_tag)?,
+            stored(confirmation_tag)?,
         )
     }
 
@@ -119,7 +138,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             SIGNATURE_KEY_PAIR_LABEL,
             &json(public_key)?,
-            json(signature_key_pair)?,
+            stored(signature_key_pair)?,
         )
     }
 
@@ -212,7 +231,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         hash_ref: &HashReference,
         key_package: &KeyPackage,
     ) -> Result<(), Self::Error> {
-        self.write(KEY_PACKAGE_LABEL, &json(hash_ref)?, json(key_package)?)
+        self.write(KEY_PACKAGE_LABEL, &json(hash_ref)?, stored(key_package)?)
     }
 
     fn write_psk<
@@ -223,7 +242,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         psk_id: &PskId,
         psk: &PskBundle,
     ) -> Result<(), Self::Error> {
-        self.write(PSK_LABEL, &json(psk_id)?, json(psk)?)
+        self.write(PSK_LABEL, &json(psk_id)?, stored(psk)?)
     }
 
     fn write_encryption_key_pair<
@@ -237,7 +256,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             ENCRYPTION_KEY_PAIR_LABEL,
             &json(public_key)?,
-            json(key_pair)?,
+            stored(key_pair)?,
         )
     }
 
@@ -316,7 +335,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         group_state: &GroupState,
     ) -> Result<(), Self::Error> {
-        self.write(GROUP_STATE_LABEL, &json(group_id)?, json(group_state)?)
+        self.write(GROUP_STATE_LABEL, &json(group_id)?, stored(group_state)?)
     }
 
     fn delete_group_state<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -347,7 +366,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             MESSAGE_SECRETS_LABEL,
             &json(group_id)?,
-            json(message_secrets)?,
+            stored(message_secrets)?,
         )
     }
 
@@ -379,7 +398,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             RESUMPTION_PSK_STORE_LABEL,
             &json(group_id)?,
-            json(resumption_psk_store)?,
+            stored(resumption_psk_store)?,
         )
     }
 
@@ -411,7 +430,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             OWN_LEAF_NODE_INDEX_LABEL,
             &json(group_id)?,
-            json(own_leaf_index)?,
+            stored(own_leaf_index)?,
         )
     }
 
@@ -443,7 +462,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.write(
             EPOCH_SECRETS_LABEL,
             &json(group_id)?,
-            json(group_epoch_secrets)?,
+            stored(group_epoch_secrets)?,
         )
     }
 
@@ -466,7 +485,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         key_pairs: &[HpkeKeyPair],
     ) -> Result<(), Self::Error> {
         let key = epoch_key_pairs_id(group_id, epoch, leaf_index)?;
-        let value = json(key_pairs)?;
+        let value = stored(key_pairs)?;
         self.write(EPOCH_KEY_PAIRS_LABEL, &key, value)
     }
 
@@ -484,7 +503,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         let storage_key = build_key_from_vec(EPOCH_KEY_PAIRS_LABEL, key);
         let state = self.lock();
         match state.values.get(&storage_key) {
-            Some(value) => Ok(serde_json::from_slice(value)?),
+            Some(value) => decode(value),
             None => Ok(vec![]),
         }
     }
@@ -542,7 +561,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         config: &MlsGroupJoinConfig,
     ) -> Result<(), Self::Error> {
-        self.write(JOIN_CONFIG_LABEL, &json(group_id)?, json(config)?)
+        self.write(JOIN_CONFIG_LABEL, &json(group_id)?, stored(config)?)
     }
 
     fn own_leaf_nodes<
