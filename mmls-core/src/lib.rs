@@ -37,7 +37,7 @@ pub use participant::{
 };
 pub use profile::Profile;
 pub use relay::{relay, Relay};
-pub use store::Store;
+pub use store::{SharedValues, Store};
 pub use sync::{FetchRequest, FetchResponse, SyncSummary};
 pub use universe::UniverseDef;
 

@@ -20,7 +20,7 @@ use anyhow::{anyhow, Context, Result};
 use mmls_core::sync::{Action, RequestId, SyncAgent, SyncConfig, SyncMessage};
 use mmls_core::{
     Config, Envelope, Event, FetchRequest, Id32, Identity, Kind, MemberId, Output, Participant,
-    Profile, Publish, Relay, Store, Topic,
+    Profile, Publish, Relay, SharedValues, Store, Topic,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -272,6 +272,9 @@ pub struct Sim {
     /// Worker threads of the slices (None: one thread).
     pool: Option<rayon::ThreadPool>,
     threads: usize,
+    /// The members' stores hold each distinct large openmls value (a
+    /// group's tree at an epoch) once for the whole universe.
+    shared: SharedValues,
 }
 
 impl Sim {
@@ -361,6 +364,7 @@ impl Sim {
             prof: BTreeMap::new(),
             pool,
             threads,
+            shared: SharedValues::new(),
             sc,
         };
         sim.setup()?;
@@ -391,7 +395,8 @@ impl Sim {
         let mut opened = vec![];
         for i in 0..n {
             let id = identity_of(i);
-            let store = Store::in_memory().map_err(|e| anyhow!("in-memory store: {e}"))?;
+            let store = Store::in_memory_sharing(&self.shared)
+                .map_err(|e| anyhow!("in-memory store: {e}"))?;
             let (p, outs) = Participant::open(id.clone(), store.clone(), self.cfg.clone(), 0)
                 .map_err(|e| anyhow!("opening participant {i}: {e}"))?;
             self.member_index.insert(id.member_id(), i);
@@ -1295,7 +1300,8 @@ impl Sim {
             self.absorb(x, outs);
         }
         if o.lose_state {
-            let store = Store::in_memory().map_err(|e| anyhow!("in-memory store: {e}"))?;
+            let store = Store::in_memory_sharing(&self.shared)
+                .map_err(|e| anyhow!("in-memory store: {e}"))?;
             let (p, outs) = Participant::open(
                 identity_of(x),
                 store.clone(),

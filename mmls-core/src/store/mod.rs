@@ -15,7 +15,7 @@ mod backend;
 mod mls_storage;
 
 use mls_storage::MlsState;
-pub use mls_storage::{MlsStorage, MlsStorageError};
+pub use mls_storage::{MlsStorage, MlsStorageError, SharedValues};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -188,7 +188,7 @@ impl Deferred {
 /// moves on with the next steps while this one is on its way to the disk.
 struct Frozen {
     tables: Pending,
-    mls: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    mls: Vec<(Vec<u8>, Option<mls_storage::Value>)>,
 }
 
 struct Inner {
@@ -286,7 +286,7 @@ impl Store {
         if path.exists() {
             let key = std::fs::canonicalize(path)?;
             if let Some(db) = registry.get(&key).and_then(Weak::upgrade) {
-                return Self::with_backend(Backend::Redb(db), Some(path.to_path_buf()));
+                return Self::with_backend(Backend::Redb(db), Some(path.to_path_buf()), None);
             }
         }
         let opened = catch_unwind(AssertUnwindSafe(|| {
@@ -306,18 +306,29 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?);
-        let store = Self::with_backend(Backend::Redb(db.clone()), Some(path.to_path_buf()))?;
+        let store = Self::with_backend(Backend::Redb(db.clone()), Some(path.to_path_buf()), None)?;
         registry.insert(std::fs::canonicalize(path)?, Arc::downgrade(&db));
         Ok(store)
     }
 
     /// A fresh store in memory (for simulations and tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::with_backend(Backend::Memory(Box::default()), None)
+        Self::with_backend(Backend::Memory(Box::default()), None, None)
+    }
+
+    /// A fresh store in memory whose large openmls values are held once
+    /// between all the stores created with the same `shared` (the
+    /// simulator: every member stores the same trees).
+    pub fn in_memory_sharing(shared: &SharedValues) -> Result<Store, StoreError> {
+        Self::with_backend(Backend::Memory(Box::default()), None, Some(shared.clone()))
     }
 
     /// Creates the tables if missing and loads the openmls state.
-    fn with_backend(backend: Backend, path: Option<PathBuf>) -> Result<Store, StoreError> {
+    fn with_backend(
+        backend: Backend,
+        path: Option<PathBuf>,
+        shared: Option<SharedValues>,
+    ) -> Result<Store, StoreError> {
         let values = catch_unwind(AssertUnwindSafe(|| backend.init())).map_err(|p| {
             StoreError::Corrupt(format!(
                 "redb failed loading the store: {}",
@@ -329,7 +340,7 @@ impl Store {
                 backend,
                 path,
                 pending: Mutex::new(Pending::default()),
-                mls: MlsStorage::new(values),
+                mls: MlsStorage::new(values, shared),
                 deferred: Mutex::new(Deferred::default()),
                 flushing: Mutex::new(None),
             }),
@@ -344,7 +355,7 @@ impl Store {
             .inner
             .backend
             .snapshot(|| self.inner.mls.lock().committed())?;
-        Self::with_backend(backend, None)
+        Self::with_backend(backend, None, None)
     }
 
     /// What the store holds in memory, by table: entries and key + value
@@ -537,7 +548,7 @@ impl Store {
         let mut writes = deferred
             .mls_keys
             .iter()
-            .map(|k| (k.as_slice(), mls.values.get(k).map(Vec::as_slice)));
+            .map(|k| (k.as_slice(), mls.values.get(k).map(|v| &**v)));
         self.inner
             .backend
             .apply(&deferred.tables, &mut writes, true)

@@ -16,13 +16,16 @@
 //! [`MlsStorageError`].
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openmls_traits::storage::*;
 use serde::Serialize;
 
 mod provider;
+mod shared;
 use provider::build_key_from_vec;
+pub use shared::SharedValues;
+pub(crate) use shared::Value;
 
 /// Errors of the openmls storage provider.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -59,9 +62,9 @@ fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, MlsStorageE
 #[derive(Debug, Default)]
 pub(super) struct MlsState {
     /// Current values (committed state + this step's changes).
-    pub(super) values: HashMap<Vec<u8>, Vec<u8>>,
+    pub(super) values: HashMap<Vec<u8>, Value>,
     /// For each key touched in this step: its value at the start of the step.
-    pub(super) undo: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(super) undo: HashMap<Vec<u8>, Option<Value>>,
 }
 
 impl MlsState {
@@ -72,7 +75,7 @@ impl MlsState {
         }
     }
 
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    fn insert(&mut self, key: Vec<u8>, value: Value) {
         self.touch(&key);
         self.values.insert(key, value);
     }
@@ -93,7 +96,7 @@ impl MlsState {
             if current == original.as_ref() {
                 None
             } else {
-                Some((k.as_slice(), current.map(Vec::as_slice)))
+                Some((k.as_slice(), current.map(|v| &**v)))
             }
         })
     }
@@ -101,19 +104,28 @@ impl MlsState {
     /// The committed values: the current ones with this step's changes
     /// undone.
     pub(super) fn committed(&self) -> HashMap<Vec<u8>, Vec<u8>> {
-        let mut values = self.values.clone();
+        let mut values: HashMap<Vec<u8>, Vec<u8>> = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect();
         for (k, original) in &self.undo {
             match original {
-                Some(v) => values.insert(k.clone(), v.clone()),
+                Some(v) => values.insert(k.clone(), v.to_vec()),
                 None => values.remove(k),
             };
         }
         values
     }
 
-    /// Entries and key + value bytes.
+    /// Entries and key + value bytes, a value shared with other stores
+    /// ([`SharedValues`]) counting for its share.
     pub(super) fn usage(&self) -> (usize, usize) {
-        let bytes = self.values.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes = self
+            .values
+            .iter()
+            .map(|(k, v)| k.len() + v.len() / Arc::strong_count(v))
+            .sum();
         (self.values.len(), bytes)
     }
 
@@ -135,6 +147,7 @@ impl MlsState {
 /// table sharing the store's step transaction.
 pub struct MlsStorage {
     state: Mutex<MlsState>,
+    shared: Option<SharedValues>,
 }
 
 impl std::fmt::Debug for MlsStorage {
@@ -148,12 +161,17 @@ impl std::fmt::Debug for MlsStorage {
 }
 
 impl MlsStorage {
-    pub(super) fn new(values: HashMap<Vec<u8>, Vec<u8>>) -> Self {
+    pub(super) fn new(values: HashMap<Vec<u8>, Vec<u8>>, shared: Option<SharedValues>) -> Self {
+        let values = values
+            .into_iter()
+            .map(|(k, v)| (k, shared::own(v)))
+            .collect();
         MlsStorage {
             state: Mutex::new(MlsState {
                 values,
                 undo: HashMap::new(),
             }),
+            shared,
         }
     }
 
@@ -165,6 +183,25 @@ impl MlsStorage {
 
     /// Internal helper to abstract write operations.
     fn write(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
+        let storage_key = build_key_from_vec(label, key.to_vec());
+        self.lock().insert(storage_key, shared::own(value));
+        Ok(())
+    }
+
+    /// [`Self::write`] of a value every member of the group writes
+    /// identically (the public tree): shared with the other stores of this
+    /// store's [`SharedValues`], if any. Only those: a value unique to a
+    /// member would cost a hash and a pool entry for nothing.
+    fn write_common(
+        &self,
+        label: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), MlsStorageError> {
+        let value = match &self.shared {
+            Some(shared) => shared.share(value),
+            None => shared::own(value),
+        };
         let storage_key = build_key_from_vec(label, key.to_vec());
         self.lock().insert(storage_key, value);
         Ok(())
@@ -182,7 +219,7 @@ impl MlsStorage {
         list.push(value);
 
         let list_bytes = serde_json::to_vec(&list)?;
-        state.insert(storage_key, list_bytes);
+        state.insert(storage_key, shared::own(list_bytes));
         Ok(())
     }
 
@@ -200,7 +237,7 @@ impl MlsStorage {
         }
 
         let list_bytes = serde_json::to_vec(&list)?;
-        state.insert(storage_key, list_bytes);
+        state.insert(storage_key, shared::own(list_bytes));
         Ok(())
     }
 
@@ -294,6 +331,67 @@ mod tests {
         );
         assert_eq!(decode::<Secret>(&cbor).expect("cbor"), secret());
         assert_eq!(decode::<Secret>(&json).expect("json"), secret());
+    }
+
+    fn key(label: &[u8]) -> Vec<u8> {
+        build_key_from_vec(label, b"group".to_vec())
+    }
+
+    #[test]
+    fn stores_sharing_values_hold_a_large_value_once_and_stay_independent() {
+        let shared = SharedValues::new();
+        let a = MlsStorage::new(HashMap::new(), Some(shared.clone()));
+        let b = MlsStorage::new(HashMap::new(), Some(shared.clone()));
+        let tree = vec![7u8; 4096];
+        a.write_common(b"Tree", b"group", tree.clone())
+            .expect("write");
+        b.write_common(b"Tree", b"group", tree.clone())
+            .expect("write");
+        let in_a = a.lock().values[&key(b"Tree")].clone();
+        let in_b = b.lock().values[&key(b"Tree")].clone();
+        assert!(Arc::ptr_eq(&in_a, &in_b), "one copy for both stores");
+        assert_eq!(shared.live(), 1);
+        drop((in_a, in_b));
+        // Each store counts its half.
+        let (_, bytes) = a.lock().usage();
+        assert_eq!(bytes, key(b"Tree").len() + 2048);
+
+        a.write(b"Secrets", b"group", tree.clone()).expect("write");
+        b.write(b"Secrets", b"group", tree.clone()).expect("write");
+        assert!(!Arc::ptr_eq(
+            &a.lock().values[&key(b"Secrets")],
+            &b.lock().values[&key(b"Secrets")]
+        ));
+        // Small values are not worth sharing, nor values unique to a
+        // member (above).
+        a.write_common(b"Epoch", b"group", vec![1; 16])
+            .expect("write");
+        b.write_common(b"Epoch", b"group", vec![1; 16])
+            .expect("write");
+        assert!(!Arc::ptr_eq(
+            &a.lock().values[&key(b"Epoch")],
+            &b.lock().values[&key(b"Epoch")]
+        ));
+
+        // b moves on (then rolls back, then moves on for good): a keeps its
+        // value, and the pool holds both.
+        b.lock().undo.clear();
+        let next = vec![8u8; 4096];
+        b.write_common(b"Tree", b"group", next.clone())
+            .expect("write");
+        b.lock().rollback();
+        assert_eq!(&*b.lock().values[&key(b"Tree")], tree.as_slice());
+        b.write_common(b"Tree", b"group", next.clone())
+            .expect("write");
+        assert_eq!(&*a.lock().values[&key(b"Tree")], tree.as_slice());
+        assert_eq!(&*b.lock().values[&key(b"Tree")], next.as_slice());
+        assert_eq!(shared.live(), 2);
+        // Once nobody holds the old value it is gone from the pool.
+        // (after both steps commit: their undo logs held it too).
+        a.write_common(b"Tree", b"group", next).expect("write");
+        a.lock().undo.clear();
+        b.lock().undo.clear();
+        assert_eq!(shared.live(), 1);
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         tree: &TreeSync,
     ) -> Result<(), Self::Error> {
-        self.write(TREE_LABEL, &json(group_id)?, stored(tree)?)
+        self.write_common(TREE_LABEL, &json(group_id)?, stored(tree)?)
     }
 
     fn write_interim_transcript_hash<
