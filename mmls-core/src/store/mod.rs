@@ -316,9 +316,9 @@ impl Store {
         Self::with_backend(Backend::Memory(Box::default()), None, None)
     }
 
-    /// A fresh store in memory whose large openmls values are held once
-    /// between all the stores created with the same `shared` (the
-    /// simulator: every member stores the same trees).
+    /// A fresh store in memory whose group trees are held once between
+    /// all the stores created with the same `shared` (the simulator: every
+    /// member stores the same trees).
     pub fn in_memory_sharing(shared: &SharedValues) -> Result<Store, StoreError> {
         Self::with_backend(Backend::Memory(Box::default()), None, Some(shared.clone()))
     }

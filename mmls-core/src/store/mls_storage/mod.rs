@@ -164,7 +164,7 @@ impl MlsStorage {
     pub(super) fn new(values: HashMap<Vec<u8>, Vec<u8>>, shared: Option<SharedValues>) -> Self {
         let values = values
             .into_iter()
-            .map(|(k, v)| (k, shared::own(v)))
+            .map(|(k, v)| (k, Value::from(v)))
             .collect();
         MlsStorage {
             state: Mutex::new(MlsState {
@@ -183,9 +183,7 @@ impl MlsStorage {
 
     /// Internal helper to abstract write operations.
     fn write(&self, label: &[u8], key: &[u8], value: Vec<u8>) -> Result<(), MlsStorageError> {
-        let storage_key = build_key_from_vec(label, key.to_vec());
-        self.lock().insert(storage_key, shared::own(value));
-        Ok(())
+        self.put(label, key, Value::from(value))
     }
 
     /// [`Self::write`] of a value every member of the group writes
@@ -200,8 +198,12 @@ impl MlsStorage {
     ) -> Result<(), MlsStorageError> {
         let value = match &self.shared {
             Some(shared) => shared.share(value),
-            None => shared::own(value),
+            None => Value::from(value),
         };
+        self.put(label, key, value)
+    }
+
+    fn put(&self, label: &[u8], key: &[u8], value: Value) -> Result<(), MlsStorageError> {
         let storage_key = build_key_from_vec(label, key.to_vec());
         self.lock().insert(storage_key, value);
         Ok(())
@@ -219,7 +221,7 @@ impl MlsStorage {
         list.push(value);
 
         let list_bytes = serde_json::to_vec(&list)?;
-        state.insert(storage_key, shared::own(list_bytes));
+        state.insert(storage_key, Value::from(list_bytes));
         Ok(())
     }
 
@@ -237,7 +239,7 @@ impl MlsStorage {
         }
 
         let list_bytes = serde_json::to_vec(&list)?;
-        state.insert(storage_key, shared::own(list_bytes));
+        state.insert(storage_key, Value::from(list_bytes));
         Ok(())
     }
 

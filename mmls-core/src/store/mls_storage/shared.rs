@@ -5,7 +5,7 @@
 //! whole universe in one process: at N members it held N copies of each of
 //! the N groups' trees (N^3 leaves), most of a simulated node's memory at
 //! 128 members. Memory stores created with one [`SharedValues`] keep each
-//! distinct large value once, so a simulated node costs its share of the
+//! distinct tree once, so a simulated node costs its share of the
 //! group state. Values are immutable once written (a write replaces the
 //! whole value), so sharing them changes nothing a store can observe.
 
@@ -81,17 +81,13 @@ impl SharedValues {
         shared
     }
 
-    /// Distinct live values (for tests and reports).
-    pub fn live(&self) -> usize {
+    /// Distinct live values.
+    #[cfg(test)]
+    pub(super) fn live(&self) -> usize {
         self.lock()
             .by_hash
             .values()
             .filter(|w| w.strong_count() > 0)
             .count()
     }
-}
-
-/// The unshared form of a value (a store without [`SharedValues`]).
-pub(crate) fn own(value: Vec<u8>) -> Value {
-    value.into()
 }
