@@ -1544,6 +1544,21 @@ impl Sim {
             + c.decryptions as f64 * OPENMLS_DECRYPT_US)
             / 1e6;
         let rss = peak_rss_mb() * 1024.0 * 1024.0;
+        if std::env::var_os("MMLS_SIM_PROFILE").is_some() {
+            // What a simulated node's store is made of (logical bytes:
+            // values shared between the stores count in each).
+            let mut by: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+            for n in &self.nodes {
+                for (t, c, b) in n.store.memory_usage() {
+                    let e = by.entry(t).or_default();
+                    e.0 += c;
+                    e.1 += b;
+                }
+            }
+            for (t, (entries, bytes)) in by {
+                eprintln!("profile: store {t:<12} {entries:>10} entries {bytes:>14} bytes");
+            }
+        }
         let store: f64 = self
             .nodes
             .iter()

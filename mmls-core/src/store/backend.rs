@@ -13,6 +13,7 @@
 //! and a snapshot is taken from it. A second serialized copy per store
 //! would double the largest part of a simulated node.
 
+use super::mls_storage::{SharedValues, Value};
 use super::{lock, KeyValue, Pending, StoreError, Table};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeMap, HashMap};
@@ -30,11 +31,25 @@ fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
 /// The committed tables of a memory store.
 #[derive(Clone, Default)]
 pub(super) struct Maps {
-    tables: [BTreeMap<Vec<u8>, Vec<u8>>; Table::ALL.len()],
+    /// Values are shared: a snapshot copies pointers, and with `shared`
+    /// the stores of one simulation hold each large value once (every
+    /// node's log keeps the same envelopes, byte for byte).
+    tables: [BTreeMap<Vec<u8>, Value>; Table::ALL.len()],
+    shared: Option<SharedValues>,
     /// openmls's state a snapshot starts from, handed over (and emptied)
     /// when its store opens: afterwards the store's `MlsStorage` is the one
     /// copy.
     mls: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Maps {
+    /// Empty tables whose large values go through `shared`.
+    pub(super) fn sharing(shared: Option<SharedValues>) -> Maps {
+        Maps {
+            shared,
+            ..Maps::default()
+        }
+    }
 }
 
 pub(super) enum Backend {
@@ -72,7 +87,7 @@ impl Backend {
     /// The committed value at `key`.
     pub(super) fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
-            Backend::Memory(m) => Ok(lock(m).tables[t.index()].get(key).cloned()),
+            Backend::Memory(m) => Ok(lock(m).tables[t.index()].get(key).map(|v| v.to_vec())),
             Backend::Redb(db) => {
                 let read = db.begin_read()?;
                 let table = read.open_table(def(t))?;
@@ -94,7 +109,7 @@ impl Backend {
                 let maps = lock(m);
                 let mut it = maps.tables[t.index()]
                     .range::<[u8], _>(bounds)
-                    .map(|(k, v)| Ok((k.clone(), v.clone())));
+                    .map(|(k, v)| Ok((k.clone(), v.to_vec())));
                 Ok(f(&mut it))
             }
             Backend::Redb(db) => {
@@ -124,12 +139,19 @@ impl Backend {
     ) -> Result<(), StoreError> {
         match self {
             Backend::Memory(m) => {
-                let mut maps = lock(m);
+                let mut guard = lock(m);
+                let maps = &mut *guard;
                 for t in Table::ALL {
                     let table = &mut maps.tables[t.index()];
                     for (k, v) in &pending.tables[t.index()] {
                         match v {
-                            Some(v) => table.insert(k.clone(), v.clone()),
+                            Some(v) => {
+                                let v = match &maps.shared {
+                                    Some(pool) => pool.share(v.clone()),
+                                    None => Value::from(v.as_slice()),
+                                };
+                                table.insert(k.clone(), v)
+                            }
                             None => table.remove(k),
                         };
                     }
@@ -184,7 +206,11 @@ impl Backend {
         let maps = match self {
             Backend::Memory(m) => {
                 let tables = lock(m).tables.clone();
-                Maps { tables, mls: mls() }
+                Maps {
+                    tables,
+                    shared: None,
+                    mls: mls(),
+                }
             }
             Backend::Redb(db) => {
                 let mut maps = Maps::default();
@@ -193,7 +219,7 @@ impl Backend {
                     let src = read.open_table(def(t))?;
                     for entry in src.iter()? {
                         let (k, v) = entry?;
-                        maps.tables[t.index()].insert(k.value().to_vec(), v.value().to_vec());
+                        maps.tables[t.index()].insert(k.value().to_vec(), v.value().into());
                     }
                 }
                 let src = read.open_table(MLS_TABLE)?;

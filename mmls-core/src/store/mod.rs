@@ -320,7 +320,12 @@ impl Store {
     /// all the stores created with the same `shared` (the simulator: every
     /// member stores the same trees).
     pub fn in_memory_sharing(shared: &SharedValues) -> Result<Store, StoreError> {
-        Self::with_backend(Backend::Memory(Box::default()), None, Some(shared.clone()))
+        let maps = backend::Maps::sharing(Some(shared.clone()));
+        Self::with_backend(
+            Backend::Memory(Box::new(Mutex::new(maps))),
+            None,
+            Some(shared.clone()),
+        )
     }
 
     /// Creates the tables if missing and loads the openmls state.

@@ -611,3 +611,41 @@ fn a_flush_in_flight_stays_readable_goes_first_and_comes_back_if_it_fails() {
     assert!(MlsGroup::load(reopened.mls(), &gid).unwrap().is_some());
     assert!(store.begin_flush().unwrap().is_none(), "nothing left");
 }
+
+/// The engine's tables of memory stores created with one pool hold each
+/// large value once (every simulated node logs the same envelopes), and
+/// each store still sees only its own writes.
+#[test]
+fn engine_tables_of_sharing_stores_hold_a_large_value_once() {
+    let shared = SharedValues::new();
+    let a = Store::in_memory_sharing(&shared).expect("store a");
+    let b = Store::in_memory_sharing(&shared).expect("store b");
+    let envelope = vec![5u8; 8192];
+    for s in [&a, &b] {
+        s.put(Table::Log, b"group/0", &envelope);
+        s.commit().expect("commit");
+    }
+    assert_eq!(shared.live(), 1, "one copy for both logs");
+    assert_eq!(
+        a.get(Table::Log, b"group/0").expect("get"),
+        Some(envelope.clone())
+    );
+
+    // b's entry is replaced: a keeps its own, the pool holds both.
+    let other = vec![6u8; 8192];
+    b.put(Table::Log, b"group/0", &other);
+    b.commit().expect("commit");
+    assert_eq!(shared.live(), 2);
+    assert_eq!(a.get(Table::Log, b"group/0").expect("get"), Some(envelope));
+    assert_eq!(
+        b.get(Table::Log, b"group/0").expect("get"),
+        Some(other.clone())
+    );
+
+    // A snapshot (an attacker's copy) is independent of later writes.
+    let copy = b.snapshot().expect("snapshot");
+    b.delete(Table::Log, b"group/0");
+    b.commit().expect("commit");
+    assert_eq!(copy.get(Table::Log, b"group/0").expect("get"), Some(other));
+    assert_eq!(b.get(Table::Log, b"group/0").expect("get"), None);
+}

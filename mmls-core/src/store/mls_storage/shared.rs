@@ -1,13 +1,14 @@
-//! Large openmls values held once per process.
+//! Large stored values held once per process.
 //!
 //! Every member of a group stores the same public tree for the same epoch,
-//! byte for byte. A node holds one copy of each, but the simulator runs a
-//! whole universe in one process: at N members it held N copies of each of
-//! the N groups' trees (N^3 leaves), most of a simulated node's memory at
-//! 128 members. Memory stores created with one [`SharedValues`] keep each
-//! distinct tree once, so a simulated node costs its share of the
-//! group state. Values are immutable once written (a write replaces the
-//! whole value), so sharing them changes nothing a store can observe.
+//! and keeps the same envelopes in its log for peers that catch up, byte
+//! for byte. A node holds one copy of each, but the simulator runs a whole
+//! universe in one process: at N members it held N copies of each of the N
+//! groups' trees and logs, most of a simulated node's memory at 128
+//! members. Memory stores created with one [`SharedValues`] keep each
+//! distinct tree and envelope once, so a simulated node costs its share of
+//! the group state. Values are immutable once written (a write replaces
+//! the whole value), so sharing them changes nothing a store can observe.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -83,7 +84,7 @@ impl SharedValues {
 
     /// Distinct live values.
     #[cfg(test)]
-    pub(super) fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.lock()
             .by_hash
             .values()
