@@ -230,6 +230,10 @@ pub struct RunCost {
     /// Key + value bytes in a node's store at the end (openmls's state and
     /// the engine's tables), mean over nodes (informational).
     pub store_bytes_per_member: u64,
+    /// Send groups decoded from the store per node, mean (the first use of
+    /// each, then every miss of a bounded `engine.group_cache`).
+    #[serde(default)]
+    pub group_decodes_per_member: u64,
 }
 
 impl Metrics {

@@ -200,13 +200,14 @@ pub fn summary(out: &SimOutput, files: &[PathBuf]) -> String {
     }
     let _ = writeln!(
         s,
-        "  run         {:.1} s wall on {} thread{}, {:.0} MB peak RSS ({:.2} MB per member; store {:.2} MB per member at the end)",
+        "  run         {:.1} s wall on {} thread{}, {:.0} MB peak RSS ({:.2} MB per member; store {:.2} MB per member at the end; {} group decodes per member)",
         m.wall_seconds,
         m.cost.threads,
         if m.cost.threads == 1 { "" } else { "s" },
         m.peak_rss_mb,
         m.cost.bytes_per_member as f64 / 1e6,
-        m.cost.store_bytes_per_member as f64 / 1e6
+        m.cost.store_bytes_per_member as f64 / 1e6,
+        m.cost.group_decodes_per_member
     );
     let _ = writeln!(
         s,

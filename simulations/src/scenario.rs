@@ -258,6 +258,11 @@ pub struct EngineSpec {
     /// studying the PSK mechanism alone at scale, with weaker PCS.
     #[serde(default = "d_true")]
     pub rotate_leaves: bool,
+    /// Decoded send groups each node keeps in memory between steps
+    /// (`Config::group_cache`; absent: all). What lets 256 members fit:
+    /// a node's memory is then its store's share, not N decoded groups.
+    #[serde(default)]
+    pub group_cache: Option<usize>,
 }
 
 fn d_true() -> bool {
@@ -294,6 +299,7 @@ impl Default for EngineSpec {
             rejoin_after_ms: d_rejoin_after(),
             kp_retry_ms: d_kp_retry(),
             rotate_leaves: true,
+            group_cache: None,
         }
     }
 }

@@ -293,6 +293,7 @@ impl Sim {
             rejoin_after_ms: sc.engine.rejoin_after_ms,
             kp_retry_ms: sc.engine.kp_retry_ms,
             rotate_leaves: sc.engine.rotate_leaves,
+            group_cache: sc.engine.group_cache,
             ..Config::default()
         };
         let profile = if sc.profile == "dmls" {
@@ -1559,6 +1560,10 @@ impl Sim {
                 eprintln!("profile: store {t:<12} {entries:>10} entries {bytes:>14} bytes");
             }
         }
+        if std::env::var_os("MMLS_SIM_PROFILE").is_some() {
+            let held: usize = self.nodes.iter().map(|n| n.p.group_cache_stats().0).sum();
+            eprintln!("profile: decoded groups held {held}");
+        }
         let store: f64 = self
             .nodes
             .iter()
@@ -1574,6 +1579,12 @@ impl Sim {
                 .then(|| (wall / openmls_seconds * 100.0).round() / 100.0),
             bytes_per_member: (rss / self.nodes.len().max(1) as f64) as u64,
             store_bytes_per_member: (store / self.nodes.len().max(1) as f64) as u64,
+            group_decodes_per_member: self
+                .nodes
+                .iter()
+                .map(|n| n.p.group_cache_stats().1)
+                .sum::<u64>()
+                / self.nodes.len().max(1) as u64,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The thread count changes wall time only: a run on 1 and on 2 worker
-//! threads gives the same metrics. The scenario has loss (RNG draws in the
+//! threads gives the same metrics; so does a bounded group cache (the
+//! engine decodes evicted send groups from the store again). The scenario has loss (RNG draws in the
 //! merge), churn with state loss, a compromise (the attacker taps gossip in
 //! event order) and a wide slice (50 ms links, many nodes busy in one
 //! slice), so an order that followed the workers' completion, or an RNG or
@@ -34,10 +35,15 @@ quiet_s = 60
 "#;
 
 fn metrics(threads: usize, seed: Option<u64>) -> Metrics {
-    let sc = match Scenario::from_toml(BUSY, "threads-test") {
+    metrics_cached(threads, seed, None)
+}
+
+fn metrics_cached(threads: usize, seed: Option<u64>, group_cache: Option<usize>) -> Metrics {
+    let mut sc = match Scenario::from_toml(BUSY, "threads-test") {
         Ok(s) => s,
         Err(e) => panic!("test scenario does not parse: {e}"),
     };
+    sc.engine.group_cache = group_cache;
     let opts = RunOptions {
         seed,
         progress: false,
@@ -84,4 +90,32 @@ fn one_and_two_threads_give_identical_metrics() {
     // Equality is not equality of constants: another seed differs.
     let other = metrics(2, Some(22));
     assert_ne!(comparable(&one), comparable(&other));
+}
+
+/// Evicting decoded send groups between steps changes nothing a member
+/// sees: with two of eight groups kept per node (every other use a decode
+/// from the store, through churn with state loss, a compromise and loss)
+/// the run gives the metrics of one that keeps them all.
+#[test]
+fn a_bounded_group_cache_gives_identical_metrics() {
+    let all = metrics_cached(2, None, None);
+    let two = metrics_cached(2, None, Some(2));
+    assert!(
+        two.cost.group_decodes_per_member > 10 * all.cost.group_decodes_per_member.max(1),
+        "the bound evicted groups: {} decodes per member against {}",
+        two.cost.group_decodes_per_member,
+        all.cost.group_decodes_per_member
+    );
+    let strip = |m: &Metrics| {
+        let mut v = comparable(m);
+        if let Some(c) = v.get_mut("cost").and_then(|c| c.as_object_mut()) {
+            c.remove("group_decodes_per_member");
+        }
+        v
+    };
+    assert_eq!(
+        strip(&all),
+        strip(&two),
+        "the group cache changed the metrics"
+    );
 }

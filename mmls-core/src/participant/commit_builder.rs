@@ -311,7 +311,7 @@ impl Participant {
             Some(a) => Some(crate::federation::group_context_extensions(a)?),
         };
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &own)?;
+        let group = self.groups.load(provider.storage(), &own)?;
         group.set_aad(to_cbor(&aad));
         let removals = &plan.removals;
         let suite = suite_of(group);

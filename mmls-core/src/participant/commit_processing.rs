@@ -59,7 +59,7 @@ impl Participant {
             return Err(MmlsError::AadMismatch("group"));
         }
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         if pm.epoch().as_u64() != group.epoch().as_u64() {
             return Err(MmlsError::Unexpected(format!(
                 "commit for epoch {} but group is at {}",

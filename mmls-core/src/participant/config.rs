@@ -61,6 +61,12 @@ pub struct Config {
     /// universe accepts, else the universe's own first choice; it joins
     /// others' groups in any suite it implements and the universe accepts.
     pub ciphersuites: Vec<u16>,
+    /// Decoded send groups kept in memory between steps, the most recently
+    /// used; None keeps every one. Each costs its tree, secret tree and
+    /// caches (grows with the universe), a miss one decode from the store
+    /// (see BENCHMARKS, "Group cache"). Bounded, a node's memory no longer
+    /// grows as members times groups.
+    pub group_cache: Option<usize>,
 }
 
 impl Default for Config {
@@ -82,6 +88,7 @@ impl Default for Config {
             kp_issued_max: 64,
             publish_last_resort: true,
             ciphersuites: crate::ciphersuites::IMPLEMENTED.to_vec(),
+            group_cache: None,
         }
     }
 }

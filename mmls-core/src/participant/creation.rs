@@ -242,7 +242,7 @@ impl Participant {
             update: None,
         };
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         group.set_aad(to_cbor(&aad));
         let msg = group
             .create_message(

@@ -32,7 +32,7 @@ impl Participant {
     /// send group); its owner commits it with its next commit.
     pub(super) fn propose_leaf_update(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         let leaf = Self::leaf_params(&self.identity, group);
         let (msg, _) = group
             .propose_self_update(provider, &self.identity.signer(suite_of(group)), leaf)
@@ -78,7 +78,7 @@ impl Participant {
         }
         let pm = Self::protocol_message(env)?;
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         if pm.epoch() != group.epoch() {
             return Err(MmlsError::Unexpected(format!(
                 "proposal for epoch {} but our group is at {} (the member re-proposes)",
@@ -110,7 +110,7 @@ impl Participant {
             _ => None,
         };
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         group
             .store_pending_proposal(provider.storage(), *q)
             .map_err(MmlsError::mls)?;

@@ -11,7 +11,7 @@ impl Participant {
         &mut self,
         g: &Id32,
     ) -> Result<Vec<(LeafNodeIndex, MemberId)>, MmlsError> {
-        let group = cached(&mut self.groups, self.provider.storage(), g)?;
+        let group = self.groups.load(self.provider.storage(), g)?;
         let at = (
             group.epoch().as_u64(),
             auth8(group.epoch_authenticator().as_slice()),

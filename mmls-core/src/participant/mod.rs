@@ -46,6 +46,7 @@ mod conversation;
 mod creation;
 mod devices;
 mod equivocation;
+mod group_cache;
 #[cfg(any(test, feature = "testkit"))]
 mod hooks;
 mod incoming;
@@ -89,7 +90,9 @@ pub struct Participant {
     /// yet), mirrored in `Table::Buffer`.
     buffers: BTreeMap<Id32, BTreeMap<u64, Vec<u8>>>,
     buffer_undo: Vec<(Id32, u64, Option<Vec<u8>>)>,
-    groups: HashMap<Id32, MlsGroup>,
+    /// Decoded send groups (a cache of the store, bounded by
+    /// `Config::group_cache`).
+    groups: group_cache::GroupCache,
     now: u64,
     outputs: Vec<Output>,
     acked: Vec<u64>,
@@ -174,24 +177,6 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-/// The in-memory copy of a group, loaded from the store on first use. A free
-/// function so callers can borrow the provider alongside.
-fn cached<'a>(
-    groups: &'a mut HashMap<Id32, MlsGroup>,
-    storage: &crate::store::MlsStorage,
-    id: &Id32,
-) -> Result<&'a mut MlsGroup, MmlsError> {
-    match groups.entry(*id) {
-        std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            let g = MlsGroup::load(storage, &gid(id))
-                .map_err(MmlsError::mls)?
-                .ok_or(MmlsError::UnknownGroup(*id))?;
-            Ok(v.insert(g))
-        }
-    }
-}
-
 /// A group's ciphersuite as a code point.
 fn suite_of(group: &MlsGroup) -> u16 {
     u16::from(group.ciphersuite())
@@ -257,6 +242,7 @@ impl Participant {
                 }
             }
         }
+        let cache_bound = config.group_cache;
         let mut p = Participant {
             identity,
             me: me.clone(),
@@ -265,7 +251,7 @@ impl Participant {
             state,
             buffers,
             buffer_undo: vec![],
-            groups: HashMap::new(),
+            groups: group_cache::GroupCache::new(cache_bound),
             now,
             outputs: vec![],
             acked: vec![],
@@ -364,7 +350,16 @@ impl Participant {
     }
 
     pub(crate) fn group(&mut self, id: &Id32) -> Result<&mut MlsGroup, MmlsError> {
-        cached(&mut self.groups, self.provider.storage(), id)
+        self.groups.load(self.provider.storage(), id)
+    }
+
+    /// Applies `Config::group_cache` between steps; a group's verified
+    /// members go with it (they are N member ids per group: at hundreds of
+    /// members, as large as the group).
+    fn trim_groups(&mut self) {
+        for g in self.groups.trim() {
+            self.members_cache.remove(&g);
+        }
     }
 
     fn uni(&self, u: &Id32) -> Result<&UniverseState, MmlsError> {

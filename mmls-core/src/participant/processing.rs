@@ -106,7 +106,7 @@ impl Participant {
             return Err(MmlsError::AadMismatch("group"));
         }
         let provider = &self.provider;
-        let group = cached(&mut self.groups, provider.storage(), &g)?;
+        let group = self.groups.load(provider.storage(), &g)?;
         let epoch = group.epoch().as_u64();
         let processed = group
             .process_message(provider, pm)

@@ -161,8 +161,9 @@ impl Participant {
         let mark = self.outputs.len();
         self.buffer_undo.clear();
         let r = f(self).and_then(|v| self.commit_step().map(|()| v));
-        if r.is_err() {
-            self.rollback_step(mark);
+        match r {
+            Ok(_) => self.trim_groups(),
+            Err(_) => self.rollback_step(mark),
         }
         r
     }

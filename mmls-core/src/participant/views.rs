@@ -49,6 +49,7 @@ impl Participant {
             });
         }
         let (anchors, certs) = Self::federation_status(&u);
+        self.trim_groups();
         Ok(UniverseStatus {
             id: u.id,
             name: u.def.as_ref().map(|d| d.name.clone()),
@@ -133,14 +134,30 @@ impl Participant {
         let v = group
             .export_secret(self.provider.crypto(), "mmls test fingerprint", b"", 16)
             .map_err(MmlsError::mls)?;
-        Ok((group.epoch().as_u64(), v))
+        let epoch = group.epoch().as_u64();
+        // A view between steps: the group cache's bound holds here too (a
+        // check of every group must not decode them all at once).
+        self.trim_groups();
+        Ok((epoch, v))
     }
 
-    /// The epoch we hold of group `g`: what a fingerprint gives without
-    /// deriving a secret (the simulator samples it for every pair of
-    /// members).
-    pub fn group_epoch(&mut self, g: &Id32) -> Result<u64, MmlsError> {
-        Ok(self.group(g)?.epoch().as_u64())
+    /// The epoch we hold of group `g`, as the engine recorded it with the
+    /// step that merged it: what a fingerprint gives, without deriving a
+    /// secret or decoding the group (the simulator samples it for every
+    /// pair of members, and most groups are not decoded at 256).
+    pub fn group_epoch(&self, g: &Id32) -> Result<u64, MmlsError> {
+        self.state
+            .universes
+            .values()
+            .find_map(|u| u.groups.get(g))
+            .map(|s| s.epoch)
+            .ok_or(MmlsError::UnknownGroup(*g))
+    }
+
+    /// Send groups decoded in memory now, and decoded from the store so far
+    /// (first uses and misses of `Config::group_cache`).
+    pub fn group_cache_stats(&self) -> (usize, u64) {
+        (self.groups.len(), self.groups.loads())
     }
 
     /// The send group of `member` in `uid`, as we know it.

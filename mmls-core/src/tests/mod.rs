@@ -11,6 +11,7 @@ use crate::testkit::{config, Net};
 mod delivery;
 mod devices;
 mod federation;
+mod group_cache;
 mod group_commit;
 mod hostile;
 mod key_packages;

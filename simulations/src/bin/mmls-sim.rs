@@ -34,6 +34,10 @@ enum Cmd {
         /// Override the workload's duration (virtual seconds).
         #[arg(long)]
         duration: Option<f64>,
+        /// Override the decoded send groups each node keeps in memory
+        /// (`[engine] group_cache`): 0 keeps all of them.
+        #[arg(long)]
+        group_cache: Option<usize>,
         /// Where to write metrics.json, the CSV series and the SVG plots
         /// (default: mmls-sim-out/<scenario>).
         #[arg(long)]
@@ -87,6 +91,7 @@ fn real_main() -> Result<ExitCode> {
             seed,
             members,
             duration,
+            group_cache,
             out,
             json,
             check,
@@ -98,6 +103,9 @@ fn real_main() -> Result<ExitCode> {
             }
             if let Some(d) = duration {
                 sc.duration_s = d;
+            }
+            if let Some(c) = group_cache {
+                sc.engine.group_cache = (c > 0).then_some(c);
             }
             if members.is_some() || duration.is_some() {
                 sc.validate()
