@@ -272,8 +272,8 @@ pub struct Sim {
     /// Worker threads of the slices (None: one thread).
     pool: Option<rayon::ThreadPool>,
     threads: usize,
-    /// The members' stores hold each group's tree at an epoch once for
-    /// the whole universe.
+    /// The members' stores hold each group's tree at an epoch, and each
+    /// logged envelope, once for the whole universe.
     shared: SharedValues,
 }
 
