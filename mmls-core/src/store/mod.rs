@@ -13,6 +13,8 @@
 
 mod backend;
 mod mls_storage;
+#[cfg(test)]
+pub(crate) use mls_storage::SLOW_DECODES;
 
 use mls_storage::MlsState;
 pub use mls_storage::{MlsStorage, MlsStorageError, SharedValues};

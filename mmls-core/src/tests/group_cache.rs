@@ -39,4 +39,8 @@ fn nodes_keeping_one_decoded_group_deliver_update_and_agree() {
         assert!(held <= 1, "node {i} holds {held} decoded groups");
         assert!(decodes >= n as u64, "node {i} decoded {decodes} times");
     }
+    // Every openmls value those decodes read (trees, secrets, proposals,
+    // key pairs...) took the fast CBOR reader, none the fallback.
+    let slow = crate::store::SLOW_DECODES.with(|c| c.get());
+    assert_eq!(slow, 0, "{slow} stored values needed the fallback decoder");
 }

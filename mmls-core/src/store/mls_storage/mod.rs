@@ -51,11 +51,35 @@ pub(super) const CBOR_VALUE: u8 = 0xff;
 /// A stored value: CBOR behind [`CBOR_VALUE`], else JSON.
 fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, MlsStorageError> {
     match bytes.split_first() {
-        Some((&CBOR_VALUE, cbor)) => {
-            ciborium::from_reader(cbor).map_err(|e| MlsStorageError::Serialization(e.to_string()))
-        }
+        Some((&CBOR_VALUE, cbor)) => decode_cbor(cbor),
         _ => Ok(serde_json::from_slice(bytes)?),
     }
+}
+
+/// Values are written by ciborium and read by cbor4ii: openmls's state is
+/// mostly byte strings that serde hands over as one integer each, and
+/// ciborium spent most of a group decode (MlsGroup::load: ~60% of a
+/// 256-member simulation's CPU with a bounded group cache) parsing those
+/// integers' headers. The two agree on every shape but one, the unit value
+/// (ciborium writes null, cbor4ii wants an empty array), so a value
+/// cbor4ii refuses is read again by ciborium: anything readable before
+/// still is, and the store's format does not change.
+fn decode_cbor<V: serde::de::DeserializeOwned>(cbor: &[u8]) -> Result<V, MlsStorageError> {
+    match cbor4ii::serde::from_slice(cbor) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            #[cfg(test)]
+            SLOW_DECODES.with(|n| n.set(n.get() + 1));
+            ciborium::from_reader(cbor).map_err(|e| MlsStorageError::Serialization(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Values this thread read with the fallback decoder (tests check the
+    /// fast path is the one taken).
+    pub(crate) static SLOW_DECODES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The in-memory image of the "mls" table plus this step's undo log.
@@ -333,6 +357,66 @@ mod tests {
         );
         assert_eq!(decode::<Secret>(&cbor).expect("cbor"), secret());
         assert_eq!(decode::<Secret>(&json).expect("json"), secret());
+    }
+
+    /// The shapes openmls's state is made of, beyond `Secret`.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Node {
+        Leaf { key: Vec<u8>, source: Source },
+        Parent(Vec<u8>, Vec<u32>),
+        Blank,
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Source {
+        KeyPackage,
+        Commit(Vec<u8>),
+    }
+
+    #[test]
+    fn what_ciborium_wrote_reads_through_the_fast_reader() {
+        let value: (
+            Secret,
+            Vec<Option<Node>>,
+            std::collections::BTreeMap<u32, String>,
+            bool,
+        ) = (
+            secret(),
+            vec![
+                Some(Node::Leaf {
+                    key: vec![1; 32],
+                    source: Source::KeyPackage,
+                }),
+                None,
+                Some(Node::Parent(vec![200; 32], vec![0, 70_000, u32::MAX])),
+                Some(Node::Leaf {
+                    key: vec![],
+                    source: Source::Commit(vec![9; 3]),
+                }),
+                Some(Node::Blank),
+            ],
+            [(1, "a".into()), (u32::MAX, "é".into())].into(),
+            true,
+        );
+        let bytes = provider::stored(&value).expect("encode");
+        let before = SLOW_DECODES.with(|c| c.get());
+        assert_eq!(decode::<_>(&bytes).ok(), Some(value));
+        assert_eq!(SLOW_DECODES.with(|c| c.get()), before, "fast path");
+    }
+
+    #[test]
+    fn the_unit_ciborium_writes_reads_through_the_fallback() {
+        // ciborium writes () as null, which cbor4ii refuses.
+        let bytes = provider::stored(&(5u8, ())).expect("encode");
+        let before = SLOW_DECODES.with(|c| c.get());
+        assert_eq!(decode::<(u8, ())>(&bytes).ok(), Some((5, ())));
+        assert_eq!(SLOW_DECODES.with(|c| c.get()), before + 1);
+        // Neither reader takes a truncated value.
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            decode::<(u8, ())>(cut),
+            Err(MlsStorageError::Serialization(_))
+        ));
     }
 
     fn key(label: &[u8]) -> Vec<u8> {
