@@ -556,21 +556,7 @@ impl Sim {
                 })
                 .collect()
         };
-        let done: Vec<Vec<(usize, Item, LocalOut)>> = match &self.pool {
-            Some(pool) => pool.install(|| {
-                self.nodes
-                    .par_iter_mut()
-                    .zip(per_node.into_par_iter())
-                    .map(|(node, items)| work(node, items))
-                    .collect()
-            }),
-            None => self
-                .nodes
-                .iter_mut()
-                .zip(per_node)
-                .map(|(node, items)| work(node, items))
-                .collect(),
-        };
+        let done = on_each_node(self.pool.as_ref(), &mut self.nodes, per_node, work);
         // Back in event order, whatever order the work finished in.
         let mut merged: Vec<Option<(Item, LocalOut)>> = Vec::new();
         merged.resize_with(len, || None);
@@ -1611,9 +1597,12 @@ impl Sim {
         }
         let mut conv = Convergence::default();
         // Epochs: every checked member's view of every owner's group agrees.
-        let checked: Vec<usize> = (0..n)
-            .filter(|r| self.nodes[*r].in_universe && self.nodes[*r].online)
+        let is_checked: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|x| x.in_universe && x.online)
             .collect();
+        let checked: Vec<usize> = (0..n).filter(|r| is_checked[*r]).collect();
         conv.members_checked = checked.len();
         if let Some(uid) = self.uid {
             let owners: Vec<usize> = (0..n).filter(|o| self.nodes[*o].in_universe).collect();
@@ -1626,11 +1615,8 @@ impl Sim {
             // owner by owner, every member's group cache turned over on one
             // thread whose allocator arena then grew by a decoded group per
             // view (6 GB more at 256 members keeping 160 groups each).
-            let is_checked: Vec<bool> = (0..n)
-                .map(|r| self.nodes[r].in_universe && self.nodes[r].online)
-                .collect();
-            let views_of = |(r, node): (usize, &mut Node)| -> Vec<Option<Fingerprint>> {
-                if !is_checked[r] {
+            let views_of = |node: &mut Node, checked: bool| -> Vec<Option<Fingerprint>> {
+                if !checked {
                     return vec![];
                 }
                 owner_ids
@@ -1642,16 +1628,7 @@ impl Sim {
                     })
                     .collect()
             };
-            let mut seen: Vec<Vec<Option<Fingerprint>>> = match &self.pool {
-                Some(pool) => pool.install(|| {
-                    self.nodes
-                        .par_iter_mut()
-                        .enumerate()
-                        .map(views_of)
-                        .collect()
-                }),
-                None => self.nodes.iter_mut().enumerate().map(views_of).collect(),
-            };
+            let mut seen = on_each_node(self.pool.as_ref(), &mut self.nodes, is_checked, views_of);
             for (k, &o) in owners.iter().enumerate() {
                 let views: Vec<(usize, Option<Fingerprint>)> =
                     checked.iter().map(|&r| (r, seen[r][k].take())).collect();
@@ -2031,6 +2008,31 @@ struct LocalOut {
 
 /// Runs the node-local part of event `ev` at virtual time `t` (µs) on
 /// `node`: the engine and the sync agent, nothing shared.
+/// `f` on every node with its own input, on the worker pool when there is
+/// one: a node's state is only touched by one thread at a time, and the
+/// results come back in node order whatever order the work finished in.
+fn on_each_node<I: Send, T: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    nodes: &mut [Node],
+    inputs: Vec<I>,
+    f: impl Fn(&mut Node, I) -> T + Sync,
+) -> Vec<T> {
+    match pool {
+        Some(pool) => pool.install(|| {
+            nodes
+                .par_iter_mut()
+                .zip(inputs.into_par_iter())
+                .map(|(node, input)| f(node, input))
+                .collect()
+        }),
+        None => nodes
+            .iter_mut()
+            .zip(inputs)
+            .map(|(node, input)| f(node, input))
+            .collect(),
+    }
+}
+
 fn run_local(node: &mut Node, ctx: &Ctx<'_>, t: u64, ev: &mut Ev) -> LocalOut {
     let now = t / 1000;
     let t0 = Instant::now();
