@@ -242,6 +242,9 @@ async function main() {
     const keyUpdates = await A.page.locator('#groups td[data-col="key-update"]').allTextContents();
     assert(keyUpdates.length === 2 && keyUpdates.some(t => /now|ago/.test(t)), 'last key update per group: ' + keyUpdates.join(', '));
     assert(!(await A.page.textContent('#view')).includes('null'), 'no stray null in the page');
+    // The link to bob, as the link policy sees it: up, with a round trip.
+    await A.page.locator('#links td[data-col="health"] .badge').filter({ hasText: /^(good|slow|saturated)$/ }).first().waitFor({ timeout: 15000 });
+    assert(await A.page.locator('#links tbody tr').count() >= 1, 'a link row per peer');
     if (SHOTS) {
       await A.page.evaluate(() => { document.getElementById('toast').hidden = true; });
       await A.page.screenshot({ path: join(SHOTS, 'web-health.png') });

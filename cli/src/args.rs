@@ -294,15 +294,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub import_window_ms: Option<u64>,
-    /// How often every connection is pinged. With --ping-timeout-ms, how
-    /// fast a dead link is noticed (and its peer re-dialled, every 500 ms,
-    /// until the link is back)
-    #[arg(long, value_name = "MS", default_value_t = 1000,
+    /// How often every connection is pinged. With --ping-timeout-ms, the
+    /// least silence after which a connection is closed (its peer is then
+    /// re-dialled every 500 ms, with a growing wait if connections keep
+    /// dying young)
+    #[arg(long, value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub ping_interval_ms: u64,
-    /// A connection whose ping is not answered within this is closed. Raise
-    /// it on slow radio links, where a busy link can delay a ping longer
-    #[arg(long, value_name = "MS", default_value_t = 2000,
+    /// Added to --ping-interval-ms: the least silence that closes a
+    /// connection. Slow or busy links get more on their own: the wait
+    /// follows the measured round trip and what is queued to the peer
+    #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub ping_timeout_ms: u64,
     /// Forward-secrecy bound on exported PSKs: they are kept while another

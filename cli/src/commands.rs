@@ -930,6 +930,9 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         st.rejected_inputs,
         st.queued_publishes
     );
+    for l in &st.links {
+        outln!("link       {}", link_line(l));
+    }
     if st.universes.is_empty() {
         outln!();
         outln!("no universes yet");
@@ -955,6 +958,39 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         outln!("{}", groups_table(u, &st.member, 2));
     }
     Ok(())
+}
+
+/// One peer's link for `status`: health first, so a slow or saturated
+/// radio link is seen at a glance.
+fn link_line(l: &node::types::Link) -> String {
+    use mmls_core::link::LinkHealth;
+    let s = &l.status;
+    let health = match s.health {
+        LinkHealth::Good => "good",
+        LinkHealth::Slow => "SLOW",
+        LinkHealth::Saturated => "SATURATED",
+        LinkHealth::Silent => "SILENT",
+        LinkHealth::Down => "down",
+    };
+    let peer = short_hex(&l.peer_id, 16);
+    if s.health == LinkHealth::Down {
+        return format!(
+            "{peer}  {health}, redial in {:.1} s ({} short-lived connections in a row)",
+            s.redial_in_ms as f64 / 1000.0,
+            s.failures
+        );
+    }
+    let rtt = s
+        .rtt_ms
+        .map_or("rtt ?".to_string(), |r| format!("rtt {r} ms"));
+    format!(
+        "{peer}  {health}, {rtt}, ~{}/s, queued {:.1} s, closes after {:.1} s of silence; in {} out {}",
+        bytes(s.rate_bytes_per_s),
+        s.queue_ms as f64 / 1000.0,
+        s.allowance_ms as f64 / 1000.0,
+        bytes(s.received_bytes),
+        bytes(s.sent_bytes)
+    )
 }
 
 pub fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
@@ -1143,6 +1179,13 @@ pub fn bundle(dir: &Path, cmd: BundleCmd) -> anyhow::Result<()> {
                         outln!(
                             "{} entries wait for earlier ones another bundle or peer must bring",
                             r.waiting
+                        );
+                    }
+                    if r.held > 0 {
+                        outln!(
+                            "{} entries are of send groups this node is not in (no Welcome \
+                             for it came): not kept",
+                            r.held
                         );
                     }
                 }

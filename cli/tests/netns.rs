@@ -18,42 +18,10 @@ mod common;
 use common::*;
 use node::types;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The goal: every message delivered this soon after the link returns.
 const GOAL: Duration = Duration::from_secs(2);
-
-/// `ip ARGS`, bounded; `Err` with what it printed.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `ip`: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                return Err(format!("`ip {}`: {st}: {}", args.join(" "), err.trim()));
-            }
-            Ok(None) if start.elapsed() > Duration::from_secs(10) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`ip {}` did not finish in 10 s", args.join(" ")));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("`ip {}`: {e}", args.join(" "))),
-        }
-    }
-}
 
 /// The namespaces of this test; removed on drop.
 struct Net {
@@ -116,25 +84,6 @@ impl Drop for Net {
                 eprintln!("cleanup: {e}");
             }
         }
-    }
-}
-
-fn texts(msgs: &[types::Message]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for x in msgs {
-        *m.entry(x.text.clone()).or_insert(0) += 1;
-    }
-    m
-}
-
-/// Every text of `want` is in `got` (what one node read).
-fn has_all(got: &[types::Message], want: &[String]) -> Result<(), String> {
-    let t = texts(got);
-    let missing: Vec<&String> = want.iter().filter(|w| !t.contains_key(*w)).collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} missing, first {:?}", missing.len(), missing[0]))
     }
 }
 

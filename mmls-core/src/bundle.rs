@@ -16,6 +16,7 @@
 //! the rest (32 bytes), then the CBOR body ([`Bundle`]).
 
 use crate::envelope::{Envelope, Kind};
+use crate::error::MmlsError;
 use crate::id::Id32;
 use crate::identity::MemberId;
 use crate::participant::{Output, Participant};
@@ -41,7 +42,15 @@ pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
 pub const MAX_BUNDLE_ENTRIES: usize = 1 << 20;
 /// Most send groups in one bundle.
 pub const MAX_BUNDLE_GROUPS: usize = 1 << 16;
+/// CBOR items a bundle body may hold: one per entry, and the few a send
+/// group's run and head take. Checked on the headers before decoding, so
+/// the decoder never builds more than this many elements (about 24 bytes
+/// each): a file of empty entries is refused, not decoded.
+pub const MAX_BUNDLE_ITEMS: usize = MAX_BUNDLE_ENTRIES + 12 * MAX_BUNDLE_GROUPS + 64;
 const HEADER_LEN: usize = 8 + 1 + 32;
+/// Passes an import makes over entries of groups it did not know yet
+/// (each pass follows one more Welcome that waited for PSKs).
+const MAX_IMPORT_PASSES: usize = 8;
 /// CBOR nesting a bundle body needs (map, array of maps, array of bytes).
 const MAX_DEPTH: usize = 16;
 
@@ -63,6 +72,8 @@ pub enum BundleError {
     ForeignUniverse(Id32),
     #[error("this node is not in universe {0}")]
     NotInUniverse(Id32),
+    #[error("bundle refused before decoding: {0}")]
+    OverLimit(String),
 }
 
 /// The stream entries of one send group, contiguous from `from`.
@@ -123,6 +134,11 @@ pub struct ImportReport {
     pub waiting: usize,
     /// The bundle said it was cut at the size limit.
     pub truncated: bool,
+    /// Entries of send groups this node does not know (no Welcome for it
+    /// came, in the file or before): not kept beyond a small budget, and
+    /// not taken (`participant::held`).
+    #[serde(default)]
+    pub held: usize,
 }
 
 impl Bundle {
@@ -165,6 +181,7 @@ impl Bundle {
                 "checksum mismatch (the file was cut or changed after export)".into(),
             ));
         }
+        prescan(body)?;
         let b: Bundle = ciborium::de::from_reader_with_recursion_limit(body, MAX_DEPTH)
             .map_err(|e| BundleError::Corrupt(short(e)))?;
         b.check()?;
@@ -211,6 +228,24 @@ impl Bundle {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a body whose CBOR headers announce more than a bundle may hold
+/// (`cbor_scan`): what costs memory is refused before it is built.
+fn prescan(body: &[u8]) -> Result<(), BundleError> {
+    use crate::cbor_scan::{scan, Limits, ScanError};
+    let lim = Limits {
+        max_items: MAX_BUNDLE_ITEMS,
+        max_elements: MAX_BUNDLE_ENTRIES as u64,
+        max_depth: MAX_DEPTH,
+    };
+    match scan(body, &lim) {
+        Ok(_) => Ok(()),
+        Err(e @ (ScanError::TooManyItems(_) | ScanError::TooManyElements { .. })) => {
+            Err(BundleError::OverLimit(e.to_string()))
+        }
+        Err(e) => Err(BundleError::Corrupt(e.to_string())),
     }
 }
 
@@ -534,28 +569,41 @@ pub fn import(
         }
         Err(e) => tracing::debug!(error = %e, "bundle KeyPackage rejected"),
     }
-    let mut feed =
-        |p: &mut Participant, raw: &[u8], report: &mut ImportReport| match p.handle_incoming(raw) {
+    // Entries of groups we do not know yet come back `Held` (bounded, see
+    // `participant::held`), so a group whose Welcome waits for PSKs later
+    // in the file would lose its stream: they are fed again while a pass
+    // makes progress (a file has no peer to fetch the rest from).
+    let mut feed = |p: &mut Participant, raw: &[u8], report: &mut ImportReport| -> bool {
+        match p.handle_incoming(raw) {
             Ok(o) => {
                 report.accepted += 1;
                 outs.extend(o);
             }
             Err(e) if e.is_duplicate() => report.duplicate += 1,
+            Err(MmlsError::Held(_)) => return true,
             Err(e) => {
                 report.rejected += 1;
                 tracing::debug!(error = %e, "bundle entry rejected");
             }
-        };
-    for &(gi, i) in &welcomes {
-        feed(p, &b.groups[gi].entries[i], &mut report);
-    }
+        }
+        false
+    };
+    let mut order: Vec<(usize, usize)> = welcomes.iter().copied().collect();
     for (gi, run) in b.groups.iter().enumerate() {
-        for (i, raw) in run.entries.iter().enumerate() {
+        for i in 0..run.entries.len() {
             if !welcomes.contains(&(gi, i)) {
-                feed(p, raw, &mut report);
+                order.push((gi, i));
             }
         }
     }
+    for _ in 0..MAX_IMPORT_PASSES {
+        let before = report.accepted;
+        order.retain(|&(gi, i)| feed(p, &b.groups[gi].entries[i], &mut report));
+        if order.is_empty() || report.accepted == before {
+            break;
+        }
+    }
+    report.held = order.len();
     if let Some(u) = b.universe {
         if let Ok(st) = p.status(&u) {
             report.waiting = st.groups.iter().map(|g| g.buffered).sum();

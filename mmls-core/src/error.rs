@@ -36,6 +36,10 @@ pub enum MmlsError {
     #[error("an equal or newer statement about this device is already known")]
     StaleDeviceLink,
     #[error(
+        "device statement dated {at} ms, more than 10 minutes after this node's clock ({now} ms)"
+    )]
+    DeviceLinkFromFuture { at: u64, now: u64 },
+    #[error(
         "no linked device of user {0} is known here: its devices announce themselves on the \
          lobby once they run (`mmls device list` shows the ones heard of)"
     )]
@@ -79,6 +83,11 @@ pub enum MmlsError {
     Mls(String),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    #[error(
+        "entry of send group {0}, which no member we know owns (yet): held unverified, \
+         not relayed"
+    )]
+    Held(Id32),
     #[error("buffer for send group {0} is full")]
     BufferFull(Id32),
     #[error("message too large: {0} bytes (limit {1})")]

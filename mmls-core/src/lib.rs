@@ -7,6 +7,7 @@
 //! same code.
 
 pub mod bundle;
+mod cbor_scan;
 pub mod ciphersuites;
 pub mod devices;
 pub mod envelope;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod federation;
 pub mod id;
 pub mod identity;
+pub mod link;
 pub mod participant;
 pub mod profile;
 pub mod relay;

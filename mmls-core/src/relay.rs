@@ -22,7 +22,9 @@ pub enum Relay {
 /// The relay rule for the engine's result on one input. Lobby traffic for
 /// universes we are not in (Welcomes, rejoin requests of others) is
 /// forwarded: we cannot judge it, and its addressees may sit behind us.
-/// Duplicates are dropped (sync repairs stream entries); a re-announced
+/// Duplicates are dropped (sync repairs stream entries), and so are entries
+/// of send groups we do not know, held unverified (`MmlsError::Held`):
+/// nothing a stranger makes up is passed on. A re-announced
 /// KeyPackage is not a duplicate but a valid input (`Ok`), so it travels.
 pub fn relay<T>(r: &Result<T, MmlsError>, lobby: bool) -> Relay {
     use MmlsError as E;
@@ -38,6 +40,8 @@ pub fn relay<T>(r: &Result<T, MmlsError>, lobby: bool) -> Relay {
             | E::NotInGroup(_)
             | E::UnknownGroup(_)
             | E::UniverseNotReady(_)
+            | E::Held(_)
+            | E::DeviceLinkFromFuture { .. }
             | E::BufferFull(_)
             | E::Store(_)
             | E::Internal(_),
@@ -69,5 +73,9 @@ mod tests {
         assert_eq!(relay(&bad, true), Relay::Penalise);
         let busy: Result<(), MmlsError> = Err(MmlsError::BufferFull(Id32([0; 32])));
         assert_eq!(relay(&busy, false), Relay::Drop);
+        // Held unverified (a send group we do not know): never passed on.
+        let held: Result<(), MmlsError> = Err(MmlsError::Held(Id32([0; 32])));
+        assert_eq!(relay(&held, false), Relay::Drop);
+        assert_eq!(relay(&held, true), Relay::Drop);
     }
 }

@@ -17,10 +17,13 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
 /// The testkit steps sync rounds by hand ([`Net::sync_all`]), so a test
-/// says when peers compare summaries.
+/// says when peers compare summaries, and every round and connection
+/// sends in full (the repetition rules have their own tests).
 fn manual_rounds() -> SyncConfig {
     SyncConfig {
         round_interval_ms: None,
+        quiet_round_ms: 0,
+        repeat_push_ms: 0,
         ..SyncConfig::default()
     }
 }
@@ -234,6 +237,8 @@ impl Net {
                     self.drain(to);
                 }
             }
+            // Held (a group not known yet): not judged, so not refused.
+            Err(crate::MmlsError::Held(_)) => {}
             Err(e) => self.rejections[to].push(e.to_string()),
         }
     }

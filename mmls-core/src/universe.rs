@@ -26,9 +26,43 @@ pub struct UniverseDef {
     pub anchors: Vec<crate::federation::DomainAnchor>,
 }
 
-/// The payload of every application message, CBOR inside MLS.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The payload of every application message, CBOR inside MLS. A text, by
+/// far the most common, is written as a bare array `[seq, body]`; every
+/// other payload, and texts of older nodes (still read), as the externally
+/// tagged map `{"Text": {"seq": .., "body": ..}}` (`PayloadTagged`),
+/// which cost a short text 15 bytes of names on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
+    /// A user message with the sender's per-universe sequence number.
+    Text { seq: u64, body: ByteBuf },
+    /// Sent right after every Welcome: tells joiners which universe this
+    /// send group belongs to and who is in it.
+    Hello {
+        def: UniverseDef,
+        roster: Vec<MemberId>,
+        /// The roster's device-link statements, so that a joiner attributes
+        /// messages to users from the start (`participant/devices.rs`).
+        links: Vec<crate::devices::SignedDeviceLink>,
+    },
+    /// The owner's own earlier texts, re-sent after it re-added `to` (a
+    /// rejoin), with their original numbers; other members step over it.
+    Resend {
+        to: MemberId,
+        texts: Vec<(u64, ByteBuf)>,
+    },
+    /// The owner leaves the universe: every owner removes it.
+    Leave,
+    /// Device-link statements: the owner's own link (or unlink: it
+    /// leaves), or a device of the same user linked or unlinked, the add or
+    /// removal following in the owner's next commit.
+    Devices(Vec<crate::devices::SignedDeviceLink>),
+}
+
+/// [`Payload`] in its tagged form: how every payload but a text is
+/// written, and how older nodes wrote texts too.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Payload")]
+enum PayloadTagged {
     /// A user message with the sender's per-universe sequence number.
     Text { seq: u64, body: ByteBuf },
     /// Sent right after every Welcome: tells joiners which universe this
@@ -55,10 +89,63 @@ pub enum Payload {
     Devices(Vec<crate::devices::SignedDeviceLink>),
 }
 
+impl From<PayloadTagged> for Payload {
+    fn from(p: PayloadTagged) -> Payload {
+        match p {
+            PayloadTagged::Text { seq, body } => Payload::Text { seq, body },
+            PayloadTagged::Hello { def, roster, links } => Payload::Hello { def, roster, links },
+            PayloadTagged::Resend { to, texts } => Payload::Resend { to, texts },
+            PayloadTagged::Leave => Payload::Leave,
+            PayloadTagged::Devices(d) => Payload::Devices(d),
+        }
+    }
+}
+
+impl From<&Payload> for PayloadTagged {
+    fn from(p: &Payload) -> PayloadTagged {
+        match p.clone() {
+            Payload::Text { seq, body } => PayloadTagged::Text { seq, body },
+            Payload::Hello { def, roster, links } => PayloadTagged::Hello { def, roster, links },
+            Payload::Resend { to, texts } => PayloadTagged::Resend { to, texts },
+            Payload::Leave => PayloadTagged::Leave,
+            Payload::Devices(d) => PayloadTagged::Devices(d),
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Text { seq, body } => (seq, body).serialize(s),
+            other => PayloadTagged::from(other).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(u64, ByteBuf),
+            Tagged(PayloadTagged),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(seq, body) => Payload::Text { seq, body },
+            Stored::Tagged(t) => t.into(),
+        })
+    }
+}
+
 /// Authenticated data of every commit and application message (MLS
 /// authenticates but does not encrypt it, so receivers can check
 /// dependencies before they decrypt).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// Written as a CBOR array `[seq, deps, frontier, update]`, frontier
+/// entries as `[group, epoch, auth]` (`AadCompact`): the map with text
+/// keys older nodes wrote (still read) spent 20 of a text's 23 AAD bytes,
+/// and 20 of each frontier entry's, on names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Aad {
     /// The envelope's stream position, authenticated.
     pub seq: u64,
@@ -74,8 +161,70 @@ pub struct Aad {
     /// already went in) and would start a second wave of commits in every
     /// group. `None` (application messages, commits of older nodes): a
     /// commit with a path is an update, as before.
-    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub update: Option<bool>,
+}
+
+/// The AAD as older nodes wrote it: a map with text keys.
+#[derive(Serialize, Deserialize)]
+struct AadMap {
+    seq: u64,
+    deps: Vec<(Id32, u64)>,
+    frontier: Vec<FrontierEntry>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    update: Option<bool>,
+}
+
+/// The AAD as written now (see [`Aad`]).
+#[derive(Serialize, Deserialize)]
+struct AadCompact(
+    u64,
+    Vec<(Id32, u64)>,
+    Vec<(Id32, u64, ByteBuf)>,
+    Option<bool>,
+);
+
+impl Serialize for Aad {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let frontier = self
+            .frontier
+            .iter()
+            .map(|f| (f.group, f.epoch, ByteBuf::from(f.auth.to_vec())))
+            .collect();
+        AadCompact(self.seq, self.deps.clone(), frontier, self.update).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Aad {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Compact(AadCompact),
+            Map(AadMap),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Map(m) => Aad {
+                seq: m.seq,
+                deps: m.deps,
+                frontier: m.frontier,
+                update: m.update,
+            },
+            Stored::Compact(AadCompact(seq, deps, frontier, update)) => Aad {
+                seq,
+                deps,
+                frontier: frontier
+                    .into_iter()
+                    .map(|(group, epoch, auth)| {
+                        let auth = <[u8; 8]>::try_from(auth.as_slice()).map_err(|_| {
+                            serde::de::Error::custom("a frontier authenticator is 8 bytes")
+                        })?;
+                        Ok(FrontierEntry { group, epoch, auth })
+                    })
+                    .collect::<Result<_, D::Error>>()?,
+                update,
+            },
+        })
+    }
 }
 
 impl Aad {
@@ -181,8 +330,65 @@ mod aad_tests {
         assert_eq!(aad.update, None);
         assert!(aad.is_mmls_update(true));
         assert!(!aad.is_mmls_update(false));
-        // A message's AAD is byte for byte what older nodes wrote and read.
-        assert_eq!(to_cbor(&aad), old);
+        // Written compact now, and read back the same.
+        let compact = to_cbor(&aad);
+        assert!(
+            compact.len() + 15 < old.len(),
+            "{} vs {}",
+            compact.len(),
+            old.len()
+        );
+        assert_eq!(from_cbor::<Aad>(&compact).unwrap(), aad);
+    }
+
+    /// An AAD with every field, in both encodings; a text payload in both.
+    #[test]
+    fn compact_and_legacy_encodings_read_the_same() {
+        let aad = Aad {
+            seq: 300,
+            deps: vec![(Id32([1; 32]), 4)],
+            frontier: vec![FrontierEntry {
+                group: Id32([2; 32]),
+                epoch: 9,
+                auth: [7; 8],
+            }],
+            update: Some(false),
+        };
+        let legacy = to_cbor(&AadMap {
+            seq: aad.seq,
+            deps: aad.deps.clone(),
+            frontier: aad.frontier.clone(),
+            update: aad.update,
+        });
+        let compact = to_cbor(&aad);
+        assert_eq!(from_cbor::<Aad>(&legacy).unwrap(), aad);
+        assert_eq!(from_cbor::<Aad>(&compact).unwrap(), aad);
+        assert!(compact.len() + 30 < legacy.len());
+        // A 7-byte authenticator is refused.
+        let bad = to_cbor(&AadCompact(
+            1,
+            vec![],
+            vec![(Id32([2; 32]), 9, ByteBuf::from(vec![7; 7]))],
+            None,
+        ));
+        assert!(from_cbor::<Aad>(&bad).is_err());
+
+        let text = Payload::Text {
+            seq: 5,
+            body: ByteBuf::from(vec![b'x'; 100]),
+        };
+        let legacy = to_cbor(&PayloadTagged::from(&text));
+        let compact = to_cbor(&text);
+        assert_eq!(from_cbor::<Payload>(&legacy).unwrap(), text);
+        assert_eq!(from_cbor::<Payload>(&compact).unwrap(), text);
+        assert_eq!(legacy.len() - compact.len(), 15);
+        // Other payloads keep the tagged form.
+        assert_eq!(to_cbor(&Payload::Leave), to_cbor(&PayloadTagged::Leave));
+        assert_eq!(
+            from_cbor::<Payload>(&to_cbor(&Payload::Leave)).unwrap(),
+            Payload::Leave
+        );
+        assert!(from_cbor::<Payload>(&to_cbor(&(1u64, 2u64))).is_err());
     }
 
     #[test]

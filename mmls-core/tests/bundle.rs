@@ -186,6 +186,44 @@ fn reimporting_a_bundle_changes_nothing() {
     assert_eq!(testkit::logged_texts(&b.p, &uid), ["once"]);
 }
 
+/// A bundle written before envelope version 2 holds version-1 envelopes:
+/// it still imports, and the same entries in version 2 afterwards (another
+/// export of the same streams) are duplicates, delivered once.
+#[test]
+fn a_bundle_of_version_1_envelopes_imports_and_dedupes_against_version_2() {
+    let (mut a, mut b, uid) = islands();
+    for t in ["old 1", "old 2"] {
+        let (_, o) = a.p.send(&uid, t.as_bytes()).unwrap();
+        a.absorb(o);
+    }
+    let v2_file = a.export(&uid, None);
+    let mut old = Bundle::decode(&v2_file).unwrap();
+    let to_v1 = |raw: &[u8]| {
+        let e = mmls_core::Envelope::decode(raw).expect("exported entries decode");
+        let v1 = e.encode_v1();
+        assert!(v1.len() > raw.len(), "version 1 is the larger encoding");
+        serde_bytes::ByteBuf::from(v1)
+    };
+    old.key_package = to_v1(&old.key_package);
+    for run in &mut old.groups {
+        for entry in &mut run.entries {
+            *entry = to_v1(entry);
+        }
+    }
+    let v1_file = old.encode();
+    assert_ne!(v1_file, v2_file);
+    let r = b.import(&v1_file).expect("a version-1 bundle imports");
+    assert!(r.key_package_ok, "{r:?}");
+    assert!(r.accepted >= 2 && r.rejected == 0, "{r:?}");
+    assert_eq!(b.texts_from(a.p.me()), ["old 1", "old 2"]);
+    let before: View = view(&mut b.p, &uid);
+    let again = b.import(&v2_file).unwrap();
+    assert_eq!((again.accepted, again.rejected), (0, 0), "{again:?}");
+    assert_eq!(again.duplicate, old.entries());
+    assert_eq!(view(&mut b.p, &uid), before);
+    assert_eq!(testkit::logged_texts(&b.p, &uid), ["old 1", "old 2"]);
+}
+
 #[test]
 fn damaged_and_foreign_bundles_are_typed_errors_that_change_nothing() {
     let (mut a, mut b, uid) = islands();

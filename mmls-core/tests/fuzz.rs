@@ -308,6 +308,35 @@ fn encode(v: &Value) -> Vec<u8> {
     out
 }
 
+/// Sets field `name` of an envelope map of either version: by its text key
+/// in a version-1 map, by its number (its place in `FIELDS`) in a
+/// version-2 one, where a new key goes in key order so that the edit is
+/// all that is wrong with it.
+fn set_field(m: &mut Vec<(Value, Value)>, name: &str, val: Value) {
+    let v2 = m.iter().any(|(k, _)| *k == Value::Integer(0.into()));
+    if !v2 {
+        match m.iter_mut().find(|(key, _)| key.as_text() == Some(name)) {
+            Some((_, slot)) => *slot = val,
+            None => m.push((Value::Text(name.to_string()), val)),
+        }
+        return;
+    }
+    let code = FIELDS
+        .iter()
+        .position(|f| *f == name)
+        .unwrap_or(FIELDS.len()) as u64;
+    let key = Value::Integer(code.into());
+    if let Some((_, slot)) = m.iter_mut().find(|(k, _)| *k == key) {
+        *slot = val;
+        return;
+    }
+    let at = m
+        .iter()
+        .position(|(k, _)| k.as_integer().and_then(|i| u64::try_from(i).ok()) > Some(code))
+        .unwrap_or(m.len());
+    m.insert(at, (key, val));
+}
+
 /// A seed envelope, decoded as a CBOR map and edited field by field.
 fn structured_envelope(seeds: &'static [Vec<u8>]) -> impl Strategy<Value = Vec<u8>> {
     (0..seeds.len(), prop::collection::vec(field_edit(), 1..4)).prop_map(move |(i, edits)| {
@@ -321,12 +350,7 @@ fn structured_envelope(seeds: &'static [Vec<u8>]) -> impl Strategy<Value = Vec<u
                     let n = m.len();
                     m.remove(i % n);
                 }
-                FieldEdit::Set(k, val) => {
-                    match m.iter_mut().find(|(key, _)| key.as_text() == Some(k)) {
-                        Some((_, slot)) => *slot = val,
-                        None => m.push((Value::Text(k.to_string()), val)),
-                    }
-                }
+                FieldEdit::Set(k, val) => set_field(&mut m, k, val),
                 FieldEdit::Duplicate(i) if !m.is_empty() => {
                     let n = m.len();
                     let kv = m[i % n].clone();
@@ -360,7 +384,12 @@ fn cbor_bombs() -> impl Strategy<Value = Vec<u8>> {
             prop::sample::select(vec![15usize, 16, 17, 33, 1000, 100_000]),
         )
             .prop_map(|(unit, n)| {
-                let mut b = vec![0xa1, 0x61, b'v'];
+                // under a version-1 key ("v") or a version-2 one (0)
+                let mut b = if n % 2 == 0 {
+                    vec![0xa1, 0x61, b'v']
+                } else {
+                    vec![0xa1, 0x00]
+                };
                 for _ in 0..n {
                     b.extend_from_slice(&unit);
                 }
@@ -410,8 +439,18 @@ fn envelope_input(seeds: &'static [Vec<u8>]) -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
+/// What the universe published (version 2), and the same envelopes in
+/// version 1, as old logs and older peers hold them.
 fn envelope_seeds() -> &'static [Vec<u8>] {
-    &fixture().corpus
+    static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let corpus = &fixture().corpus;
+        let v1 = corpus
+            .iter()
+            .filter_map(|b| mmls_core::Envelope::decode(b).ok())
+            .map(|e| e.encode_v1());
+        corpus.iter().cloned().chain(v1).collect()
+    })
 }
 
 fn sync_seeds() -> &'static [Vec<u8>] {
@@ -710,18 +749,21 @@ fn regression_error_text_cut_inside_a_character() {
     let server = fx.restore(0);
     for pad in 0..3 {
         let text = format!("{}{}", "x".repeat(pad), "€".repeat(120));
-        // Envelope::decode: a text where bytes belong.
-        let mut v: Value = ciborium::from_reader(fx.corpus[0].as_slice()).expect("CBOR");
-        let Value::Map(m) = &mut v else {
-            panic!("an envelope is a map")
-        };
-        m.retain(|(k, _)| k.as_text() != Some("sig"));
-        m.push((Value::Text("sig".into()), Value::Text(text.clone())));
-        let bytes = encode(&v);
-        assert!(matches!(
-            check_envelope(&bytes),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        // Envelope::decode: a text where bytes belong, in either version.
+        let first = mmls_core::Envelope::decode(&fx.corpus[0]).expect("a seed decodes");
+        for seed in [fx.corpus[0].clone(), first.encode_v1()] {
+            let v: Value = ciborium::from_reader(seed.as_slice()).expect("CBOR");
+            let Value::Map(mut m) = v else {
+                panic!("an envelope is a map")
+            };
+            m.retain(|(k, _)| k.as_text() != Some("sig") && *k != Value::Integer(10.into()));
+            set_field(&mut m, "sig", Value::Text(text.clone()));
+            let bytes = encode(&Value::Map(m));
+            assert!(matches!(
+                check_envelope(&bytes),
+                Err(EnvelopeError::Malformed(_))
+            ));
+        }
         // SyncMessage::decode: a text where a universe id belongs.
         let sync = encode(&Value::Map(vec![(
             Value::Text("Fetch".into()),

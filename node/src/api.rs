@@ -704,6 +704,14 @@ async fn status(State(s): State<ApiState>) -> ApiResult<types::Status> {
         store_bytes: st.store_bytes,
         rejected_inputs: st.rejected_inputs,
         queued_publishes: st.queued_publishes,
+        links: st
+            .links
+            .iter()
+            .map(|(p, l)| types::Link {
+                peer_id: p.to_string(),
+                status: l.clone(),
+            })
+            .collect(),
     }))
 }
 

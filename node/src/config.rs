@@ -51,13 +51,15 @@ pub struct Timing {
     /// this long (mDNS itself forgets it after its record's TTL, 6 min, and
     /// finds it again only at a later query).
     pub forget_after: Duration,
-    /// Every connection is pinged this often ...
+    /// Every connection is pinged this often (a pong is also a round-trip
+    /// sample for the link policy) ...
     pub ping_interval: Duration,
-    /// ... and closed when a ping is not answered within this delay. A
-    /// TCP connection over a dead link otherwise stays open for minutes
-    /// while the kernel backs off its retransmissions, and everything sent
-    /// into it waits for the next one after the link returns. Raise it on
-    /// slow radio links where a busy connection can delay a ping longer.
+    /// ... and closed after `ping_interval + ping_timeout` of silence at
+    /// least: the link policy (`mmls_core::link`) waits longer where the
+    /// measured round trip or what we queued explain the silence, so a
+    /// slow radio is told from a dead link. A TCP connection over a dead
+    /// link otherwise stays open for minutes while the kernel backs off
+    /// its retransmissions.
     pub ping_timeout: Duration,
     /// A dial (connect plus handshakes) that has not finished by then is
     /// given up.
@@ -79,12 +81,26 @@ impl Default for Timing {
             sync_interval: Duration::from_secs(5),
             redial_interval: Duration::from_millis(500),
             forget_after: Duration::from_secs(3600),
-            ping_interval: Duration::from_secs(1),
-            ping_timeout: Duration::from_secs(2),
-            dial_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(2),
+            ping_timeout: Duration::from_secs(1),
+            // Connect, Noise and Yamux take several round trips, each up to
+            // seconds on a loaded radio link.
+            dial_timeout: Duration::from_secs(20),
             republish_interval: Duration::from_secs(1),
             key_package_wait: Duration::from_secs(10),
             request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Timing {
+    /// The link policy these timings set.
+    pub fn link_config(&self) -> mmls_core::link::LinkConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        mmls_core::link::LinkConfig {
+            ping_interval_ms: ms(self.ping_interval),
+            min_silence_ms: ms(self.ping_interval + self.ping_timeout),
+            ..mmls_core::link::LinkConfig::default()
         }
     }
 }

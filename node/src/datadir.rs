@@ -11,6 +11,11 @@
 //! DIR/api.token      local API bearer token, 32 random bytes as hex (0600)
 //! DIR/api.addr       the API's bound address while the node runs
 //! ```
+//!
+//! The directory is private: mode 0700, every file in it 0600 (created so,
+//! and tightened at every `init` and `open`, so a data dir made by an older
+//! version, or copied with a loose umask, is fixed on start). It holds the
+//! identity key, MLS secrets, PSKs and the texts received and sent.
 
 use crate::error::NodeError;
 use mmls_core::devices::UserKey;
@@ -77,6 +82,7 @@ impl DataDir {
         let d = DataDir {
             path: dir.to_path_buf(),
         };
+        d.tighten()?;
         if d.file(IDENTITY_FILE).exists() {
             return Err(NodeError::IdentityExists(dir.to_path_buf()));
         }
@@ -108,7 +114,21 @@ impl DataDir {
         if !d.file(IDENTITY_FILE).exists() {
             return Err(NodeError::NoIdentity(dir.to_path_buf()));
         }
+        d.tighten()?;
         Ok(d)
+    }
+
+    /// Makes the directory 0700 and every file in it 0600. Nothing else
+    /// on the machine may read the store: it holds every text in clear and
+    /// the MLS secrets.
+    #[cfg(unix)]
+    pub fn tighten(&self) -> Result<(), NodeError> {
+        tighten_tree(&self.path)
+    }
+
+    #[cfg(not(unix))]
+    pub fn tighten(&self) -> Result<(), NodeError> {
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -227,7 +247,11 @@ impl DataDir {
     /// corrupt file or one held by another process.
     pub fn open_store(&self) -> Result<Store, NodeError> {
         let path = self.file(STORE_FILE);
-        Store::open(&path).map_err(|e| store_error(&path, MmlsError::Store(e)))
+        let store = Store::open(&path).map_err(|e| store_error(&path, MmlsError::Store(e)))?;
+        // redb creates it with the umask's mode (the 0700 directory already
+        // kept others out meanwhile).
+        set_mode(&path, 0o600)?;
+        Ok(store)
     }
 
     /// The API token, created (random 32 bytes, hex, mode 0600) if missing.
@@ -286,6 +310,40 @@ pub(crate) fn store_error(path: &Path, e: MmlsError) -> NodeError {
     }
 }
 
+/// `dir` 0700 and every regular file in it 0600. The node's files all sit
+/// at the top; subdirectories (none of ours) and symlinks are left alone,
+/// not followed: a data dir pointed at a shared folder by mistake must not
+/// get its whole tree rewritten.
+#[cfg(unix)]
+fn tighten_tree(dir: &Path) -> Result<(), NodeError> {
+    set_mode(dir, 0o700)?;
+    for entry in fs::read_dir(dir).map_err(|e| NodeError::io(dir, e))? {
+        let entry = entry.map_err(|e| NodeError::io(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| NodeError::io(&path, e))?;
+        if kind.is_file() {
+            set_mode(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path`'s permission bits if they differ (Unix; elsewhere nothing).
+fn set_mode(path: &Path, mode: u32) -> Result<(), NodeError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::symlink_metadata(path).map_err(|e| NodeError::io(path, e))?;
+        if meta.permissions().mode() & 0o777 != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(|e| NodeError::io(path, e))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 /// Writes a file atomically (temp file + rename), mode 0600 on Unix.
 pub(crate) fn write_private(path: &Path, data: &[u8], create_new: bool) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
@@ -335,6 +393,59 @@ mod tests {
                 let mode = fs::metadata(d.file(f)).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
+        }
+    }
+
+    /// The data dir is 0700 and every file in it 0600: as created, and an
+    /// older, loose one (0755 dir, 0644 files) is tightened on open.
+    #[cfg(unix)]
+    #[test]
+    fn the_data_dir_is_private_and_a_loose_one_is_tightened_on_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let d = DataDir::init(&dir, "alice").unwrap();
+        drop(d.open_store().unwrap());
+        d.write_api_addr("127.0.0.1:9".parse().unwrap()).unwrap();
+        let mut own = crate::own::OwnIndex::load(&dir);
+        own.record(
+            mmls_core::Id32([1; 32]),
+            1,
+            crate::own::SentMeta {
+                stream_seq: 1,
+                epoch: 1,
+                at: 1,
+                seen: None,
+            },
+        );
+        let files = [
+            IDENTITY_FILE,
+            NODE_FILE,
+            TOKEN_FILE,
+            STORE_FILE,
+            ADDR_FILE,
+            crate::own::SENT_INDEX_FILE,
+        ];
+        assert_eq!(mode(&dir), 0o700);
+        for f in files {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        // As an older version (or a loose umask) left it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        for f in files {
+            fs::set_permissions(dir.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::write(dir.join(crate::names::CONTACTS_FILE), b"{}").unwrap();
+        fs::set_permissions(
+            dir.join(crate::names::CONTACTS_FILE),
+            fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let d = DataDir::open(&dir).unwrap();
+        assert_eq!(mode(d.path()), 0o700);
+        for f in files.iter().chain(&[crate::names::CONTACTS_FILE]) {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }
     }
 

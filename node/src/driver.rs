@@ -14,15 +14,16 @@
 
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::liveness::Liveness;
+use crate::meter::Meter;
 use crate::redial::{Redial, Target};
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{core::ConnectedPoint, identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use mmls_core::link::{Admit, Dialer, LinkAction, LinkStatus, Links};
 use mmls_core::sync::{Action, RequestId, SyncAgent, SyncConfig, SyncError, SyncMessage};
 use mmls_core::{
     Delivered, Event, ExportReport, Id32, ImportReport, MemberId, MmlsError, Output, Participant,
@@ -35,6 +36,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// A job run on the driver task with exclusive access to it (the API
 /// handle's commands: each one replies through a oneshot it captured).
 pub(crate) type Command = Box<dyn FnOnce(&mut Driver) + Send>;
+
+/// Round trips of a connection's handshakes (transport, Noise, muxer) as
+/// the driver counts them to turn the time they took into a round trip.
+const HANDSHAKE_ROUND_TRIPS: u64 = 3;
 
 /// Non-stream gossip (announcements, requests) waits this long at most.
 const LOBBY_QUEUE_TTL: Duration = Duration::from_secs(60);
@@ -70,6 +75,9 @@ pub struct NodeStatus {
     /// this node (rate limits, malformed sync, since start).
     pub rejected_inputs: u64,
     pub queued_publishes: usize,
+    /// How each peer's link is doing (connected peers, and those waiting
+    /// to be dialled again).
+    pub links: Vec<(PeerId, LinkStatus)>,
 }
 
 #[derive(Default)]
@@ -140,7 +148,12 @@ pub(crate) struct Driver {
     pub(crate) peers: BTreeMap<PeerId, PeerState>,
     buckets: HashMap<PeerId, Buckets>,
     redial: Redial,
-    liveness: Liveness,
+    /// The link policy (`mmls_core::link`): liveness, one connection per
+    /// peer, redial backoff; fed by `meter`'s byte counts and pongs.
+    links: Links<PeerId, ConnectionId>,
+    meter: Meter,
+    /// Peers that do not speak ping: never judged silent (we cannot tell).
+    no_ping: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
     node_rejected: u64,
     /// Names, own-send index, receipts and last-seen (`views.rs`).
@@ -154,6 +167,7 @@ pub(crate) struct Driver {
 
 pub(crate) struct DriverParts {
     pub swarm: Swarm<Behaviour>,
+    pub meter: Meter,
     pub participant: Participant,
     pub cfg: Config,
     pub name: String,
@@ -201,7 +215,9 @@ impl Driver {
             peers: BTreeMap::new(),
             buckets: HashMap::new(),
             redial,
-            liveness: Liveness::new(t.ping_interval, t.ping_timeout),
+            links: Links::new(peer_id, t.link_config()),
+            meter: parts.meter,
+            no_ping: HashSet::new(),
             blocked: HashSet::new(),
             node_rejected: 0,
             ux: parts.ux,
@@ -649,38 +665,69 @@ impl Driver {
                 connection,
                 result,
             })) => match result {
-                Ok(_) => self.liveness.pong(connection, Instant::now()),
-                // Not dead, only older: never closed for missing pings.
-                Err(ping::Failure::Unsupported) => self.liveness.unsupported(connection),
-                Err(error) => {
-                    tracing::info!(%peer, %error, "ping failed: closing the connection");
-                    self.liveness.closed(connection);
-                    self.swarm.close_connection(connection);
+                Ok(rtt) => {
+                    if self.links.connection(&peer) == Some(&connection) {
+                        self.links.pong(&peer, rtt.as_millis() as u64, now_ms());
+                    }
                 }
+                // Not dead, only older: never closed for missing pings.
+                Err(ping::Failure::Unsupported) => {
+                    self.no_ping.insert(peer);
+                }
+                // Late or failed pings alone close nothing: the link
+                // policy judges silence on every byte the peer sends.
+                Err(error) => tracing::debug!(%peer, %error, "ping failed"),
             },
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 num_established,
+                established_in,
                 ..
             } => {
-                let st = self.peers.entry(peer_id).or_default();
-                st.conn_addrs.insert(endpoint.get_remote_address().clone());
                 self.redial.ended(connection_id);
-                self.liveness.opened(connection_id, peer_id, Instant::now());
                 let dialled = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => Some(address),
                     ConnectedPoint::Listener { .. } => None,
                 };
                 self.redial.connected(peer_id, dialled, Instant::now());
+                let dialer = if dialled.is_some() {
+                    Dialer::Us
+                } else {
+                    Dialer::Them
+                };
+                // One connection per peer: both ends keep the same one, so
+                // the handshakes and the summary exchange run once.
+                match self
+                    .links
+                    .connected(peer_id, connection_id, dialer, now_ms())
+                {
+                    Admit::Duplicate => {
+                        tracing::debug!(peer = %peer_id, connection = %connection_id, "duplicate connection: closed");
+                        self.swarm.close_connection(connection_id);
+                        return;
+                    }
+                    Admit::Replaces(old) => {
+                        tracing::debug!(peer = %peer_id, connection = %connection_id, old = %old, "new connection replaces the old one");
+                        self.swarm.close_connection(old);
+                    }
+                    Admit::First => {}
+                }
+                // The handshakes took a few round trips: the first sample
+                // of the link's round trip, before any pong (a new
+                // connection over a loaded radio must not be judged by a
+                // LAN's allowance).
+                let rtt = established_in.as_millis() as u64 / HANDSHAKE_ROUND_TRIPS;
+                self.links.pong(&peer_id, rtt, now_ms());
+                let st = self.peers.entry(peer_id).or_default();
+                st.conn_addrs.insert(endpoint.get_remote_address().clone());
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                 }
-                // On every new connection, not only the first: an older one
-                // may be dead and not yet noticed (its pings still pending).
-                // The agent sends our summaries, and to a new peer also our
-                // KeyPackage and those it relays.
+                // On the connection kept, first or replacing one that was
+                // likely dead: the agent sends our summaries, and to a new
+                // peer also our KeyPackage and those it relays.
                 // A member is its PeerId: KeyPackage requests for it go to
                 // it directly, and its own must name it.
                 if let Some(m) = MemberId::from_peer_id_bytes(&peer_id.to_bytes()) {
@@ -696,11 +743,12 @@ impl Driver {
                 num_established,
                 ..
             } => {
-                self.liveness.closed(connection_id);
+                self.links.closed(&peer_id, &connection_id, now_ms());
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.peers.remove(&peer_id);
                     self.buckets.remove(&peer_id);
+                    self.no_ping.remove(&peer_id);
                     self.sync.peer_disconnected(&peer_id, now_ms());
                     self.drain();
                 } else if let Some(st) = self.peers.get_mut(&peer_id) {
@@ -746,7 +794,6 @@ impl Driver {
                 message_id,
                 message,
             } => {
-                self.liveness.heard(propagation_source, Instant::now());
                 if !self.gossip_token(propagation_source) {
                     self.node_rejected += 1;
                     self.swarm
@@ -804,7 +851,6 @@ impl Driver {
 
     fn on_sync(&mut self, e: request_response::Event<SyncMessage, SyncMessage>) {
         if let request_response::Event::Message { peer, .. } = &e {
-            self.liveness.heard(*peer, Instant::now());
             self.ux.seen_peer(peer);
         }
         match e {
@@ -876,22 +922,37 @@ impl Driver {
 
     // ----------------------------------------------------------- dialling --
 
-    /// Closes the connections whose pings went unanswered (see
-    /// [`Liveness`]): over a dead link the close is local and immediate, and
-    /// the peer is re-dialled from then on.
+    /// Feeds the bytes each peer moved to the link policy, and closes the
+    /// connections it judges silent (over a dead link the close is local
+    /// and immediate, and the peer is re-dialled from then on).
     fn close_dead(&mut self) {
-        for (c, peer) in self.liveness.dead(Instant::now()) {
-            tracing::info!(%peer, connection = %c, "no answer to pings: closing the connection");
-            self.swarm.close_connection(c);
+        let now = now_ms();
+        for m in self.meter.take() {
+            self.links.received(&m.peer, m.received, now);
+            self.links.sent(&m.peer, m.sent);
+        }
+        for p in &self.no_ping {
+            self.links.received(p, 1, now);
+        }
+        self.links.handle_timeout(now);
+        while let Some(a) = self.links.poll_action() {
+            match a {
+                LinkAction::Close { peer, conn, reason } => {
+                    let allowance = self.links.config().min_silence_ms;
+                    tracing::info!(%peer, connection = %conn, ?reason, min_silence_ms = allowance, "peer silent past its allowance: closing the connection");
+                    self.swarm.close_connection(conn);
+                }
+            }
         }
     }
 
     /// Dials the known peers that are not connected and are due (see
     /// [`Redial`]: one dial per peer per `redial_interval`).
     fn redial(&mut self) {
-        let (peers, blocked, me) = (&self.peers, &self.blocked, self.peer_id);
+        let (peers, blocked, me, links) = (&self.peers, &self.blocked, self.peer_id, &self.links);
+        let now = now_ms();
         let due = self.redial.due(Instant::now(), |p| {
-            peers.contains_key(p) || blocked.contains(p) || *p == me
+            peers.contains_key(p) || blocked.contains(p) || *p == me || !links.may_dial(p, now)
         });
         for d in due {
             let opts = match &d.target {
@@ -915,6 +976,7 @@ impl Driver {
     fn gc(&mut self) {
         let peers = &self.peers;
         self.buckets.retain(|p, _| peers.contains_key(p));
+        self.links.gc(now_ms());
     }
 
     fn engine<T>(&mut self, r: Result<(T, Vec<Output>), MmlsError>) -> Result<T, NodeError> {
@@ -1129,6 +1191,7 @@ impl Driver {
             store_bytes: self.p.store().approx_size_bytes(),
             rejected_inputs: self.p.rejected_inputs() + self.node_rejected,
             queued_publishes: self.queue.len(),
+            links: self.links.statuses(now_ms()),
         }
     }
 

@@ -101,7 +101,7 @@ impl NodeError {
         match self {
             NodeError::Engine(e) => engine_status(e),
             NodeError::Bundle(BundleError::NotInUniverse(_)) => 404,
-            NodeError::Bundle(BundleError::TooLarge(_)) => 413,
+            NodeError::Bundle(BundleError::TooLarge(_) | BundleError::OverLimit(_)) => 413,
             NodeError::Bundle(_) | NodeError::InvalidInput(_) => 400,
             NodeError::Timeout(_) | NodeError::Stopped => 503,
             NodeError::IdentityExists(_) | NodeError::OtherUser(_) => 409,
@@ -119,6 +119,7 @@ fn bundle_code(e: &BundleError) -> &'static str {
         BundleError::Corrupt(_) => "corrupt_bundle",
         BundleError::ForeignUniverse(_) => "foreign_universe",
         BundleError::NotInUniverse(_) => "not_in_universe",
+        BundleError::OverLimit(_) => "bundle_over_limit",
     }
 }
 
@@ -135,6 +136,7 @@ fn engine_code(e: &MmlsError) -> &'static str {
         MmlsError::NotAdmin => "not_admin",
         MmlsError::UnknownUser(_) => "unknown_user",
         MmlsError::StaleDeviceLink => "stale_device_link",
+        MmlsError::DeviceLinkFromFuture { .. } => "device_link_from_future",
         MmlsError::MissingKeyPackage(_) => "missing_key_package",
         MmlsError::NoMembers => "no_members",
         MmlsError::TooLarge(..) => "too_large",

@@ -67,7 +67,8 @@ impl Node {
             Participant::open(identity, store, config.engine.clone(), now_ms())
                 .map_err(|e| store_error(&dd.file(STORE_FILE), e))?;
 
-        let mut swarm = swarm::build(key, &config)?;
+        let meter = crate::meter::Meter::default();
+        let mut swarm = swarm::build_metered(key, &config, &meter)?;
         for a in &config.listen {
             swarm
                 .listen_on(a.clone())
@@ -90,6 +91,7 @@ impl Node {
         let driver = Driver::new(DriverParts {
             ux,
             swarm,
+            meter,
             participant,
             cfg: config.clone(),
             name: info.name.clone(),

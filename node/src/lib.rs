@@ -23,7 +23,7 @@ pub mod datadir;
 mod driver;
 pub mod error;
 mod handle;
-mod liveness;
+mod meter;
 pub mod names;
 pub mod offline;
 mod own;

@@ -28,11 +28,16 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Most contacts kept (announced plus nicknames): a bound on the file.
 const MAX_CONTACTS: usize = 10_000;
 
-/// A name cleaned for display: control characters dropped, whitespace
-/// trimmed, at most `MAX_NAME_BYTES`. None if nothing is left.
+/// A name cleaned for display: control characters (Cc) and format
+/// characters (Cf: bidi overrides and isolates such as U+202E, zero-width
+/// spaces and joiners, U+FEFF) dropped, whitespace trimmed, at most
+/// `MAX_NAME_BYTES`. None if nothing is left. Format characters are
+/// invisible or reorder what follows: "Alice" with a zero-width space in
+/// it looks like Alice and is another name, and a right-to-left override
+/// makes a name read as something else.
 pub fn clean_name(s: &str) -> Option<String> {
     let mut out = String::new();
-    for c in s.chars().filter(|c| !c.is_control()) {
+    for c in s.chars().filter(|c| !c.is_control() && !is_format(*c)) {
         if out.len() + c.len_utf8() > MAX_NAME_BYTES {
             break;
         }
@@ -40,6 +45,12 @@ pub fn clean_name(s: &str) -> Option<String> {
     }
     let t = out.trim();
     (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Whether `c` is a Unicode format character (general category Cf).
+fn is_format(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format
 }
 
 /// The body of a name announcement.
@@ -96,6 +107,17 @@ impl Names {
                 ContactsFile::default()
             }),
             Err(_) => ContactsFile::default(),
+        };
+        // Names stored before format characters were stripped are cleaned
+        // as they are read (and an unusable one dropped).
+        let clean = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.into_iter()
+                .filter_map(|(k, v)| clean_name(&v).map(|v| (k, v)))
+                .collect()
+        };
+        let file = ContactsFile {
+            nicknames: clean(file.nicknames),
+            announced: clean(file.announced),
         };
         Names { path, file }
     }
@@ -203,6 +225,41 @@ mod tests {
         let n = clean_name(&long).unwrap();
         assert!(n.len() <= MAX_NAME_BYTES && n.chars().all(|c| c == 'é'));
         assert_eq!(clean_name(" \t\n"), None);
+    }
+
+    /// Bidi and format characters (Unicode Cf) are stripped where names
+    /// come in: announced, set as nicknames, and read from an older file.
+    #[test]
+    fn bidi_and_format_characters_are_stripped() {
+        for (raw, clean) in [
+            ("Al\u{200B}ice", "Alice"),
+            ("\u{202E}ecilA", "ecilA"),
+            ("\u{2066}Alice\u{2069}", "Alice"),
+            ("\u{FEFF}Alice\u{200D}\u{200C}\u{200E}\u{200F}", "Alice"),
+            ("\u{202A}\u{202B}\u{202C}\u{202D}Bob\u{2067}\u{2068}", "Bob"),
+            ("Ali\u{00AD}ce\u{2060}", "Alice"),
+            ("Zoë 🙂 李", "Zoë 🙂 李"),
+        ] {
+            assert_eq!(clean_name(raw).as_deref(), Some(clean), "{raw:?}");
+            let b = announcement(raw);
+            assert_eq!(parse_announcement(&b).as_deref(), Some(clean));
+        }
+        assert_eq!(clean_name("\u{200B}\u{202E}\u{FEFF}"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let m = MemberId::parse("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA").unwrap();
+        let mut n = Names::load(dir.path());
+        n.announced(&m, "Al\u{200B}ice");
+        assert_eq!(n.display(&m).as_deref(), Some("Alice"));
+        assert!(n.set_nickname(&m, Some("\u{202E}\u{200B}")).is_err());
+        n.set_nickname(&m, Some("\u{2067}Bob")).unwrap();
+        assert_eq!(n.display(&m).as_deref(), Some("Bob"));
+        // A file written before the rule.
+        let old = format!(r#"{{"nicknames":{{}},"announced":{{"{m}":"A\u202Elice"}}}}"#);
+        std::fs::write(dir.path().join(CONTACTS_FILE), old).unwrap();
+        assert_eq!(
+            Names::load(dir.path()).display(&m).as_deref(),
+            Some("Alice")
+        );
     }
 
     #[test]

@@ -99,9 +99,15 @@ impl OwnIndex {
 
     pub fn record(&mut self, u: Id32, seq: u64, meta: SentMeta) {
         self.map.insert((u, seq), meta);
-        let r = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            // What we sent, and when: private like the rest of the data dir.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let r = opts
             .open(&self.path)
             .and_then(|mut f| f.write_all(line(&u, seq, &meta).as_bytes()));
         if let Err(e) = r {

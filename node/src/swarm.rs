@@ -4,11 +4,15 @@
 
 use crate::config::Config;
 use crate::error::NodeError;
+use crate::meter::Meter;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::upgrade;
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::Transport;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise, ping,
+    allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise, ping, quic,
     request_response, tcp, yamux, StreamProtocol, Swarm,
 };
 use mmls_core::envelope::MAX_ENVELOPE_BYTES;
@@ -29,9 +33,20 @@ pub const MAX_SYNC_BYTES: usize = MAX_FETCH_BYTES + 4096;
 /// leaves a peer whose address changed unseen for minutes; a query is one
 /// small multicast packet.
 pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(30);
+/// Envelopes at least this large are announced with IDONTWANT to the
+/// mesh when received (a text envelope is ~300 B, a commit more).
+pub const IDONTWANT_THRESHOLD: usize = 200;
 /// Gossip frames carry an envelope plus the RPC framing (topic, signature,
 /// key, sequence number): this much room on top of the envelope limit.
 pub const GOSSIP_FRAMING: usize = 4096;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A ping unanswered this long is given up (the connection is judged by
+/// the link policy, not by this).
+const PING_GIVE_UP: Duration = Duration::from_secs(60);
+/// QUIC's idle timeout: above the link policy's longest allowance.
+const QUIC_IDLE: Duration = Duration::from_secs(150);
 
 /// The gossipsub topic of a universe.
 pub fn universe_topic(u: &Id32) -> gossipsub::IdentTopic {
@@ -66,6 +81,16 @@ pub struct Behaviour {
 
 /// Builds the swarm for `key` (the node's identity key).
 pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, NodeError> {
+    build_metered(key, cfg, &Meter::default())
+}
+
+/// [`build`], with `meter` counting the bytes of every connection for the
+/// link policy.
+pub(crate) fn build_metered(
+    key: identity::Keypair,
+    cfg: &Config,
+    meter: &Meter,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let net = |e: &dyn std::fmt::Display| NodeError::Network(e.to_string());
     let gcfg = gossipsub::ConfigBuilder::default()
         // Gossip carries engine envelopes whose MLS messages are signed by
@@ -85,7 +110,16 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
         // every time) be published again for newcomers.
         .duplicate_cache_time(Duration::from_secs(10))
         .heartbeat_interval(Duration::from_millis(700))
-        .flood_publish(true)
+        // Our own envelopes go to our mesh peers only, as relayed ones do:
+        // flooding every subscribed peer sent each envelope over every
+        // connection (on a radio, many times over one shared link), and
+        // peers out of the mesh still learn it from IHAVE gossip or sync.
+        .flood_publish(false)
+        // Gossipsub 1.2: a peer that has an envelope tells its mesh, so
+        // they do not send it a second copy. Our envelopes are a few
+        // hundred bytes; an IDONTWANT costs ~40.
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
+        .idontwant_on_publish(true)
         .build()
         .map_err(|e| net(&e))?;
     let gossipsub =
@@ -130,20 +164,32 @@ pub fn build(key: identity::Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, N
         identify,
         mdns: mdns.into(),
         ping: ping::Behaviour::new(
+            // The ping's own timeout only ends a ping that never came
+            // back; whether the connection lives is the link policy's call
+            // (`mmls_core::link`), on any progress, not on one late pong.
             ping::Config::new()
                 .with_interval(cfg.timing.ping_interval)
-                .with_timeout(cfg.timing.ping_timeout),
+                .with_timeout(PING_GIVE_UP),
         ),
     };
+    let (m_tcp, m_quic) = (meter.clone(), meter.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(move |key| {
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise::Config::new(key).map_err(|e| Box::new(e) as BoxError)?)
+                .multiplex(yamux::Config::default())
+                .map(move |(p, m), _| (p, StreamMuxerBox::new(m_tcp.wrap(p, m))));
+            let mut q = quic::Config::new(key);
+            // Silence is judged by the link policy; QUIC's own idle timer
+            // (10 s by default) must not end a slow link first.
+            q.max_idle_timeout = QUIC_IDLE.as_millis() as u32;
+            let quic = quic::tokio::Transport::new(q)
+                .map(move |(p, c), _| (p, StreamMuxerBox::new(m_quic.wrap(p, c))));
+            Ok::<_, BoxError>(tcp.or_transport(quic).map(|either, _| either.into_inner()))
+        })
         .map_err(|e| net(&e))?
-        .with_quic()
         .with_behaviour(|_| behaviour)
         .map_err(|e| net(&e))?
         // Smart dial: of a peer's addresses, QUIC goes first (no

@@ -314,6 +314,18 @@ pub struct Status {
     pub rejected_inputs: u64,
     /// Gossip publishes waiting for a subscribed peer.
     pub queued_publishes: usize,
+    /// Each peer's link as the link policy sees it (older nodes: none).
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+/// One peer's link: health (`good`, `slow`, `saturated`, `silent`,
+/// `down`) and the measurements behind it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    pub peer_id: String,
+    #[serde(flatten)]
+    pub status: mmls_core::link::LinkStatus,
 }
 
 /// One engine event, as streamed by `GET /v1/universes/{id}/stream`.
@@ -569,6 +581,10 @@ pub struct BundleImported {
     pub key_package_ok: bool,
     pub waiting: usize,
     pub truncated: bool,
+    /// Entries of send groups this node does not know (no Welcome for it):
+    /// not kept beyond a small budget, not taken.
+    #[serde(default)]
+    pub held: usize,
 }
 
 impl From<&mmls_core::ImportReport> for BundleImported {
@@ -582,6 +598,7 @@ impl From<&mmls_core::ImportReport> for BundleImported {
             key_package_ok: r.key_package_ok,
             waiting: r.waiting,
             truncated: r.truncated,
+            held: r.held,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! One concept per module:
 //! - [`scenario`]: the TOML scenario files, validated;
 //! - [`network`]: links, topologies, partitions;
+//! - [`overlay`]: the gossip overlay (gossipsub's mesh, IHAVE/IWANT);
 //! - [`sim`]: the event queue in virtual time and the driver of the engines;
 //! - [`attacker`]: the compromise model and the PCS measurement;
 //! - [`metrics`]: the metrics object and time series;
@@ -15,6 +16,7 @@
 pub mod attacker;
 pub mod metrics;
 pub mod network;
+pub mod overlay;
 pub mod plots;
 pub mod report;
 pub mod scenario;

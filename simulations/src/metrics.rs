@@ -137,8 +137,21 @@ pub struct Metrics {
     pub converged: bool,
     pub convergence: Convergence,
     pub bytes_on_wire: u64,
+    /// Gossip frames, payload and control.
     pub bytes_gossip: u64,
+    /// The gossip control messages' part (IHAVE, IWANT, IDONTWANT, GRAFT,
+    /// PRUNE).
+    pub bytes_gossip_control: u64,
     pub bytes_sync: u64,
+    /// Every envelope published, once (the sum of `published`).
+    pub bytes_published: u64,
+    /// bytes_on_wire / bytes_published: what gossip and sync carry per
+    /// byte published. Each envelope crossing each link once costs about
+    /// `links`; the flood this simulator modelled first cost twice the
+    /// links (both ends send) and more with re-sends.
+    pub wire_per_published: Option<f64>,
+    /// bytes_gossip / bytes_published.
+    pub gossip_per_published: Option<f64>,
     /// Gossip frames that arrived at a node that had already seen them.
     pub gossip_redundant: u64,
     /// Publishes a node's gossip layer refused because the same bytes were

@@ -334,6 +334,14 @@ impl SeenCache {
         true
     }
 
+    /// When `id` was first seen (ms), if it is still cached at `now_ms`.
+    pub fn first_seen_ms(&self, id: u32, now_ms: u64, ttl_ms: u64) -> Option<u64> {
+        match self.first_ms.get(id as usize) {
+            Some(&f) if f > 0 && now_ms < u64::from(f - 1) + ttl_ms => Some(u64::from(f - 1)),
+            _ => None,
+        }
+    }
+
     /// Whether `id` is still cached at `now_ms`.
     pub fn contains(&self, id: u32, now_ms: u64, ttl_ms: u64) -> bool {
         match self.first_ms.get(id as usize) {

@@ -125,10 +125,15 @@ pub fn summary(out: &SimOutput, files: &[PathBuf]) -> String {
     }
     let _ = writeln!(
         s,
-        "  wire        {} total (gossip {}, sync {}); {} frames lost, {} dropped at full queues; {} redundant gossip frames",
+        "  wire        {} total (gossip {} of which control {}, sync {}) for {} published: {} per byte published; {} frames lost, {} dropped at full queues; {} redundant gossip frames",
         mb(m.bytes_on_wire),
         mb(m.bytes_gossip),
+        mb(m.bytes_gossip_control),
         mb(m.bytes_sync),
+        mb(m.bytes_published),
+        m.wire_per_published
+            .map(|r| format!("{r:.1}x"))
+            .unwrap_or_else(|| "-".into()),
         m.frames_lost,
         m.queue_drops,
         m.gossip_redundant

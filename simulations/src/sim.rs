@@ -15,6 +15,8 @@ use crate::metrics::{
     OPENMLS_DECRYPT_US,
 };
 use crate::network::{Network, SeenCache, Transmission};
+use crate::overlay::{control_bytes, GossipTopic, Overlay};
+use crate::scenario::GossipMode;
 use crate::scenario::Scenario;
 use anyhow::{anyhow, Context, Result};
 use mmls_core::sync::{Action, RequestId, SyncAgent, SyncConfig, SyncMessage};
@@ -68,6 +70,23 @@ enum Ev {
         lobby: bool,
     },
     SyncNow(usize),
+    /// Every node's gossipsub heartbeat (mesh repair, IHAVE).
+    Heartbeat,
+    /// An IHAVE arrives at `to`: the ids `from` announced that `to` had not
+    /// seen when it was sent.
+    IHave {
+        to: usize,
+        from: usize,
+        topic: GossipTopic,
+        ids: Vec<u32>,
+    },
+    /// An IWANT arrives at `to`, the node that announced `ids`.
+    IWant {
+        to: usize,
+        from: usize,
+        topic: GossipTopic,
+        ids: Vec<u32>,
+    },
     /// A sync agent's request; `inc` is the sender's incarnation (a node
     /// that lost its state runs a new agent: old answers are not for it).
     SyncReq {
@@ -162,6 +181,8 @@ struct Counters {
     duplicates: u64,
     deliveries_total: u64,
     bytes_gossip: u64,
+    /// The gossip control messages' part of `bytes_gossip`.
+    bytes_gossip_control: u64,
     bytes_sync: u64,
     gossip_redundant: u64,
     republish_refused: u64,
@@ -245,6 +266,7 @@ pub struct Sim {
     seq: u64,
     nodes: Vec<Node>,
     net: Network,
+    overlay: Overlay,
     cfg: Config,
     profile: Profile,
     uid: Option<Id32>,
@@ -283,6 +305,7 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = sc.nodes();
         let net = Network::build(&sc.network, n, &mut rng);
+        let overlay = Overlay::new(&sc.gossip, n);
         let cfg = Config {
             commit_delay_ms: sc.engine.commit_delay_ms,
             import_window_ms: sc.engine.import_window_ms,
@@ -343,6 +366,7 @@ impl Sim {
             seq: 0,
             nodes: Vec::with_capacity(n),
             net,
+            overlay,
             cfg,
             profile,
             uid: None,
@@ -468,6 +492,11 @@ impl Sim {
         }
         self.push(dur, Ev::Quiet);
         self.push(0, Ev::Sample);
+        if self.sc.gossip.mode == GossipMode::Mesh {
+            let hb = self.sc.gossip.heartbeat_ms * 1000;
+            let t = self.rng.gen_range(0..hb);
+            self.push(t, Ev::Heartbeat);
+        }
         for (i, outs) in opened.into_iter().enumerate() {
             self.absorb(i, outs);
         }
@@ -587,6 +616,24 @@ impl Sim {
                 self.dispatch(x, actions);
             }
             (Ev::SyncNow(x), Local::Done(actions)) => self.dispatch(x, actions),
+            (
+                Ev::IHave {
+                    to,
+                    from,
+                    topic,
+                    ids,
+                },
+                Local::Deferred,
+            ) => self.on_ihave(to, from, topic, ids),
+            (
+                Ev::IWant {
+                    to,
+                    from,
+                    topic,
+                    ids,
+                },
+                Local::Deferred,
+            ) => self.on_iwant(to, from, topic, ids),
             (Ev::Gossip { .. }, Local::GossipUnreachable) => self.c.frames_lost += 1,
             (Ev::Gossip { .. }, Local::GossipRedundant) => self.c.gossip_redundant += 1,
             (
@@ -603,6 +650,7 @@ impl Sim {
                     actions,
                 },
             ) => {
+                self.dont_want(to, from, id, lobby);
                 if forward {
                     self.forward(to, id, bytes, lobby, Some(from));
                 }
@@ -677,8 +725,15 @@ impl Sim {
             | Ev::SyncReq { .. }
             | Ev::SyncResp { .. }
             | Ev::Send(_)
-            | Ev::Update(_) => {}
+            | Ev::Update(_)
+            | Ev::IHave { .. }
+            | Ev::IWant { .. } => {}
             Ev::Create => self.on_create()?,
+            Ev::Heartbeat => {
+                self.heartbeat();
+                let next = self.now + self.sc.gossip.heartbeat_ms * 1000;
+                self.push(next, Ev::Heartbeat);
+            }
             Ev::PartitionStart(i) => {
                 let groups = self.sc.partitions[i].groups.clone();
                 self.net.partition(i, &groups);
@@ -756,8 +811,9 @@ impl Sim {
         (self.sc.network.gossip_cache_s * 1000.0).round() as u64
     }
 
-    /// A node publishes: flood to every reachable neighbour. Like gossipsub,
-    /// a node refuses to publish bytes still in its own duplicate cache.
+    /// A node publishes (to every reachable neighbour under
+    /// `flood_publish`, else its mesh). Like gossipsub, a node refuses to
+    /// publish bytes still in its own duplicate cache.
     fn publish(&mut self, x: usize, bytes: Vec<u8>, lobby: bool) {
         let id = self.intern(&bytes);
         let (now, ttl) = (self.now_ms(), self.cache_ms());
@@ -768,6 +824,9 @@ impl Sim {
         self.forward(x, id, Arc::new(bytes), lobby, None);
     }
 
+    /// Pushes a message `x` publishes (`except` None) or relays (received
+    /// from `except`) to the overlay's targets, minus the neighbours known
+    /// to have it already.
     fn forward(
         &mut self,
         x: usize,
@@ -776,48 +835,195 @@ impl Sim {
         lobby: bool,
         except: Option<usize>,
     ) {
+        let topic = GossipTopic::of(lobby);
+        self.overlay.remember(x, topic, id, bytes.clone());
         let targets: Vec<(usize, usize)> = self
-            .net
-            .up_neighbours(x)
+            .overlay
+            .push_targets(&self.net, x, topic, except.is_none())
             .into_iter()
-            .filter(|(b, _)| Some(*b) != except)
+            .filter(|(b, link)| Some(*b) != except && !self.known_to_have(*b, *link, id))
             .collect();
         if targets.is_empty() {
             return;
         }
         self.tap(id, &bytes);
+        for (b, link) in targets {
+            self.send_gossip(x, b, link, id, bytes.clone(), lobby);
+        }
+    }
+
+    /// Whether `x` knows that neighbour `b` (over `link`) has message `id`:
+    /// `b` sent it or announced it (IHAVE), or told its mesh it arrived
+    /// (IDONTWANT), early enough for that to have crossed the link. Each
+    /// of these reaches `x` one latency after `b` first saw the message,
+    /// so that is the rule. Flood mode knows nothing.
+    fn known_to_have(&self, b: usize, link: usize, id: u32) -> bool {
+        if self.sc.gossip.mode == GossipMode::Flood {
+            return false;
+        }
+        let lat = self.net.links[link].latency_us;
+        self.nodes[b]
+            .seen
+            .first_seen_ms(id, self.now_ms(), self.cache_ms())
+            .is_some_and(|f| f * 1000 + lat <= self.now)
+    }
+
+    /// One gossip frame from `x` to its neighbour `b`.
+    fn send_gossip(
+        &mut self,
+        x: usize,
+        b: usize,
+        link: usize,
+        id: u32,
+        bytes: Arc<Vec<u8>>,
+        lobby: bool,
+    ) {
         let len = bytes.len() as u64;
         let ttl = self.cache_ms();
-        for (b, link) in targets {
-            let tx = self
-                .net
-                .transmit(link, x, len as usize, self.now, &mut self.rng);
-            if tx != Transmission::QueueFull {
-                self.nodes[x].bytes_sent += len;
-                self.c.bytes_gossip += len;
-            }
-            match tx {
-                Transmission::Lost => self.c.frames_lost += 1,
-                Transmission::QueueFull => self.c.queue_drops += 1,
-                Transmission::Arrives(t) => {
-                    if self.nodes[b].seen.contains(id, t / 1000, ttl) {
-                        // Still cached when it arrives (entries are not
-                        // refreshed): it could only be dropped as seen.
-                        self.c.gossip_redundant += 1;
-                        self.nodes[b].bytes_recv += len;
-                    } else {
-                        self.push(
-                            t,
-                            Ev::Gossip {
-                                to: b,
-                                from: x,
-                                id,
-                                bytes: bytes.clone(),
-                                lobby,
-                            },
-                        );
-                    }
+        let tx = self
+            .net
+            .transmit(link, x, len as usize, self.now, &mut self.rng);
+        if tx != Transmission::QueueFull {
+            self.nodes[x].bytes_sent += len;
+            self.c.bytes_gossip += len;
+        }
+        match tx {
+            Transmission::Lost => self.c.frames_lost += 1,
+            Transmission::QueueFull => self.c.queue_drops += 1,
+            Transmission::Arrives(t) => {
+                if self.nodes[b].seen.contains(id, t / 1000, ttl) {
+                    // Still cached when it arrives (entries are not
+                    // refreshed): it could only be dropped as seen.
+                    self.c.gossip_redundant += 1;
+                    self.nodes[b].bytes_recv += len;
+                } else {
+                    self.push(
+                        t,
+                        Ev::Gossip {
+                            to: b,
+                            from: x,
+                            id,
+                            bytes,
+                            lobby,
+                        },
+                    );
                 }
+            }
+        }
+    }
+
+    /// A control frame of `len` bytes from `x` over `link`: it takes its
+    /// share of the link (and may be lost or dropped like any frame).
+    fn send_control(&mut self, x: usize, link: usize, len: usize) -> Transmission {
+        let tx = self.net.transmit(link, x, len, self.now, &mut self.rng);
+        if tx != Transmission::QueueFull {
+            self.nodes[x].bytes_sent += len as u64;
+            self.c.bytes_gossip += len as u64;
+            self.c.bytes_gossip_control += len as u64;
+        }
+        match tx {
+            Transmission::Lost => self.c.frames_lost += 1,
+            Transmission::QueueFull => self.c.queue_drops += 1,
+            Transmission::Arrives(_) => {}
+        }
+        tx
+    }
+
+    /// gossipsub 1.2's IDONTWANT: `x`, which just got message `id` from
+    /// `from`, tells its other mesh peers (the rule that uses it is
+    /// [`known_to_have`](Self::known_to_have); here it costs its bytes).
+    fn dont_want(&mut self, x: usize, from: usize, id: u32, lobby: bool) {
+        if self.sc.gossip.mode == GossipMode::Flood {
+            return;
+        }
+        let _ = id;
+        let peers: Vec<(usize, usize)> = self
+            .overlay
+            .push_targets(&self.net, x, GossipTopic::of(lobby), false)
+            .into_iter()
+            .filter(|(b, _)| *b != from)
+            .collect();
+        for (_, link) in peers {
+            self.send_control(x, link, control_bytes(1));
+        }
+    }
+
+    /// Every node's heartbeat: mesh repair (GRAFT, PRUNE) and IHAVE to a
+    /// few non-mesh neighbours.
+    fn heartbeat(&mut self) {
+        let (now, ttl) = (self.now_ms(), self.cache_ms());
+        let nodes = &self.nodes;
+        let (control, announces) = self.overlay.heartbeat(&self.net, &mut self.rng, |b, id| {
+            nodes[b].seen.contains(id, now, ttl)
+        });
+        // GRAFT and PRUNE are rare and tiny: counted, not queued.
+        let graft = (control * control_bytes(0)) as u64;
+        self.c.bytes_gossip += graft;
+        self.c.bytes_gossip_control += graft;
+        for a in announces {
+            let Some(link) = self.link_between(a.from, a.to) else {
+                continue;
+            };
+            let tx = self.send_control(a.from, link, control_bytes(a.announced));
+            if let Transmission::Arrives(t) = tx {
+                if !a.ids.is_empty() {
+                    self.push(
+                        t,
+                        Ev::IHave {
+                            to: a.to,
+                            from: a.from,
+                            topic: a.topic,
+                            ids: a.ids,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// An IHAVE arrived at `x` from `from`: ask for what is still missing.
+    fn on_ihave(&mut self, x: usize, from: usize, topic: GossipTopic, ids: Vec<u32>) {
+        if !self.net.reachable(from, x) {
+            self.c.frames_lost += 1;
+            return;
+        }
+        let (now, ttl) = (self.now_ms(), self.cache_ms());
+        let want: Vec<u32> = ids
+            .into_iter()
+            .filter(|id| !self.nodes[x].seen.contains(*id, now, ttl))
+            .collect();
+        let Some(link) = self.link_between(x, from) else {
+            return;
+        };
+        if want.is_empty() {
+            return;
+        }
+        if let Transmission::Arrives(t) = self.send_control(x, link, control_bytes(want.len())) {
+            self.push(
+                t,
+                Ev::IWant {
+                    to: from,
+                    from: x,
+                    topic,
+                    ids: want,
+                },
+            );
+        }
+    }
+
+    /// An IWANT arrived at `x`: send what its message cache still holds.
+    fn on_iwant(&mut self, x: usize, from: usize, topic: GossipTopic, ids: Vec<u32>) {
+        if !self.net.reachable(from, x) {
+            self.c.frames_lost += 1;
+            return;
+        }
+        let Some(link) = self.link_between(x, from) else {
+            return;
+        };
+        for id in ids {
+            if let Some(bytes) = self.overlay.cached(x, topic, id) {
+                self.tap(id, &bytes);
+                self.send_gossip(x, from, link, id, bytes, topic.is_lobby());
             }
         }
     }
@@ -1301,6 +1507,7 @@ impl Sim {
             n.p = p;
             n.store = store;
             n.seen = SeenCache::default();
+            self.overlay.forget_messages(x);
             // A new process: a new agent (the old one's links went down
             // with it, in `refresh_links`).
             n.sync = SyncAgent::new(n.member.clone(), sync);
@@ -1785,6 +1992,8 @@ impl Sim {
         let converged =
             conv.missing_deliveries == 0 && conv.epoch_mismatches == 0 && self.uid.is_some();
         let c = &self.c;
+        let published: u64 = c.published.values().map(|p| p.bytes).sum();
+        let ratio = |a: u64, b: u64| (b > 0).then(|| (a as f64 / b as f64 * 10.0).round() / 10.0);
         let metrics = Metrics {
             scenario: self.sc.name.clone(),
             seed: self.seed,
@@ -1806,6 +2015,10 @@ impl Sim {
             convergence: conv,
             bytes_on_wire: c.bytes_gossip + c.bytes_sync,
             bytes_gossip: c.bytes_gossip,
+            bytes_gossip_control: c.bytes_gossip_control,
+            bytes_published: published,
+            wire_per_published: ratio(c.bytes_gossip + c.bytes_sync, published),
+            gossip_per_published: ratio(c.bytes_gossip, published),
             bytes_sync: c.bytes_sync,
             gossip_redundant: c.gossip_redundant,
             republish_refused: c.republish_refused,
@@ -1974,6 +2187,8 @@ fn node_of(ev: &Ev) -> Option<usize> {
         | Ev::SyncNow(x)
         | Ev::Send(x)
         | Ev::Update(x)
+        | Ev::IHave { to: x, .. }
+        | Ev::IWant { to: x, .. }
         | Ev::Gossip { to: x, .. }
         | Ev::SyncReq { to: x, .. }
         | Ev::SyncResp { to: x, .. } => Some(*x),

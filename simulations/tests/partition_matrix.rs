@@ -5,7 +5,9 @@
 //! state here, so a rejoin or a missing PSK is a bug in the engine).
 //!
 //! CI mode (the default) runs a representative subset on shortened virtual
-//! timelines that still covers every dimension at least once. Long mode,
+//! timelines that still covers every dimension at least once, plus two
+//! radio cases (scattered nodes on 64 and 256 kbit/s links with loss and a
+//! split: the `radio-mesh` scenario's network, smaller). Long mode,
 //! `MMLS_MATRIX=long cargo test --release -p simulations --test
 //! partition_matrix -- --nocapture`, runs the full matrix: splits of 10 min
 //! to 2 h, 8 to 24 members. Both print one markdown table row per case
@@ -56,6 +58,9 @@ struct Case {
     loss: f64,
     update_s: f64,
     seed: u64,
+    /// A radio network (scattered nodes, links of this many kbit/s with a
+    /// 2 s send buffer) instead of a LAN-like full mesh.
+    radio_kbps: Option<f64>,
 }
 
 impl Case {
@@ -65,8 +70,12 @@ impl Case {
             Away::BeforeSplit => format!("-off-before-{}m", (self.away_s / 60.0).round()),
             Away::DuringSplit => format!("-off-during-{}m", (self.away_s / 60.0).round()),
         };
+        let radio = self
+            .radio_kbps
+            .map(|k| format!("radio{k}k-"))
+            .unwrap_or_default();
         format!(
-            "k{}-n{}-split{}m{away}-loss{}-upd{}-s{}",
+            "{radio}k{}-n{}-split{}m{away}-loss{}-upd{}-s{}",
             self.ways,
             self.members,
             (self.split_s / 60.0).round(),
@@ -102,6 +111,22 @@ impl Case {
             .collect()
     }
 
+    /// The `[network]` table: a LAN-like mesh, or radios (as in the
+    /// `radio-mesh` scenario: nodes scattered over an area, linked within
+    /// a radius, slow links with a bounded send buffer).
+    fn network(&self) -> String {
+        match self.radio_kbps {
+            None => format!(
+                "latency_ms = 30\njitter_ms = 10\nloss = {}\ntopology = \"mesh\"\n",
+                self.loss
+            ),
+            Some(kbps) => format!(
+                "latency_ms = 40\njitter_ms = 30\nloss = {}\ntopology = \"geometric\"\nradius = 0.5\nbandwidth_kbps = {kbps}\nmax_queue_ms = 2000\n",
+                self.loss
+            ),
+        }
+    }
+
     fn toml(&self, engine: &str) -> String {
         let mut t = format!(
             r#"name = "{name}"
@@ -110,11 +135,7 @@ members = {members}
 duration_s = {duration}
 seed = {seed}
 [network]
-latency_ms = 30
-jitter_ms = 10
-loss = {loss}
-topology = "mesh"
-[workload]
+{network}[workload]
 message_interval_s = 30
 message_bytes = 200
 update_interval_s = {update}
@@ -127,7 +148,7 @@ groups = {groups:?}
             members = self.members,
             duration = self.heal_s() + self.tail_s,
             seed = self.seed,
-            loss = self.loss,
+            network = self.network(),
             update = self.update_s,
             at = self.lead_s,
             heal = self.heal_s(),
@@ -138,6 +159,14 @@ groups = {groups:?}
                 t,
                 "[[offline]]\nmember = {member}\nat_s = {at}\nback_s = {back}\nlose_state = false\n"
             );
+        }
+        if self.radio_kbps.is_some() {
+            // Commits trickle in over multi-hop radio: batch imports (see
+            // the radio scenarios), unless the override sets its own.
+            if engine.is_empty() {
+                t += "[engine]\ncommit_delay_ms = 4000\n";
+            }
+            t += "[sim]\nsync_interval_s = 10\n";
         }
         t + engine
     }
@@ -162,7 +191,8 @@ fn long_mode() -> bool {
 /// 2 h), sized to run in about 3 minutes on 2 cores in release, covering
 /// 2-, 3- and 4-way splits, a member offline from before the split and one
 /// from inside it (both back while split), 0 to 10% loss, 8 to 24 members
-/// and updates every 60 to 300 s.
+/// and updates every 60 to 300 s; and radio links of 64 and 256 kbit/s
+/// (about 10 s each).
 fn ci_cases() -> Vec<Case> {
     let c = |ways, members, split_s, away, away_s, loss, update_s, seed| Case {
         ways,
@@ -175,12 +205,22 @@ fn ci_cases() -> Vec<Case> {
         loss,
         update_s,
         seed,
+        radio_kbps: None,
+    };
+    // Radio: an update every 5 min each, as a team on slow links would set
+    // it (at 64 kbit/s, 8 members updating every 2 min offer about as many
+    // bytes as the bottleneck links carry, and the run collapses).
+    let radio = |kbps, ways, members, split_s, loss, seed| Case {
+        radio_kbps: Some(kbps),
+        ..c(ways, members, split_s, Away::Nobody, 0.0, loss, 300.0, seed)
     };
     vec![
         c(2, 8, 1200.0, Away::BeforeSplit, 900.0, 0.0, 60.0, 1),
         c(3, 12, 900.0, Away::DuringSplit, 600.0, 0.05, 120.0, 2),
         c(4, 16, 600.0, Away::DuringSplit, 300.0, 0.10, 300.0, 3),
         c(4, 24, 300.0, Away::Nobody, 0.0, 0.10, 300.0, 4),
+        radio(256.0, 2, 8, 600.0, 0.05, 5),
+        radio(64.0, 2, 8, 300.0, 0.02, 6),
     ]
 }
 
@@ -227,6 +267,7 @@ fn long_cases() -> Vec<Case> {
                 loss,
                 update_s,
                 seed: 11 + i as u64,
+                radio_kbps: None,
             },
         )
         .collect()

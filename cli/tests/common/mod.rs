@@ -835,3 +835,71 @@ impl Rng {
         lo + self.next_u64() % (hi - lo).max(1)
     }
 }
+
+/// `ip ARGS`, bounded; `Err` with what it printed.
+#[allow(dead_code)]
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    run_bounded("ip", args)
+}
+
+/// `PROGRAM ARGS` (network set-up: `ip`, `tc`), bounded to 10 s; `Err`
+/// with what it printed.
+#[allow(dead_code)]
+pub fn run_bounded(program: &str, args: &[&str]) -> Result<(), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(format!(
+                    "`{program} {}`: {st}: {}",
+                    args.join(" "),
+                    err.trim()
+                ));
+            }
+            Ok(None) if start.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{program} {}` did not finish in 10 s",
+                    args.join(" ")
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("`{program} {}`: {e}", args.join(" "))),
+        }
+    }
+}
+
+/// How often each text appears in what one node read.
+#[allow(dead_code)]
+pub fn texts(msgs: &[types::Message]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for x in msgs {
+        *m.entry(x.text.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Every text of `want` is in `got` (what one node read).
+#[allow(dead_code)]
+pub fn has_all(got: &[types::Message], want: &[String]) -> Result<(), String> {
+    let t = texts(got);
+    let missing: Vec<&String> = want.iter().filter(|w| !t.contains_key(*w)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} missing, first {:?}", missing.len(), missing[0]))
+    }
+}

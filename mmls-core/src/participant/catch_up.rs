@@ -142,7 +142,9 @@ impl Participant {
                     if seq_of(&k) != Some(expect) {
                         break;
                     }
+                    let full = size + v.len() > FETCH_ANSWER_BYTES && !resp.envelopes.is_empty();
                     if resp.envelopes.len() == MAX_FETCH_ENVELOPES
+                        || full
                         || size + v.len() > MAX_FETCH_BYTES
                     {
                         resp.more = true;

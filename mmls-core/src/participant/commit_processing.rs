@@ -308,7 +308,7 @@ impl Participant {
                 gs.last_key_update = Some(now);
             }
         }
-        let wants_update = self.uni(&uid)?.leaf_updates.contains(&g);
+        let wants_update = self.uni(&uid)?.leaf_updates.is_pending(&g);
         let import = c.aad.is_mmls_update(c.path);
         if import || !c.added.is_empty() || !c.universe_removes.is_empty() || wants_update {
             let u = self.uni_mut(&uid)?;
@@ -316,9 +316,9 @@ impl Participant {
                 u.pending_imports.insert(g);
                 u.pending_since.get_or_insert(now);
             }
-            // Our leaf rotation here: done, or re-proposed below.
+            // Our leaf rotation here: done, or re-proposed later.
             if wants_update && c.my_update_committed {
-                u.leaf_updates.remove(&g);
+                u.leaf_updates.covered(&g);
             }
             self.mirror_membership(uid, &c.added, &c.universe_removes)?;
         }
@@ -334,7 +334,12 @@ impl Participant {
         self.record_psk_views(&c.owner, &g, &c.aad);
         self.export_psk(uid, g)?;
         if wants_update && !c.my_update_committed {
-            self.propose_leaf_update(uid, g)?;
+            // Stale now: re-sent from `tick`, once, after a backoff (see
+            // `reproposal`).
+            let base = self.config.proposal_retry_ms;
+            self.uni_mut(&uid)?
+                .leaf_updates
+                .missed(&g, epoch, now, base);
         }
         Ok(())
     }

@@ -31,6 +31,19 @@ pub struct Config {
     pub sent_retention: u64,
     /// Out-of-order envelopes held per group.
     pub max_buffer_per_group: usize,
+    /// Entries of send groups we do not know (see `participant::held`)
+    /// held per universe, at most: in number, in bytes, and in age (ms).
+    /// Beyond them the oldest go. A real one (a member's new group whose
+    /// Welcome is on its way) is fetched again once we join the group.
+    pub held_per_universe: usize,
+    pub held_bytes_per_universe: usize,
+    pub held_max_age_ms: u64,
+    /// Announced KeyPackages of strangers (members of none of our
+    /// universes) kept, at most; beyond it the longest-ago arrival goes
+    /// (`participant::lobby_bounds`).
+    pub kp_strangers_max: usize,
+    /// Single-use KeyPackages strangers handed to us kept, at most.
+    pub kp_handed_max: usize,
     /// Re-ask a peer for missing stream entries after this long.
     pub fetch_retry_ms: u64,
     /// A group blocked on missing history for this long is rejoined.
@@ -44,6 +57,14 @@ pub struct Config {
     /// commit per other member per update; large simulations may turn it off
     /// to study the PSK mechanism alone.
     pub rotate_leaves: bool,
+    /// Leaf rotation: a proposal its owner did not commit before moving
+    /// its group on is re-sent (once per new epoch) when the group has been
+    /// quiet this long, twice as long after each further miss (up to 64
+    /// times), and at the latest 4 such delays after it went stale:
+    /// re-sending at once raced the owner's next commit again (see
+    /// `participant::reproposal`). Longer than `commit_delay_ms` plus a
+    /// round trip, so that an owner's next commit is seen before.
+    pub proposal_retry_ms: u64,
     /// Fresh single-use KeyPackages kept ready to hand to owners that ask.
     pub kp_pool_size: usize,
     /// Single-use KeyPackages handed out and not used yet, at most: beyond
@@ -79,11 +100,17 @@ impl Default for Config {
             log_retention: 100_000,
             sent_retention: 100_000,
             max_buffer_per_group: 4096,
+            held_per_universe: 64,
+            held_bytes_per_universe: 256 * 1024,
+            held_max_age_ms: 10 * 60_000,
+            kp_strangers_max: 1024,
+            kp_handed_max: 256,
             fetch_retry_ms: 1_000,
             rejoin_after_ms: 30_000,
             kp_retry_ms: 2_000,
             silent_removal_ms: None,
             rotate_leaves: true,
+            proposal_retry_ms: 2_000,
             kp_pool_size: 8,
             kp_issued_max: 64,
             publish_last_resort: true,

@@ -23,9 +23,11 @@ use super::rows::{plain_row, Row};
 use super::*;
 use crate::devices::{newer, DeviceLink, SignedDeviceLink};
 
-/// Statements the directory keeps about devices that are in none of our
-/// universes (a flood of fresh users must not grow it without bound).
-const MAX_DIRECTORY: usize = 4096;
+/// How far ahead of our clock a statement may be dated: a later date
+/// would outrank every honest statement about the device for as long
+/// (one dated `u64::MAX` could never be overridden). Ten minutes absorbs
+/// clock skew.
+pub const MAX_LINK_AHEAD_MS: u64 = 10 * 60_000;
 /// Statements a Hello or a `Payload::Devices` may carry.
 pub(super) const MAX_LINKS_PER_ENTRY: usize = 1024;
 
@@ -59,6 +61,7 @@ impl Participant {
         signed: SignedDeviceLink,
     ) -> Result<Vec<Output>, MmlsError> {
         let link = signed.verify()?;
+        self.check_link_date(&link)?;
         let current = self.state.device_links.get(&link.device).map(|k| &k.link);
         if !newer(current, &link) {
             return Err(match current {
@@ -174,6 +177,7 @@ impl Participant {
     pub(super) fn on_device_link(&mut self, env: &Envelope) -> Result<(), MmlsError> {
         let signed = SignedDeviceLink::decode(&env.body)?;
         let link = signed.verify()?;
+        self.check_link_date(&link)?;
         if !self.wants_link(&link) {
             return Err(MmlsError::StaleDeviceLink);
         }
@@ -198,7 +202,9 @@ impl Participant {
             if link.device != *owner && self.link_user(owner) != Some(link.user.as_str()) {
                 return Err(MmlsError::NotYourDevice(link.device.to_string()));
             }
-            if self.wants_link(&link) {
+            // One dated too far ahead is not kept (as a stale one is not):
+            // the owner's entry still goes through.
+            if self.check_link_date(&link).is_ok() && self.wants_link(&link) {
                 self.learn_link(&link, &signed);
             }
             let e = if link.linked {
@@ -227,7 +233,7 @@ impl Participant {
     pub(super) fn learn_hello_links(&mut self, links: &[SignedDeviceLink]) {
         for signed in links.iter().take(MAX_LINKS_PER_ENTRY) {
             if let Ok(link) = signed.verify() {
-                if self.wants_link(&link) {
+                if self.check_link_date(&link).is_ok() && self.wants_link(&link) {
                     self.learn_link(&link, signed);
                 }
             }
@@ -244,24 +250,28 @@ impl Participant {
             .collect()
     }
 
-    /// Whether a new statement is worth keeping: newer than what we hold,
-    /// and (past the directory's bound) about someone we share a universe
-    /// with.
-    fn wants_link(&self, link: &DeviceLink) -> bool {
-        let current = self.state.device_links.get(&link.device);
-        if !newer(current.map(|k| &k.link), link) {
-            return false;
+    /// Refuses a statement dated more than `MAX_LINK_AHEAD_MS` after our
+    /// clock.
+    fn check_link_date(&self, link: &DeviceLink) -> Result<(), MmlsError> {
+        if link.at > self.now.saturating_add(MAX_LINK_AHEAD_MS) {
+            return Err(MmlsError::DeviceLinkFromFuture {
+                at: link.at,
+                now: self.now,
+            });
         }
-        current.is_some()
-            || self.state.device_links.keys().len() < MAX_DIRECTORY
-            || self
-                .state
-                .universes
-                .values()
-                .any(|u| u.roster.contains(&link.device))
+        Ok(())
+    }
+
+    /// Whether a new statement is worth keeping: newer than what we hold,
+    /// and with room in the directory (`lobby_bounds`: past its bound, the
+    /// oldest statement about a stranger makes way).
+    fn wants_link(&mut self, link: &DeviceLink) -> bool {
+        let current = self.state.device_links.get(&link.device);
+        newer(current.map(|k| &k.link), link) && self.room_for_link(&link.device)
     }
 
     fn learn_link(&mut self, link: &DeviceLink, signed: &SignedDeviceLink) {
+        self.lobby.links.touch(&link.device);
         self.state.device_links.insert(
             link.device.clone(),
             KnownLink {

@@ -73,6 +73,18 @@ impl Participant {
         });
     }
 
+    /// Test only: how many members' announced KeyPackages we keep.
+    #[cfg(test)]
+    pub(crate) fn known_key_package_count(&self) -> usize {
+        self.state.known_kps.keys().count()
+    }
+
+    /// Test only: out-of-order entries buffered (persisted) over all groups.
+    #[cfg(test)]
+    pub(crate) fn buffered_entries(&self) -> usize {
+        self.buffers.values().map(|b| b.len()).sum()
+    }
+
     /// The injected fault of a group commit's flush, if any.
     pub(super) fn injected_flush_fault(&mut self) -> Option<String> {
         (self.fault == Some(Fault::FlushFails)).then(|| {

@@ -20,7 +20,8 @@ impl Participant {
         match r {
             Ok(()) => Ok(self.take_outputs()),
             Err(e) => {
-                if !e.is_duplicate() {
+                // A held entry is not refused, only not judged yet.
+                if !e.is_duplicate() && !matches!(e, MmlsError::Held(_)) {
                     self.rejected_pending += 1;
                 }
                 // Outputs of steps that did commit stay queued and go out

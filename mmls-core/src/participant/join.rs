@@ -204,6 +204,7 @@ impl Participant {
         }
         if u.groups.values().all(|s| !s.stale) {
             u.rejoin_requested_at = None;
+            u.rejoin_attempts = 0;
         }
         let _ = me;
         // Our Welcome is part of the stream peers behind us need to pass.
@@ -220,8 +221,8 @@ impl Participant {
         }
         self.single_use_spent(&refs);
         if via_last_resort && self.config.rotate_leaves {
-            self.uni_mut(&uid)?.leaf_updates.insert(g);
-            self.propose_leaf_update(uid, g)?;
+            let epoch = self.propose_leaf_update(uid, g)?;
+            self.uni_mut(&uid)?.leaf_updates.proposed(g, epoch);
         }
         if rejoined {
             // Policy: an own MMLS update after rejoining.

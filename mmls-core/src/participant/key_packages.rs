@@ -203,10 +203,12 @@ impl Participant {
             // knows it would drop it, and a member back from state loss more
             // than one hop away could never build its send group (found by
             // the simulator's churn scenario). Gossip's duplicate cache
-            // stops loops.
+            // stops loops. It is alive: the last to be evicted.
+            self.lobby.kps.touch(&who);
             return Ok(());
         }
         self.state.known_kps.insert(who.clone(), kps);
+        self.bound_known_kps(&who);
         self.state.kp_requested.remove(&who);
         // Someone may have been waiting for it.
         self.key_package_arrived(&who)

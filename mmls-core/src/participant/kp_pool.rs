@@ -71,7 +71,7 @@ pub(super) struct KpPool {
     issued: Rows<ByteBuf, Issued>,
     /// Others', handed to us alone: member -> its KeyPackage per suite
     /// (a row of before suites holds one, read as its suite's).
-    handed: Rows<MemberId, MemberKps>,
+    pub(super) handed: Rows<MemberId, MemberKps>,
     /// The single-use KeyPackage we announce when we publish no
     /// last-resort one (`Config::publish_last_resort` off): apart from the
     /// pool, so it is never handed to an owner as well.
@@ -468,6 +468,7 @@ impl Participant {
             .unwrap_or_default();
         kps.0.insert(suite, ByteBuf::from(env.body.to_vec()));
         self.state.pool.handed.insert(who.clone(), kps);
+        self.bound_handed_kps(&who);
         self.state.kp_requested.remove(&who);
         self.key_package_arrived(&who)
     }

@@ -21,16 +21,35 @@ impl Participant {
             .map(|(g, _)| *g)
             .collect();
         for g in others {
-            self.uni_mut(&uid)?.leaf_updates.insert(g);
-            self.propose_leaf_update(uid, g)?;
+            let epoch = self.propose_leaf_update(uid, g)?;
+            self.uni_mut(&uid)?.leaf_updates.proposed(g, epoch);
         }
         self.uni_mut(&uid)?.update_due = false;
         Ok(())
     }
 
+    /// Re-sends our Update proposal in the groups that moved on without it,
+    /// where its backoff has passed (see `reproposal`).
+    pub(super) fn repropose_stale(&mut self, uid: Id32) -> Result<(), MmlsError> {
+        let now = self.now;
+        let u = self.uni_mut(&uid)?;
+        let groups = &u.groups;
+        let due = u.leaf_updates.due(now, |g| {
+            groups
+                .get(g)
+                .map(|s| (!s.stale && s.blocked_since.is_none()).then_some(s.epoch))
+        });
+        for g in due {
+            let epoch = self.propose_leaf_update(uid, g)?;
+            self.uni_mut(&uid)?.leaf_updates.resent(g, epoch);
+        }
+        Ok(())
+    }
+
     /// Sends an Update proposal with a fresh leaf in `g` (someone else's
-    /// send group); its owner commits it with its next commit.
-    pub(super) fn propose_leaf_update(&mut self, uid: Id32, g: Id32) -> Result<(), MmlsError> {
+    /// send group); its owner commits it with its next commit. Returns the
+    /// epoch it was made in.
+    pub(super) fn propose_leaf_update(&mut self, uid: Id32, g: Id32) -> Result<u64, MmlsError> {
         let provider = &self.provider;
         let group = self.groups.load(provider.storage(), &g)?;
         let leaf = Self::leaf_params(&self.identity, group);
@@ -42,12 +61,13 @@ impl Participant {
         e.group = Some(g);
         e.epoch = group.epoch().as_u64();
         e.sender = Some(self.me.to_string());
+        let epoch = e.epoch;
         self.outputs.push(Output::Publish(Publish {
             topic: Topic::Universe(uid),
             bytes: e.encode(),
             outbox_id: None,
         }));
-        Ok(())
+        Ok(epoch)
     }
 
     /// An Update proposal for a send group: only its owner acts on it.

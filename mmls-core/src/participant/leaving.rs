@@ -62,6 +62,7 @@ impl Participant {
             Ok(())
         })?;
         self.psk_pruned_at.remove(universe);
+        self.held.forget(universe);
         Ok(self.take_outputs())
     }
 

@@ -22,7 +22,8 @@ use crate::identity::{verify_binding, Identity, MemberId};
 use crate::profile::Profile;
 use crate::store::{MmlsProvider, Store, Table};
 use crate::sync::{
-    self, FetchRequest, FetchResponse, SyncSummary, MAX_FETCH_BYTES, MAX_FETCH_ENVELOPES,
+    self, FetchRequest, FetchResponse, SyncSummary, FETCH_ANSWER_BYTES, MAX_FETCH_BYTES,
+    MAX_FETCH_ENVELOPES,
 };
 use crate::universe::{
     auth8, from_cbor, to_cbor, Aad, FrontierEntry, Payload, RejoinRequest, SignedRejoin,
@@ -47,6 +48,7 @@ mod creation;
 mod devices;
 mod equivocation;
 mod group_cache;
+mod held;
 #[cfg(any(test, feature = "testkit"))]
 mod hooks;
 mod incoming;
@@ -55,11 +57,13 @@ mod key_packages;
 mod kp_pool;
 mod leaf_rotation;
 mod leaving;
+mod lobby_bounds;
 mod membership;
 mod output;
 mod processing;
 mod psk;
 mod rejoin;
+mod reproposal;
 mod resend;
 mod rows;
 mod state;
@@ -71,11 +75,14 @@ mod trust;
 mod views;
 
 pub use config::Config;
-pub use devices::DeviceInfo;
+pub use devices::{DeviceInfo, MAX_LINK_AHEAD_MS};
+pub use held::HeldCount;
 pub use kp_pool::{handed_signed_bytes, KpPoolStatus, KpRefusal};
+pub use lobby_bounds::MAX_DIRECTORY;
 pub use output::{
     AnchorStatus, Delivered, Event, GroupStatus, MemberCert, Output, Publish, Topic, UniverseStatus,
 };
+use reproposal::Reproposals;
 use state::{EngineState, GroupState, MemberKps, UniverseState, UniverseTexts};
 pub use step::SealedBatch;
 
@@ -90,6 +97,15 @@ pub struct Participant {
     /// yet), mirrored in `Table::Buffer`.
     buffers: BTreeMap<Id32, BTreeMap<u64, Vec<u8>>>,
     buffer_undo: Vec<(Id32, u64, Option<Vec<u8>>)>,
+    /// When a peer's stream entry last advanced a group of each universe
+    /// (in memory: a hint for the rejoin rule in `tick.rs`, not state).
+    last_progress: BTreeMap<Id32, u64>,
+    /// Entries of send groups we do not know: in memory, bounded per
+    /// universe, never relayed (`held.rs`).
+    held: held::Held,
+    /// Arrival order of the lobby rows a stranger can make us keep
+    /// (`lobby_bounds.rs`).
+    lobby: lobby_bounds::LobbyArrivals,
     /// Decoded send groups (a cache of the store, bounded by
     /// `Config::group_cache`).
     groups: group_cache::GroupCache,
@@ -250,7 +266,10 @@ impl Participant {
             config,
             state,
             buffers,
+            last_progress: BTreeMap::new(),
             buffer_undo: vec![],
+            held: held::Held::default(),
+            lobby: Default::default(),
             groups: group_cache::GroupCache::new(cache_bound),
             now,
             outputs: vec![],
@@ -284,6 +303,7 @@ impl Participant {
             }
             p.refill_pool()
         })?;
+        p.drop_unknown_buffers()?;
         // Re-publish whatever a crash may have kept from the network.
         let mut outs = vec![];
         for (k, v) in p

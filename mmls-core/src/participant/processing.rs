@@ -65,6 +65,7 @@ impl Participant {
             .ok_or(MmlsError::UnknownGroup(g))?;
         gs.next_seq = gs.next_seq.saturating_add(1);
         gs.blocked_since = None;
+        self.last_progress.insert(uid, self.now);
         Ok(())
     }
 

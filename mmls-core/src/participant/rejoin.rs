@@ -62,7 +62,9 @@ impl Participant {
         e.universe = Some(uid);
         e.sender = Some(self.me.to_string());
         self.publish_lobby(e);
-        self.uni_mut(&uid)?.rejoin_requested_at = Some(now);
+        let u = self.uni_mut(&uid)?;
+        u.rejoin_requested_at = Some(now);
+        u.rejoin_attempts = u.rejoin_attempts.saturating_add(1);
         for (g, owner, _) in stale {
             self.emit(Event::Stale {
                 universe: uid,

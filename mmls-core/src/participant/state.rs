@@ -129,15 +129,23 @@ pub(super) struct UniverseState {
     pub(super) welcomes: BTreeMap<MemberId, Vec<(Id32, u64)>>,
     pub(super) rejoin_nonces: BTreeMap<MemberId, u64>,
     pub(super) rejoin_requested_at: Option<u64>,
+    /// Rejoin requests sent since no group was last stale: each waits
+    /// twice as long as the one before (see `rejoin_backoff`), so a member
+    /// whose requests do not get through (a saturated link, an owner out of
+    /// reach) does not re-send one every `rejoin_after_ms` and add to the
+    /// congestion that stalled it.
+    #[serde(default)]
+    pub(super) rejoin_attempts: u32,
     pub(super) removed: bool,
     pub(super) equivocations: Vec<(MemberId, Id32, u64)>,
     /// Update proposals received in our own group (TLS MLS messages), to
     /// embed in the commit that covers them.
     #[serde(default)]
     pub(super) own_proposals: Vec<ByteBuf>,
-    /// Groups where our leaf rotation is proposed but not yet committed.
+    /// Groups where our leaf rotation is proposed but not yet committed,
+    /// and when to re-send it there.
     #[serde(default)]
-    pub(super) leaf_updates: BTreeSet<Id32>,
+    pub(super) leaf_updates: Reproposals,
     /// Policy: an own MMLS update is due (after rejoining).
     #[serde(default)]
     pub(super) update_due: bool,
@@ -188,10 +196,11 @@ impl UniverseState {
             welcomes: BTreeMap::new(),
             rejoin_nonces: BTreeMap::new(),
             rejoin_requested_at: None,
+            rejoin_attempts: 0,
             removed: false,
             equivocations: vec![],
             own_proposals: vec![],
-            leaf_updates: BTreeSet::new(),
+            leaf_updates: Reproposals::default(),
             update_due: false,
             legacy_received_from: BTreeMap::new(),
             resend_after: BTreeMap::new(),

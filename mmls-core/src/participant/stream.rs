@@ -59,19 +59,21 @@ impl Participant {
         if u.removed {
             return Err(MmlsError::NotInUniverse(uid));
         }
-        if let Some(gs) = u.groups.get(&g) {
-            if env.seq < gs.next_seq && !gs.stale {
-                return Err(MmlsError::Duplicate {
-                    group: g,
-                    seq: env.seq,
-                });
-            }
-            if gs.owner == self.me {
-                return Err(MmlsError::Duplicate {
-                    group: g,
-                    seq: env.seq,
-                });
-            }
+        let Some(gs) = u.groups.get(&g) else {
+            // Nobody we verified owns this group (yet): held, unrelayed.
+            return self.hold_unknown(uid, g, &env, bytes);
+        };
+        if env.seq < gs.next_seq && !gs.stale {
+            return Err(MmlsError::Duplicate {
+                group: g,
+                seq: env.seq,
+            });
+        }
+        if gs.owner == self.me {
+            return Err(MmlsError::Duplicate {
+                group: g,
+                seq: env.seq,
+            });
         }
         let buffered = self.buffers.get(&g);
         if let Some(held) = buffered.and_then(|b| b.get(&env.seq)) {
@@ -169,6 +171,8 @@ impl Participant {
         let mut work = vec![first];
         let mut rounds = 0;
         while let Some(g) = work.pop() {
+            // Entries held while the group was unknown join its stream.
+            self.adopt_held(uid, g);
             rounds += 1;
             if rounds > 100_000 {
                 break;
@@ -261,6 +265,12 @@ impl Participant {
                             None => pending.push(*bg),
                         }
                     }
+                    let ready = |d: &[(Id32, u64)]| self.deps_ready(&uid, d).unwrap_or(false);
+                    for hg in self.held.groups_with_welcomes(&uid, ready) {
+                        if !u.groups.contains_key(&hg) && !pending.contains(&hg) {
+                            pending.push(hg);
+                        }
+                    }
                 }
                 for bg in pending {
                     self.retry_orphan_welcomes(uid, bg);
@@ -269,13 +279,15 @@ impl Participant {
         }
     }
 
-    /// Welcomes buffered for groups we are not in (waiting for PSKs).
+    /// Welcomes buffered or held for groups we are not in (waiting for
+    /// PSKs).
     pub(super) fn retry_orphan_welcomes(&mut self, uid: Id32, g: Id32) {
-        let entries: Vec<Vec<u8>> = self
+        let mut entries: Vec<Vec<u8>> = self
             .buffers
             .get(&g)
             .map(|b| b.values().cloned().collect())
             .unwrap_or_default();
+        entries.extend(self.held.welcomes_of(&uid, &g));
         for bytes in entries {
             let Ok(env) = Envelope::decode(&bytes) else {
                 continue;
@@ -287,6 +299,9 @@ impl Participant {
             {
                 if self.step(|p| p.join(uid, g, &env, &bytes)).is_ok() {
                     self.drain(uid, g);
+                } else {
+                    // Not a Welcome we can join: not worth trying again.
+                    self.held.remove(&uid, &g, &bytes);
                 }
                 return;
             }

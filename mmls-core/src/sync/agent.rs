@@ -13,6 +13,7 @@
 
 use super::key_packages::{KeyPackageRelay, Seen};
 use super::kp_request::{KpRequest, KpRequests, KpResponse};
+use super::told::{digest, Told};
 use super::{FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FETCH_ENVELOPES};
 use crate::envelope::{Envelope, Kind};
 use crate::id::Id32;
@@ -50,6 +51,12 @@ pub struct SyncConfig {
     /// round that repairs what gossip lost). `None`: only when the driver
     /// calls [`SyncAgent::sync_all`] (tests that step sync by hand).
     pub round_interval_ms: Option<u64>,
+    /// A round skips a peer that already has the summaries we would send,
+    /// until this long after we sent them (`told.rs`).
+    pub quiet_round_ms: u64,
+    /// The KeyPackages pushed on connect, and our lobby announcement, are
+    /// not sent again unchanged to the same peer (the lobby) before this.
+    pub repeat_push_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -65,6 +72,8 @@ impl Default for SyncConfig {
             kp_serve_per_min: 30,
             kp_serve_burst: 8,
             round_interval_ms: Some(5_000),
+            quiet_round_ms: 60_000,
+            repeat_push_ms: 600_000,
         }
     }
 }
@@ -171,6 +180,8 @@ pub struct SyncAgent<P> {
     /// When the next summary round is due (set by the first timeout or by
     /// [`SyncAgent::start_rounds`]).
     next_round: Option<u64>,
+    /// What each peer (and the lobby) already got from us.
+    told: Told<P>,
 }
 
 impl<P: Ord + Clone> SyncAgent<P> {
@@ -190,6 +201,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
             kp_requests,
             actions: VecDeque::new(),
             next_round: None,
+            told: Told::default(),
         }
     }
 
@@ -245,13 +257,24 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 envelopes.push(ByteBuf::from(a.bytes.clone()));
             }
         }
+        let ours = digest(&envelopes);
         envelopes.extend(
             self.kps
                 .newest(MAX_FETCH_ENVELOPES - envelopes.len())
                 .map(|b| ByteBuf::from(b.to_vec())),
         );
-        self.push(peer.clone(), envelopes, now);
-        self.handle_outputs(anns, None, now);
+        // Not again to a peer that got this very set (a reconnect), and
+        // our announcement on the lobby only when it changed.
+        let repeat = self.cfg.repeat_push_ms;
+        let set = digest(&envelopes);
+        if self.told.push_due(&peer, set, now, repeat) {
+            self.told.pushed(peer.clone(), set, now);
+            self.push(peer.clone(), envelopes, now);
+        }
+        if self.told.announce_due(ours, now, repeat) {
+            self.told.announced(ours, now);
+            self.handle_outputs(anns, None, now);
+        }
         self.send_summary(p, peer, now);
     }
 
@@ -265,6 +288,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
     /// A peer is gone: its requests fail now (roaming fetches move on).
     pub fn peer_disconnected(&mut self, peer: &P, now: u64) {
         self.kp_requests.gone(peer);
+        self.told.forget_summary(peer);
         if self.peers.remove(peer).is_none() {
             return;
         }
@@ -440,18 +464,40 @@ impl<P: Ord + Clone> SyncAgent<P> {
     }
 
     /// Sends our summaries to every connected peer (the periodic round).
+    /// A peer that already has these summaries from us is skipped until
+    /// `quiet_round_ms` (`told.rs`): its own round tells us what it has.
     pub fn sync_all(&mut self, p: &Participant, now: u64) {
-        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        let ours = p.summaries();
+        let d = digest(&ours);
+        let quiet = self.cfg.quiet_round_ms;
+        let peers: Vec<P> = self
+            .peers
+            .keys()
+            .filter(|peer| self.told.summary_due(peer, d, now, quiet))
+            .cloned()
+            .collect();
         for peer in peers {
-            self.send_summary(p, peer, now);
+            self.summary_to(peer, ours.clone(), d, now);
         }
     }
 
     /// Sends our summaries to `peer` (it answers with its own, and each side
     /// fetches what the other has more of).
     pub fn send_summary(&mut self, p: &Participant, peer: P, now: u64) {
-        let msg = SyncMessage::Summary(p.summaries());
-        self.request(peer, msg, Purpose::Summary, now);
+        let ours = p.summaries();
+        let d = digest(&ours);
+        self.summary_to(peer, ours, d, now);
+    }
+
+    fn summary_to(&mut self, peer: P, ours: Vec<SyncSummary>, d: u64, now: u64) {
+        if self.request(
+            peer.clone(),
+            SyncMessage::Summary(ours),
+            Purpose::Summary,
+            now,
+        ) {
+            self.told.told_summary(peer, d, now);
+        }
     }
 
     // ------------------------------------------------------------ timers --
@@ -503,6 +549,9 @@ impl<P: Ord + Clone> SyncAgent<P> {
         let Some(a) = self.asked.remove(&id) else {
             return;
         };
+        if matches!(a.purpose, Purpose::Summary) {
+            self.told.forget_summary(&a.peer);
+        }
         if let Purpose::Fetch { req, route } = a.purpose {
             self.landed(&req, &a.peer);
             self.retry(req, route, now);

@@ -11,6 +11,7 @@ pub(crate) mod key_packages;
 mod kp_request;
 #[cfg(test)]
 mod tests;
+mod told;
 
 pub use agent::{Action, RequestId, SyncAgent, SyncConfig, SyncError};
 pub use key_packages::key_package_request;
@@ -28,8 +29,15 @@ use std::collections::BTreeMap;
 pub const MAX_FETCH_ENVELOPES: usize = 256;
 /// Groups one Welcomes request may name.
 pub const MAX_WELCOME_GROUPS: usize = 64;
-/// And how many bytes.
+/// And how many bytes (what a decoder accepts).
 pub const MAX_FETCH_BYTES: usize = 4 * MAX_ENVELOPE_BYTES;
+/// What one range answer carries when it can choose: on a 64 kbit/s radio
+/// this is 8 s of link, so the answer arrives within a request timeout,
+/// and pings, summaries and texts queued behind it wait seconds, not the
+/// two minutes a 4 MiB answer took at 256 kbit/s. Larger catch-ups are
+/// asked for again from where the answer ended (`more`). An envelope
+/// larger than this still goes, alone.
+pub const FETCH_ANSWER_BYTES: usize = 64 * 1024;
 
 /// A peer's position in every send group of one universe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

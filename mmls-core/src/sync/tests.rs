@@ -766,3 +766,86 @@ fn without_an_interval_rounds_are_the_drivers() {
     a.handle_timeout(&p, T0 + 3_600_000);
     assert!(drain(&mut a).is_empty());
 }
+
+/// The summaries `actions` send, by peer.
+fn summaries_to(actions: &[Action<u32>]) -> Vec<u32> {
+    requests(actions)
+        .into_iter()
+        .filter(|(_, _, m)| matches!(m, SyncMessage::Summary(_)))
+        .map(|(peer, _, _)| peer)
+        .collect()
+}
+
+#[test]
+fn an_unchanged_summary_is_not_repeated_until_the_quiet_interval() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    // The connection's summaries failed (see `agent`): both are due.
+    a.sync_all(&p, T0 + 5_000);
+    let first = requests(&drain(&mut a));
+    assert_eq!(summaries_to(&drain_again(&first)), vec![1, 2]);
+    // Peer 1 answers; peer 2's request fails.
+    for (peer, id, _) in &first {
+        if *peer == 1 {
+            a.handle_response(&mut p, *id, SyncMessage::Summaries(vec![]), T0 + 5_100)
+                .expect("answer");
+        } else {
+            a.handle_failure(*id, T0 + 5_100);
+        }
+    }
+    drain(&mut a);
+    // Nothing changed: peer 1 is not told again; peer 2 (whose request
+    // failed) is.
+    a.sync_all(&p, T0 + 10_000);
+    assert_eq!(summaries_to(&drain(&mut a)), vec![2]);
+    // After the quiet interval, peer 1 again.
+    let quiet = SyncConfig::default().quiet_round_ms;
+    a.sync_all(&p, T0 + 5_000 + quiet);
+    assert!(summaries_to(&drain(&mut a)).contains(&1));
+    // A reconnect always sends.
+    a.peer_disconnected(&1, T0 + quiet + 6_000);
+    a.peer_connected(&p, 1, T0 + quiet + 6_001);
+    assert_eq!(summaries_to(&drain(&mut a)), vec![1]);
+}
+
+#[test]
+fn a_reconnect_does_not_push_the_same_key_packages_again() {
+    let p = participant(0);
+    let mut a = agent(&p, &[]);
+    a.peer_connected(&p, 1, T0);
+    let pushes = |acts: &[Action<u32>]| {
+        requests(acts)
+            .into_iter()
+            .filter(|(_, _, m)| matches!(m, SyncMessage::Fetched(_)))
+            .count()
+    };
+    let publishes = |acts: &[Action<u32>]| {
+        acts.iter()
+            .filter(|x| matches!(x, Action::Publish(_)))
+            .count()
+    };
+    let first = drain(&mut a);
+    assert_eq!(pushes(&first), 1, "{first:?}");
+    assert!(publishes(&first) >= 1, "our announcement on the lobby");
+    a.peer_disconnected(&1, T0 + 1_000);
+    a.peer_connected(&p, 1, T0 + 2_000);
+    let again = drain(&mut a);
+    assert_eq!(pushes(&again), 0, "pushed again: {again:?}");
+    assert_eq!(publishes(&again), 0, "announced again: {again:?}");
+    assert_eq!(summaries_to(&again), vec![1]);
+    // A new peer gets the push, not a second lobby announcement.
+    a.peer_connected(&p, 2, T0 + 3_000);
+    let other = drain(&mut a);
+    assert_eq!(pushes(&other), 1);
+    assert_eq!(publishes(&other), 0);
+}
+
+fn drain_again(reqs: &[(u32, RequestId, SyncMessage)]) -> Vec<Action<u32>> {
+    reqs.iter()
+        .map(|(peer, id, msg)| Action::Request {
+            peer: *peer,
+            id: *id,
+            msg: msg.clone(),
+        })
+        .collect()
+}

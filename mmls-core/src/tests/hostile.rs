@@ -32,11 +32,15 @@ fn hostile_envelopes_are_rejected_with_typed_errors_and_change_nothing() {
         p.handle_incoming(&bytes[..bytes.len() / 2]),
         Err(MmlsError::Envelope(_))
     ));
-    let mut v2 = real.clone();
-    v2.v = 9;
+    // An unknown version: key 0 (the version) set to 9.
+    let mut v9 = bytes.clone();
+    assert_eq!(&v9[1..3], &[0x00, 0x02]);
+    v9[2] = 0x09;
     assert!(matches!(
-        p.handle_incoming(&v2.encode()),
-        Err(MmlsError::Envelope(_))
+        p.handle_incoming(&v9),
+        Err(MmlsError::Envelope(
+            crate::envelope::EnvelopeError::UnknownVersion(9)
+        ))
     ));
     // Replay.
     assert!(matches!(

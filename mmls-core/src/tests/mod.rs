@@ -11,6 +11,7 @@ use crate::testkit::{config, Net};
 mod delivery;
 mod devices;
 mod federation;
+mod flood;
 mod group_cache;
 mod group_commit;
 mod hostile;
@@ -22,6 +23,7 @@ mod rejoin;
 mod suites;
 mod updates;
 mod welcomes;
+mod wire_size;
 
 /// The commits published in `owner`'s send group, in stream order.
 pub(super) fn commits_of(net: &mut Net, uid: &Id32, owner: usize) -> Vec<(Envelope, Vec<u8>)> {

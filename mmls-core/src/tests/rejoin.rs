@@ -130,3 +130,99 @@ fn a_member_that_lost_its_state_gets_the_conversation_back() {
     }
     net.assert_consistent(&uid);
 }
+
+/// A member whose rejoin requests get no answer (its link saturated, the
+/// owners out of reach) backs off: 30 s, then 1, 2 and 4 minutes between
+/// requests, not one every 30 s, which would feed the congestion that
+/// stalled it. Once it is back in every group the backoff starts over.
+#[test]
+fn unanswered_rejoin_requests_back_off() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    net.run();
+    net.settle();
+    // Two texts of node 0; node 2 gets only the second: its stream of
+    // node 0's group is blocked on the first, which never comes.
+    let _lost = net.node(0).send(&uid, b"lost").expect("send");
+    let (_, second) = net.node(0).send(&uid, b"stuck").expect("send");
+    let app = |outs: &[crate::participant::Output]| {
+        outs.iter()
+            .find_map(|o| match o {
+                crate::participant::Output::Publish(p)
+                    if crate::envelope::Envelope::decode(&p.bytes)
+                        .is_ok_and(|e| e.kind == crate::envelope::Kind::Application) =>
+                {
+                    Some(p.bytes.clone())
+                }
+                _ => None,
+            })
+            .expect("an application envelope")
+    };
+    let stuck = app(&second);
+    let _ = net.node(2).handle_incoming(&stuck);
+    // Ten minutes of ticks every 5 s; nothing node 2 sends gets through.
+    let mut now = net.now;
+    let mut rejoins = vec![];
+    for _ in 0..120 {
+        now += 5_000;
+        if publishes_rejoin(&net.node(2).tick(now)) {
+            rejoins.push(now - net.now);
+        }
+    }
+    // Blocked at 0: the first request after 30 s, then 30, 60, 120 and
+    // 240 s apart.
+    assert_eq!(
+        rejoins,
+        vec![30_000, 60_000, 120_000, 240_000, 480_000],
+        "rejoin requests at (ms after the block)"
+    );
+}
+
+#[test]
+fn a_blocked_group_waits_longer_while_its_universe_makes_progress() {
+    let mut net = Net::new(3);
+    let uid = net.universe(Profile::Mmls00);
+    net.run();
+    net.settle();
+    // Node 2's stream of node 0's group is blocked on a text it never gets,
+    // while node 1's texts keep arriving (a slow link, not a dead one).
+    let _lost = net.node(0).send(&uid, b"lost").expect("send");
+    let (_, second) = net.node(0).send(&uid, b"stuck").expect("send");
+    for o in second {
+        if let crate::participant::Output::Publish(p) = o {
+            let _ = net.node(2).handle_incoming(&p.bytes);
+        }
+    }
+    let mut now = net.now;
+    let mut first_rejoin = None;
+    for i in 0..40u64 {
+        now += 5_000;
+        let _ = net.node(1).tick(now);
+        let body = format!("progress {i}");
+        let (_, outs) = net.node(1).send(&uid, body.as_bytes()).expect("send");
+        for o in outs {
+            if let crate::participant::Output::Publish(p) = o {
+                let _ = net.node(2).handle_incoming(&p.bytes);
+            }
+        }
+        if publishes_rejoin(&net.node(2).tick(now)) {
+            first_rejoin.get_or_insert(now - net.now);
+        }
+    }
+    // Without progress the request goes after 30 s (the test above); with
+    // it, after four times that.
+    assert_eq!(
+        first_rejoin,
+        Some(120_000),
+        "first rejoin request (ms after the block)"
+    );
+}
+
+/// Whether `outs` publish a rejoin request.
+fn publishes_rejoin(outs: &[crate::participant::Output]) -> bool {
+    outs.iter().any(|o| {
+        matches!(o, crate::participant::Output::Publish(p)
+            if crate::envelope::Envelope::decode(&p.bytes)
+                .is_ok_and(|e| e.kind == crate::envelope::Kind::Rejoin))
+    })
+}

@@ -317,3 +317,84 @@ fn a_removal_is_committed_before_a_send_whatever_the_import_window() {
     assert!(net.texts(1).contains(&"after the removal".to_string()));
     assert!(!net.texts(3).contains(&"after the removal".to_string()));
 }
+
+/// Every member updates at once: each one's Update proposals meet owners
+/// that moved on (their own update commits), so most go stale. A stale
+/// proposal is re-sent once per new epoch of its group, after a backoff,
+/// not at every commit that missed it: with a 6-member universe the
+/// re-sends stay at most one per (update, group), and every leaf still
+/// rotates everywhere. The counts are printed for `proposal_retry_ms` 0
+/// (re-send at the next tick, which races the owners' import commits) and
+/// the default.
+#[test]
+fn concurrent_updates_re_send_stale_proposals_once_per_epoch_with_backoff() {
+    let n = 6;
+    let mut rows = vec![];
+    for retry_ms in [0, crate::participant::Config::default().proposal_retry_ms] {
+        let cfg = crate::participant::Config {
+            proposal_retry_ms: retry_ms,
+            ..config()
+        };
+        let mut net = Net::with_config(n, cfg);
+        net.shuffle = true;
+        let uid = net.universe(Profile::Mmls00);
+        let leaves = |net: &mut Net| -> Vec<Vec<u8>> {
+            let g: Vec<Id32> = (0..n)
+                .map(|o| {
+                    let m = net.member(o);
+                    net.node(0).group_of(&uid, &m).unwrap()
+                })
+                .collect();
+            g.iter()
+                .flat_map(|g| {
+                    let group = net.node(0).group(g).unwrap();
+                    group
+                        .members()
+                        .map(|m| m.encryption_key.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let before = leaves(&mut net);
+        let mark = net.all_bytes.len();
+        for i in 0..n {
+            net.update(i, &uid);
+        }
+        net.run();
+        for _ in 0..4 {
+            net.settle();
+        }
+        let proposals = net.all_bytes[mark..]
+            .iter()
+            .filter(|b| Envelope::decode(b).is_ok_and(|e| e.kind == Kind::Proposal))
+            .count();
+        let after = leaves(&mut net);
+        let kept: Vec<&Vec<u8>> = after.iter().filter(|k| before.contains(k)).collect();
+        assert!(
+            kept.is_empty(),
+            "retry {retry_ms}: leaves not rotated: {}",
+            kept.len()
+        );
+        net.assert_consistent(&uid);
+        rows.push((retry_ms, proposals));
+    }
+    let pairs = n * (n - 1);
+    eprintln!("proposal_retry_ms  proposals  per (update, member)");
+    for (ms, p) in &rows {
+        eprintln!("{ms:>17}  {p:>9}  {:>20.2}", *p as f64 / pairs as f64);
+    }
+    for (ms, p) in &rows {
+        assert!(
+            *p >= pairs,
+            "retry {ms}: every update proposes in every other group"
+        );
+    }
+    // With the default backoff the owners' import commits are seen before
+    // the re-send: one re-send per (update, group), not one per commit.
+    let (eager, default) = (rows[0].1, rows[1].1);
+    assert!(
+        default <= 2 * pairs,
+        "{default} proposals for {pairs} (update, member)"
+    );
+    assert!(default < eager, "backoff {default} vs next tick {eager}");
+}

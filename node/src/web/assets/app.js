@@ -353,11 +353,19 @@ async function membersView(id, body) {
   every(3000, load);
 }
 
+/** How each link health shows. */
+const LINK_BADGE = { good: 'ok', slow: 'warn', saturated: 'warn', silent: 'bad', down: 'bad' };
+
+/** Bytes in KB or MB, for the link table. */
+function kb(n) {
+  return n >= 1e6 ? (n / 1e6).toFixed(1) + ' MB' : (n / 1e3).toFixed(1) + ' KB';
+}
+
 async function healthView(id, body) {
   const load = async () => {
-    let u, ms, peers;
+    let u, ms, peers, st;
     try {
-      [u, ms, peers] = await Promise.all([api('GET', '/v1/universes/' + id), api('GET', '/v1/universes/' + id + '/members'), api('GET', '/v1/peers')]);
+      [u, ms, peers, st] = await Promise.all([api('GET', '/v1/universes/' + id), api('GET', '/v1/universes/' + id + '/members'), api('GET', '/v1/peers'), api('GET', '/v1/status')]);
     } catch (e) { if (e.message !== 'not logged in') toast(e.message, true); return; }
     const names = Object.fromEntries(ms.map(m => [m.member, m.me ? 'you' : who(m.name, m.member)]));
     const others = ms.filter(m => !m.me);
@@ -391,6 +399,19 @@ async function healthView(id, body) {
           h('td', { text: String(g.members) }),
           h('td', { class: 'mono', text: g.auth }))))),
       h('p', { class: 'muted', text: 'Epoch lag per member (what it acknowledged of your group) is on the Members tab.' }),
+      h('h2', { text: 'Links' }),
+      h('table', { id: 'links' },
+        h('thead', {}, h('tr', {}, ['Peer', 'Health', 'Round trip', 'Rate', 'Queued', 'Closed after silence of', 'In', 'Out'].map(t => h('th', { text: t })))),
+        h('tbody', {}, (st.links || []).map(l => h('tr', { 'data-peer': l.peer_id },
+          h('td', { title: l.peer_id, text: names[l.peer_id] || short(l.peer_id) }),
+          h('td', { 'data-col': 'health' }, badge(l.health, LINK_BADGE[l.health] || 'warn')),
+          h('td', { text: l.rtt_ms == null ? '?' : l.rtt_ms + ' ms' }),
+          h('td', { text: l.health === 'down' ? '' : kb(l.rate_bytes_per_s) + '/s' }),
+          h('td', { text: l.health === 'down' ? 'redial in ' + (l.redial_in_ms / 1000).toFixed(1) + ' s' : (l.queue_ms / 1000).toFixed(1) + ' s' }),
+          h('td', { text: l.health === 'down' ? '' : (l.allowance_ms / 1000).toFixed(1) + ' s' }),
+          h('td', { text: kb(l.received_bytes) }),
+          h('td', { text: kb(l.sent_bytes) }))))),
+      h('p', { class: 'muted', text: 'A slow or saturated link is still up: the node waits longer for it, as its round trip and queue explain.' }),
     ].filter(Boolean));
   };
   await load();
