@@ -81,6 +81,14 @@ pub enum MmlsError {
     MalformedMls(String),
     #[error("MLS processing failed: {0}")]
     Mls(String),
+    /// openmls's `PskError::KeyNotFound` on an authenticated commit: it
+    /// imports a PSK we do not hold, and, when we hold that group past the
+    /// epoch named, never will (we were re-added after it).
+    #[error(
+        "a commit of send group {0} imports a PSK this member does not hold \
+         (PskError: KeyNotFound)"
+    )]
+    PskNotHeld(Id32),
     #[error("unexpected message: {0}")]
     Unexpected(String),
     #[error(

@@ -2368,7 +2368,7 @@ fn watched(x: usize) -> bool {
 /// rejection map truncates reasons, and because with no state lost it must
 /// never happen (an exported PSK deleted while a peer still needs it).
 fn names_a_psk(error: &str) -> bool {
-    error.contains("PskError")
+    error.contains("PskError") || error.contains("PskNotHeld")
 }
 
 /// A rejection reason with its numbers and ids masked, so that reasons of

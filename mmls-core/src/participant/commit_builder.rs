@@ -202,11 +202,11 @@ impl Participant {
                 .map(|(_, m)| m.clone())
                 .collect();
             for g in pending {
-                let Some((epoch, psk_min, stale)) = self
+                let Some((epoch, psk_min, stale, owner)) = self
                     .uni(&uid)?
                     .groups
                     .get(&g)
-                    .map(|s| (s.epoch, s.psk_min, s.stale))
+                    .map(|s| (s.epoch, s.psk_min, s.stale, s.owner.clone()))
                 else {
                     continue;
                 };
@@ -218,7 +218,10 @@ impl Participant {
                     .into_iter()
                     .map(|(_, m)| m)
                     .collect();
-                if psk_min <= epoch && readers.is_subset(&theirs) {
+                if psk_min <= epoch
+                    && readers.is_subset(&theirs)
+                    && !self.import_crosses_gap(&uid, &owner, &readers)
+                {
                     plan.imports.push((g, epoch));
                 } else {
                     plan.deferred.insert(g);

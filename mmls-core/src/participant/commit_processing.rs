@@ -115,6 +115,11 @@ impl Participant {
                         });
                     }
                 }
+                if err
+                    == StageCommitError::PskError(openmls::schedule::errors::PskError::KeyNotFound)
+                {
+                    return Err(MmlsError::PskNotHeld(g));
+                }
                 return Err(MmlsError::mls(err));
             }
             Err(e) => return Err(MmlsError::mls(e)),
@@ -321,6 +326,7 @@ impl Participant {
                 u.leaf_updates.covered(&g);
             }
             self.mirror_membership(uid, &c.added, &c.universe_removes)?;
+            self.note_readded(uid, &c.owner, &c.added)?;
         }
         self.record_equivocations(uid, equivocations)?;
         if let Some(a) = c.anchors {

@@ -35,17 +35,23 @@ impl Participant {
     /// the store (the forward-secrecy window deletes old ones).
     #[cfg(test)]
     pub(crate) fn holds_psk(&self, g: &Id32, epoch: u64) -> bool {
-        use openmls_traits::storage::{traits, Entity, CURRENT_VERSION};
-        #[derive(Serialize, Deserialize)]
-        #[serde(transparent)]
-        struct AnyBundle(serde_json::Value);
-        impl Entity<CURRENT_VERSION> for AnyBundle {}
-        impl traits::PskBundle<CURRENT_VERSION> for AnyBundle {}
-        let psk = Psk::External(ExternalPsk::new(Profile::psk_id(g, epoch)));
-        matches!(
-            self.provider.storage().psk::<AnyBundle, Psk>(&psk),
-            Ok(Some(_))
-        )
+        self.psk_held(g, epoch)
+    }
+
+    /// Test only: we give up on `g` as after a long block (the rejoin
+    /// request follows with `request_rejoin`).
+    #[cfg(test)]
+    pub(crate) fn mark_stale(&mut self, uid: &Id32, g: &Id32) {
+        let now = self.now;
+        let (uid, g) = (*uid, *g);
+        let _ = self.step(|p| {
+            let gs = p
+                .group_state_mut(&uid, &g)
+                .ok_or(MmlsError::UnknownGroup(g))?;
+            gs.stale = true;
+            gs.stale_since = Some(now);
+            Ok(())
+        });
     }
 
     /// Test only: a malicious owner drops `member` from its own send group

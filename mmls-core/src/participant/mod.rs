@@ -62,6 +62,7 @@ mod membership;
 mod output;
 mod processing;
 mod psk;
+mod psk_gap;
 mod rejoin;
 mod reproposal;
 mod resend;

@@ -4,13 +4,35 @@
 use super::*;
 
 impl Participant {
+    /// Asks to be re-added to every group we are stale in (after a state
+    /// loss: to everything).
     pub(super) fn send_rejoin(&mut self, uid: Id32, lost_state: bool) -> Result<(), MmlsError> {
+        self.rejoin_request(uid, lost_state, None)
+    }
+
+    /// Asks to be re-added to those of `groups` we are stale in, and no
+    /// others (see `psk_gap`): not counted as a repeat for the backoff.
+    pub(super) fn send_rejoin_for(
+        &mut self,
+        uid: Id32,
+        groups: Option<&BTreeSet<Id32>>,
+    ) -> Result<(), MmlsError> {
+        self.rejoin_request(uid, false, groups)
+    }
+
+    fn rejoin_request(
+        &mut self,
+        uid: Id32,
+        lost_state: bool,
+        only: Option<&BTreeSet<Id32>>,
+    ) -> Result<(), MmlsError> {
         let now = self.now;
         let u = self.uni(&uid)?;
         let stale: Vec<(Id32, MemberId, u16)> = u
             .groups
             .iter()
             .filter(|(_, g)| g.stale && g.owner != self.me)
+            .filter(|(id, _)| only.is_none_or(|o| o.contains(id)))
             .map(|(id, g)| (*id, g.owner.clone(), g.suite))
             .collect();
         if stale.is_empty() && !lost_state {
@@ -39,6 +61,9 @@ impl Participant {
         } else {
             (None, vec![])
         };
+        // Owners refuse a nonce not above the last one they saw from us,
+        // and two requests may leave within one millisecond.
+        let nonce = rejoin_nonce(self.uni(&uid)?.rejoin_requested_at, now);
         let req = RejoinRequest {
             universe: uid,
             member: self.me.clone(),
@@ -46,7 +71,7 @@ impl Participant {
             lost_state,
             any_key_package: any,
             any_key_packages: any_others,
-            nonce: now.max(1),
+            nonce,
             received: if lost_state {
                 vec![]
             } else {
@@ -63,8 +88,10 @@ impl Participant {
         e.sender = Some(self.me.to_string());
         self.publish_lobby(e);
         let u = self.uni_mut(&uid)?;
-        u.rejoin_requested_at = Some(now);
-        u.rejoin_attempts = u.rejoin_attempts.saturating_add(1);
+        u.rejoin_requested_at = Some(nonce);
+        if only.is_none() {
+            u.rejoin_attempts = u.rejoin_attempts.saturating_add(1);
+        }
         for (g, owner, _) in stale {
             self.emit(Event::Stale {
                 universe: uid,
@@ -88,6 +115,18 @@ impl Participant {
         if !u.roster.contains(&req.member) {
             return Err(MmlsError::NotAMember(req.member.to_string()));
         }
+        // Whether or not we are asked: our imports must wait (`psk_gap`).
+        let asked: BTreeSet<MemberId> = if req.lost_state {
+            u.roster
+                .iter()
+                .filter(|m| **m != req.member)
+                .cloned()
+                .collect()
+        } else {
+            req.key_packages.iter().map(|(o, _)| o.clone()).collect()
+        };
+        self.note_rejoining(uid, &req.member, asked)?;
+        let u = self.uni(&uid)?;
         let Some(suite) = u.own_group.and_then(|g| u.groups.get(&g)).map(|s| s.suite) else {
             return Ok(());
         };
@@ -158,4 +197,11 @@ impl Participant {
         self.commit_own(uid, false)?;
         Ok(())
     }
+}
+
+/// A rejoin request's nonce: its time, but above the previous one's.
+fn rejoin_nonce(previous: Option<u64>, now: u64) -> u64 {
+    previous
+        .map_or(now, |p| now.max(p.saturating_add(1)))
+        .max(1)
 }

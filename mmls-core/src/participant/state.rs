@@ -173,6 +173,14 @@ pub(super) struct UniverseState {
     /// would displace the owner's live group.
     #[serde(default)]
     pub(super) retired: BTreeSet<Id32>,
+    /// Groups given up on for a PSK gap, whose rejoin request is still to
+    /// be sent (see `psk_gap`).
+    #[serde(default)]
+    pub(super) gap_rejoins: BTreeSet<Id32>,
+    /// Members whose rejoin requests we saw, and the owners they asked:
+    /// we do not import those owners' groups meanwhile (see `psk_gap`).
+    #[serde(default)]
+    pub(super) rejoining: BTreeMap<MemberId, super::psk_gap::Rejoining>,
 }
 
 impl UniverseState {
@@ -208,6 +216,8 @@ impl UniverseState {
             anchors_pending: false,
             welcome_log: BTreeMap::new(),
             retired: BTreeSet::new(),
+            gap_rejoins: BTreeSet::new(),
+            rejoining: BTreeMap::new(),
         }
     }
 

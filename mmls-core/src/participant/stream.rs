@@ -103,6 +103,7 @@ impl Participant {
         if next == Some((env.seq, false)) && self.deps_ready(&uid, &env.deps)? {
             if let Err(e) = self.step(|p| p.process_entry(uid, g, &env, bytes)) {
                 self.drop_entry(uid, g, env.seq, &e);
+                self.give_up_on_gap(uid, g, &env, &e);
                 return Err(e);
             }
             self.drain(uid, g);
@@ -232,6 +233,9 @@ impl Participant {
                     }
                     Err(e) => {
                         self.drop_entry(uid, g, next, &e);
+                        if self.give_up_on_gap(uid, g, &env, &e) {
+                            break;
+                        }
                         if self.try_alternates(uid, g, next) {
                             progressed = true;
                             continue;

@@ -37,6 +37,7 @@ impl Participant {
         if !u.certs.is_empty() {
             self.flag_expired(uid)?;
         }
+        self.send_gap_rejoins(uid)?;
         let u = self.uni(&uid)?;
         // Own send group not created yet (joined, but KeyPackages missing).
         if u.own_group.is_none() && u.def.is_some() && u.roster.contains(&self.me) {

@@ -18,6 +18,7 @@ mod hostile;
 mod key_packages;
 mod membership;
 mod psk;
+mod psk_gap;
 mod recovery;
 mod rejoin;
 mod suites;
