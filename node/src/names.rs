@@ -12,7 +12,7 @@ use crate::datadir::write_private;
 use crate::error::NodeError;
 use mmls_core::MemberId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The contacts file in the data dir.
@@ -80,6 +80,17 @@ struct ContactsFile {
     announced: BTreeMap<String, String>,
 }
 
+/// A name another member also shows gets the member's short id (the end
+/// of its id, as `MemberId::short`): names are chosen by their bearers, and
+/// two "Alice"s must not read as one person.
+fn with_short_id(name: String, id: &str, twins: usize) -> String {
+    if twins == 0 {
+        return name;
+    }
+    let short = id.get(id.len().saturating_sub(6)..).unwrap_or(id);
+    format!("{name} ({short})")
+}
+
 /// Names known to this node.
 #[derive(Debug)]
 pub struct Names {
@@ -131,11 +142,36 @@ impl Names {
     pub fn info(&self, m: &MemberId) -> NameInfo {
         let nickname = self.file.nicknames.get(m.as_str()).cloned();
         let announced = self.file.announced.get(m.as_str()).cloned();
+        let display = self.plain(m.as_str()).map(|name| {
+            let twins = self
+                .ids()
+                .filter(|o| *o != m.as_str() && self.plain(o).as_deref() == Some(&name))
+                .count();
+            with_short_id(name, m.as_str(), twins)
+        });
         NameInfo {
-            display: nickname.clone().or_else(|| announced.clone()),
+            display,
             nickname,
             announced,
         }
+    }
+
+    /// Nickname, else announced name, as given.
+    fn plain(&self, id: &str) -> Option<String> {
+        self.file
+            .nicknames
+            .get(id)
+            .or_else(|| self.file.announced.get(id))
+            .cloned()
+    }
+
+    /// Every member with a name (a member with both kinds appears twice).
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        self.file
+            .nicknames
+            .keys()
+            .chain(self.file.announced.keys())
+            .map(String::as_str)
     }
 
     /// The name to show for `m`, if any.
@@ -193,14 +229,24 @@ impl Names {
             .collect();
         ids.sort();
         ids.dedup();
+        let mut shown_by: HashMap<String, usize> = HashMap::new();
+        for id in &ids {
+            if let Some(n) = self.plain(id) {
+                *shown_by.entry(n).or_default() += 1;
+            }
+        }
         ids.into_iter()
             .map(|id| {
                 let nickname = self.file.nicknames.get(id).cloned();
                 let announced = self.file.announced.get(id).cloned();
+                let display = self.plain(id).map(|name| {
+                    let twins = shown_by.get(&name).map_or(0, |c| c.saturating_sub(1));
+                    with_short_id(name, id, twins)
+                });
                 (
                     id.clone(),
                     NameInfo {
-                        display: nickname.clone().or_else(|| announced.clone()),
+                        display,
                         nickname,
                         announced,
                     },
@@ -260,6 +306,37 @@ mod tests {
             Names::load(dir.path()).display(&m).as_deref(),
             Some("Alice")
         );
+    }
+
+    #[test]
+    fn two_members_with_one_name_both_show_their_short_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<MemberId> = (1..=3u8)
+            .map(|i| MemberId::from_public_key(&[i; 32]))
+            .collect();
+        let mut n = Names::load(dir.path());
+        n.announced(&ids[0], "Alice");
+        assert_eq!(n.display(&ids[0]).as_deref(), Some("Alice"));
+        // A second "Alice" (here with an invisible character, stripped).
+        n.announced(&ids[1], "Al\u{200B}ice");
+        let shown = |n: &Names, m: &MemberId| n.display(m).unwrap_or_default();
+        assert_eq!(shown(&n, &ids[0]), format!("Alice ({})", ids[0].short()));
+        assert_eq!(shown(&n, &ids[1]), format!("Alice ({})", ids[1].short()));
+        n.announced(&ids[2], "Bob");
+        assert_eq!(shown(&n, &ids[2]), "Bob");
+        // The list of contacts says the same as one lookup.
+        for (id, info) in n.all() {
+            let m = ids.iter().find(|m| m.as_str() == id).unwrap();
+            assert_eq!(info.display, n.display(m), "{id}");
+        }
+        // A nickname that tells them apart ends the clash; the announced
+        // name stays as it was announced.
+        n.set_nickname(&ids[1], Some("Alice from HQ")).unwrap();
+        assert_eq!(shown(&n, &ids[0]), "Alice");
+        assert_eq!(n.info(&ids[1]).announced.as_deref(), Some("Alice"));
+        // A nickname can clash too.
+        n.set_nickname(&ids[2], Some("Alice")).unwrap();
+        assert_eq!(shown(&n, &ids[2]), format!("Alice ({})", ids[2].short()));
     }
 
     #[test]
