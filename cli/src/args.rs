@@ -156,6 +156,13 @@ others' texts, oldest first, paged by cursor, as it always was.")]
     Device(DeviceCmd),
     /// Run a demo universe of N nodes in this process: partition, heal, update
     Demo(DemoArgs),
+    /// Destroy this node's data dir for good (a device about to be lost): stops the
+    /// node if it runs, overwrites and removes the keys first, then the store, then the rest
+    Wipe {
+        /// Confirm: without it nothing is touched
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Nicknames are local to this node (DIR/contacts.json) and override the

@@ -1028,6 +1028,54 @@ pub fn rejoin(dir: &Path, universe: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mmls wipe`: stop the node if it runs (its process holds the keys in
+/// memory), then destroy the data dir, keys first (`node::wipe`).
+pub fn wipe(dir: &Path, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        bail!(
+            "`mmls wipe` destroys this node's identity and every message in {} and cannot be \
+             undone: run `mmls wipe --yes` to do it",
+            dir.display()
+        );
+    }
+    let still_running = match Client::from_data_dir(dir) {
+        Ok(c) if c.id().is_ok() => {
+            // Asked to stop, the node flushes, closes its store and removes
+            // api.addr on its way out.
+            let asked = c.shutdown().is_ok();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let stopped =
+                || c.id().is_err() && DataDir::open(dir).is_ok_and(|d| d.read_api_addr().is_none());
+            while asked && !stopped() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let gone = asked && stopped();
+            if gone {
+                outln!("stopped the node running on {}", dir.display());
+            }
+            !gone
+        }
+        _ => false,
+    };
+    let r = node::wipe::wipe(dir)?;
+    outln!(
+        "wiped {}: {} files overwritten and removed, keys first",
+        dir.display(),
+        r.destroyed.len()
+    );
+    for p in &r.left {
+        outln!("left (not the node's): {}", p.display());
+    }
+    if still_running {
+        bail!(
+            "the node running on {} did not stop: its process still holds the keys in memory; \
+             kill it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------- bundles --
 
 /// The running node's API, or None when no node runs on `dir` (then the

@@ -95,6 +95,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers { json } => commands::peers(&dir()?, json)?,
         Command::Rejoin { universe } => commands::rejoin(&dir()?, &universe)?,
         Command::Bundle(b) => commands::bundle(&dir()?, b)?,
+        Command::Wipe { yes } => commands::wipe(&dir()?, yes)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,11 @@ fn is_hex64(s: &str) -> bool {
 fn help_on_every_subcommand() {
     let _wd = Watchdog::arm("help_on_every_subcommand", Duration::from_secs(60));
     let cases: &[(&[&str], &[&str])] = &[
-        (&[], &["init", "run", "universe", "send", "read", "status"]),
+        (
+            &[],
+            &["init", "run", "universe", "send", "read", "status", "wipe"],
+        ),
+        (&["wipe"], &["--yes"]),
         (&["init"], &["--name", "--x509-cert", "--x509-key"]),
         (&["id"], &["--json"]),
         (

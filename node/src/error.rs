@@ -26,6 +26,11 @@ pub enum NodeError {
     CorruptStore { path: PathBuf, reason: String },
     #[error("the store {} is in use by another process (is a node already running on this data dir?)", .0.display())]
     StoreInUse(PathBuf),
+    #[error(
+        "{} is not an mmls data dir (no identity.key or store.redb in it): nothing wiped",
+        .0.display()
+    )]
+    NotADataDir(PathBuf),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

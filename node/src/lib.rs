@@ -32,6 +32,7 @@ pub mod swarm;
 pub mod types;
 pub mod views;
 pub mod web;
+pub mod wipe;
 
 pub use client::{Client, EventStream};
 pub use config::{Config, Limits, Timing};
