@@ -163,6 +163,7 @@ fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/shutdown", post(shutdown))
+        .route(PROVE_PATH, post(prove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -171,9 +172,29 @@ fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The one API route without the token: the client asks it before it
+/// sends the token (`crate::api_proof`).
+pub const PROVE_PATH: &str = "/v1/prove";
+
+async fn prove(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<types::ProveOut> {
+    let p: types::ProveIn = body_json(body)?;
+    let nonce = hex::decode(&p.nonce)
+        .ok()
+        .filter(|n| !n.is_empty() && n.len() <= crate::api_proof::MAX_NONCE)
+        .ok_or_else(|| ApiError::new(400, "bad_request", "nonce: 1 to 64 bytes as hex"))?;
+    let port = s.node.api_addr().map_or(0, |a| a.port());
+    let proof = crate::api_proof::proof(&s.token, port, &nonce);
+    Ok(Json(types::ProveOut {
+        proof: hex::encode(proof),
+    }))
+}
+
 async fn auth(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if web::is_public(&path) {
+    if web::is_public(&path) || path == PROVE_PATH {
         return next.run(req).await;
     }
     let presented = req
@@ -763,6 +784,7 @@ mod tests {
             "/v1/peers",
             "/v1/openapi.json",
             "/v1/shutdown",
+            "/v1/prove",
             "/v1/universes/{id}/conversation",
             "/v1/contacts",
             "/v1/contacts/{member}",

@@ -18,6 +18,8 @@ pub struct Client {
     agent: ureq::Agent,
     /// Where the address came from (to say "not running" on a stale file).
     data_dir: Option<PathBuf>,
+    /// The listener proved it holds the token (`prove_listener`).
+    proven: std::sync::OnceLock<()>,
 }
 
 impl Client {
@@ -64,13 +66,59 @@ impl Client {
             token: token.to_string(),
             agent,
             data_dir: None,
+            proven: std::sync::OnceLock::new(),
         }
     }
 
-    fn req(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
+    /// A request carrying the token: only to a listener that proved it
+    /// holds it (see `crate::api_proof`), when the address came from a
+    /// data dir's `api.addr`.
+    fn req(&self, method: &str, path: &str) -> Result<ureq::Request, ClientError> {
+        if self.data_dir.is_some() {
+            self.prove_listener()?;
+        }
+        Ok(self
+            .agent
             .request(method, &format!("{}{}", self.base, path))
-            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Authorization", &format!("Bearer {}", self.token)))
+    }
+
+    /// Asks the listener to prove it holds our token (once per client).
+    fn prove_listener(&self) -> Result<(), ClientError> {
+        if self.proven.get().is_some() {
+            return Ok(());
+        }
+        let mut nonce = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let unproven = || ClientError::Unproven {
+            addr: self.base.trim_start_matches("http://").to_string(),
+        };
+        let r = self.check(
+            self.agent
+                .request("POST", &format!("{}{}", self.base, crate::api::PROVE_PATH))
+                .send_json(types::ProveIn {
+                    nonce: hex::encode(nonce),
+                }),
+        );
+        let answer: types::ProveOut = match r {
+            Ok(resp) => Self::json(resp).map_err(|_| unproven())?,
+            Err(ClientError::Api { .. }) => return Err(unproven()),
+            Err(e) => return Err(e),
+        };
+        let port = self
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        let want = crate::api_proof::proof(&self.token, port, &nonce);
+        let got = hex::decode(answer.proof.trim()).unwrap_or_default();
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(got.as_slice(), want.as_slice()).into();
+        if !ok {
+            return Err(unproven());
+        }
+        let _ = self.proven.set(());
+        Ok(())
     }
 
     fn check(&self, r: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ClientError> {
@@ -111,7 +159,7 @@ impl Client {
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let r = self.check(self.req("GET", path).call())?;
+        let r = self.check(self.req("GET", path)?.call())?;
         Self::json(r)
     }
 
@@ -120,13 +168,13 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let r = self.check(self.req("POST", path).send_json(body))?;
+        let r = self.check(self.req("POST", path)?.send_json(body))?;
         Self::json(r)
     }
 
     fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let r = self.check(
-            self.req("POST", path)
+            self.req("POST", path)?
                 .set("Content-Type", "application/json")
                 .send_string("{}"),
         )?;
@@ -240,7 +288,7 @@ impl Client {
     /// `DELETE /v1/universes/{id}/members/{member}`
     pub fn remove_member(&self, id: &str, member: &str) -> Result<(), ClientError> {
         let path = format!("/v1/universes/{}/members/{}", enc(id), enc(member));
-        let r = self.check(self.req("DELETE", &path).call())?;
+        let r = self.check(self.req("DELETE", &path)?.call())?;
         let _: types::Ok = Self::json(r)?;
         Ok(())
     }
@@ -319,10 +367,10 @@ impl Client {
     pub fn set_nickname(&self, member: &str, name: Option<&str>) -> Result<(), ClientError> {
         let path = format!("/v1/contacts/{}", enc(member));
         let r = match name {
-            Some(n) => self.check(self.req("PUT", &path).send_json(types::SetNickname {
+            Some(n) => self.check(self.req("PUT", &path)?.send_json(types::SetNickname {
                 name: Some(n.to_string()),
             })),
-            None => self.check(self.req("DELETE", &path).call()),
+            None => self.check(self.req("DELETE", &path)?.call()),
         }?;
         let _: types::Ok = Self::json(r)?;
         Ok(())
@@ -370,7 +418,7 @@ impl Client {
             (Some(u), None) => format!("/v1/universes/{}/bundle", enc(u)),
             (Some(u), Some(m)) => format!("/v1/universes/{}/bundle?since_peer={}", enc(u), enc(m)),
         };
-        let r = self.check(self.req("GET", &path).call())?;
+        let r = self.check(self.req("GET", &path)?.call())?;
         let known = r
             .header(crate::api::KNOWN_GROUPS_HEADER)
             .and_then(|v| v.parse().ok())
@@ -386,7 +434,7 @@ impl Client {
     /// `POST /v1/bundles`: feeds a bundle file to the node.
     pub fn bundle_import(&self, bytes: &[u8]) -> Result<types::BundleImported, ClientError> {
         let r = self.check(
-            self.req("POST", "/v1/bundles")
+            self.req("POST", "/v1/bundles")?
                 .set("Content-Type", "application/octet-stream")
                 .send_bytes(bytes),
         )?;

@@ -263,10 +263,17 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(NodeError::io(path, e)),
         }
+        self.rotate_api_token()
+    }
+
+    /// Writes a fresh API token, at every start of the node, before its API
+    /// listens: a token read during an earlier run (or kept in a copy of
+    /// the dir) is worth nothing once the node restarts.
+    pub fn rotate_api_token(&self) -> Result<String, NodeError> {
         let mut b = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
         let token = hex::encode(b);
-        write_private(&path, token.as_bytes(), false)?;
+        write_private(&self.file(TOKEN_FILE), token.as_bytes(), false)?;
         Ok(token)
     }
 

@@ -193,6 +193,14 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    /// Whatever listens at the data dir's API address could not prove it
+    /// holds the data dir's token, so the token was not sent to it.
+    #[error(
+        "the program at {addr} does not prove it knows this data dir's API token, so the \
+         token was not sent (a stale api.addr after a crash, another program on that port, \
+         or a data dir re-initialised while its node ran)"
+    )]
+    Unproven { addr: String },
     /// The node could not be reached.
     #[error("cannot reach the node at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },

@@ -60,9 +60,10 @@ impl Node {
             }
             None => None,
         };
-        let token = dd.api_token()?;
-
         let store = dd.open_store()?;
+        // After the store's lock: a second process refused on this data
+        // dir must not replace the running node's token.
+        let token = dd.rotate_api_token()?;
         let (participant, startup) =
             Participant::open(identity, store, config.engine.clone(), now_ms())
                 .map_err(|e| store_error(&dd.file(STORE_FILE), e))?;

@@ -16,6 +16,7 @@
 //! `web` (the browser app on the API port and its session login).
 
 pub mod api;
+pub mod api_proof;
 mod batch;
 pub mod client;
 pub mod config;

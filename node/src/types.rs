@@ -110,6 +110,18 @@ pub struct Ok {
     pub ok: bool,
 }
 
+/// `POST /v1/prove` (unauthenticated): a random nonce, hex.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProveIn {
+    pub nonce: String,
+}
+
+/// The node's answer: `crate::api_proof::proof`, hex.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProveOut {
+    pub proof: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Message {
     pub cursor: u64,
