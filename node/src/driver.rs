@@ -168,6 +168,17 @@ impl Driver {
                 ..SyncConfig::default()
             },
         );
+        let l = &parts.cfg.limits;
+        let rates = Rates::new(
+            Rate {
+                per_sec: l.sync_rate,
+                burst: l.sync_burst,
+            },
+            Rate {
+                per_sec: l.gossip_rate,
+                burst: l.gossip_burst,
+            },
+        );
         Driver {
             swarm: parts.swarm,
             p: parts.participant,
@@ -185,16 +196,7 @@ impl Driver {
             sync,
             requests: HashMap::new(),
             peers: BTreeMap::new(),
-            rates: Rates::new(
-                Rate {
-                    per_sec: parts.cfg.limits.sync_rate,
-                    burst: parts.cfg.limits.sync_burst,
-                },
-                Rate {
-                    per_sec: parts.cfg.limits.gossip_rate,
-                    burst: parts.cfg.limits.gossip_burst,
-                },
-            ),
+            rates,
             redial,
             links: Links::new(peer_id, t.link_config()),
             meter: parts.meter,

@@ -37,7 +37,7 @@ pub struct SyncConfig {
     pub max_outstanding: usize,
     /// Our requests in flight to one peer at most; more wait their turn.
     /// A node serves at most 8 sync streams of a connection at once
-    /// (`node::swarm::MAX_SYNC_STREAMS`), its peer's requests and its own
+    /// (`node::swarm::MAX_INBOUND_STREAMS`), its peer's requests and its own
     /// to that peer together, and drops streams past that: half is ours.
     pub max_inflight_per_peer: usize,
     /// Welcome polls (for universes we are not in) waiting or in flight to
@@ -259,6 +259,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
     }
 
     /// Universes whose last Welcome poll we remember.
+    #[cfg(test)]
     pub(crate) fn remembered_polls(&self) -> usize {
         self.welcome_polls.len()
     }
