@@ -368,7 +368,10 @@ mod tests {
             .await
             .expect("the largest envelope fits");
         let mut back = Cursor::new(out.into_inner());
-        let m = SyncCodec.read_response(&proto, &mut back).await.expect("read");
+        let m = SyncCodec
+            .read_response(&proto, &mut back)
+            .await
+            .expect("read");
         assert_eq!(m, big(MAX_ENVELOPE_BYTES));
         // Gossip: gossipsub's limit is the same both ways (publish here,
         // the RPC frames its codec reads).

@@ -206,7 +206,9 @@ impl request_response::Codec for Stall {
         T: AsyncRead + Unpin + Send,
     {
         let mut buf = vec![];
-        io.take(MAX_FRAME_BYTES as u64).read_to_end(&mut buf).await?;
+        io.take(MAX_FRAME_BYTES as u64)
+            .read_to_end(&mut buf)
+            .await?;
         SyncMessage::decode(&buf).map_err(io::Error::other)
     }
 

@@ -14,7 +14,9 @@ use futures::io::{AsyncRead, Cursor};
 use fuzzapi::{snapshot, start_pair, ApiFuzz, Call};
 use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
-use node::mmls_core::sync::{FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FRAME_BYTES};
+use node::mmls_core::sync::{
+    FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FRAME_BYTES,
+};
 use node::mmls_core::testkit::env_or;
 use node::mmls_core::{Envelope, Id32, Identity, Kind};
 use node::swarm::{SyncCodec, SYNC_PROTOCOL};

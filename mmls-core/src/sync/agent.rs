@@ -705,7 +705,11 @@ impl<P: Ord + Clone> SyncAgent<P> {
         let id = RequestId(self.next_id);
         let msg = msg.fit();
         let busy = self.sent_to(&peer) >= self.cfg.max_inflight_per_peer;
-        let (waiting, send) = if busy { (Some(msg), None) } else { (None, Some(msg)) };
+        let (waiting, send) = if busy {
+            (Some(msg), None)
+        } else {
+            (None, Some(msg))
+        };
         self.asked.insert(
             id,
             Asked {
