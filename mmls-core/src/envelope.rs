@@ -36,8 +36,9 @@ use std::fmt;
 pub const ENVELOPE_VERSION: u8 = 2;
 /// The legacy encoding, still read.
 pub const ENVELOPE_V1: u8 = 1;
-/// Hard cap on an encoded envelope; gossip and request-response use the same.
-pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+/// Hard cap on an encoded envelope: one must fit a network frame with its
+/// framing, alone in a gossip RPC or a fetch answer.
+pub const MAX_ENVELOPE_BYTES: usize = crate::sync::MAX_FRAME_BYTES - crate::sync::FRAME_OVERHEAD;
 /// CBOR nesting we accept (an envelope needs 4).
 const MAX_DEPTH: usize = 16;
 

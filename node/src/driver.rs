@@ -15,6 +15,7 @@
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::meter::Meter;
+use crate::rate::{Rate, Rates};
 use crate::redial::{Redial, Target};
 use crate::swarm::{lobby_topic, topic_of, universe_topic, Behaviour, BehaviourEvent};
 use libp2p::futures::StreamExt;
@@ -86,36 +87,6 @@ pub(crate) struct PeerState {
     listen_addrs: Vec<Multiaddr>,
 }
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(burst: f64) -> Bucket {
-        Bucket {
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-    fn take(&mut self, rate: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct Buckets {
-    sync: Bucket,
-    gossip: Bucket,
-}
-
 struct Queued {
     publish: Publish,
     since: Instant,
@@ -146,7 +117,8 @@ pub(crate) struct Driver {
     sync: SyncAgent<PeerId>,
     requests: HashMap<OutboundRequestId, RequestId>,
     pub(crate) peers: BTreeMap<PeerId, PeerState>,
-    buckets: HashMap<PeerId, Buckets>,
+    /// Per-peer token buckets, kept a while after a peer leaves.
+    rates: Rates<PeerId>,
     redial: Redial,
     /// The link policy (`mmls_core::link`): liveness, one connection per
     /// peer, redial backoff; fed by `meter`'s byte counts and pongs.
@@ -196,6 +168,17 @@ impl Driver {
                 ..SyncConfig::default()
             },
         );
+        let l = &parts.cfg.limits;
+        let rates = Rates::new(
+            Rate {
+                per_sec: l.sync_rate,
+                burst: l.sync_burst,
+            },
+            Rate {
+                per_sec: l.gossip_rate,
+                burst: l.gossip_burst,
+            },
+        );
         Driver {
             swarm: parts.swarm,
             p: parts.participant,
@@ -213,7 +196,7 @@ impl Driver {
             sync,
             requests: HashMap::new(),
             peers: BTreeMap::new(),
-            buckets: HashMap::new(),
+            rates,
             redial,
             links: Links::new(peer_id, t.link_config()),
             meter: parts.meter,
@@ -612,29 +595,11 @@ impl Driver {
     // -------------------------------------------------------------- sync --
 
     fn sync_token(&mut self, peer: PeerId) -> bool {
-        let l = &self.cfg.limits;
-        let (rate, burst, gburst) = (l.sync_rate, l.sync_burst, l.gossip_burst);
-        self.buckets
-            .entry(peer)
-            .or_insert_with(|| Buckets {
-                sync: Bucket::new(burst),
-                gossip: Bucket::new(gburst),
-            })
-            .sync
-            .take(rate, burst)
+        self.rates.sync(&peer, Instant::now())
     }
 
     fn gossip_token(&mut self, peer: PeerId) -> bool {
-        let l = &self.cfg.limits;
-        let (rate, burst, sburst) = (l.gossip_rate, l.gossip_burst, l.sync_burst);
-        self.buckets
-            .entry(peer)
-            .or_insert_with(|| Buckets {
-                sync: Bucket::new(sburst),
-                gossip: Bucket::new(burst),
-            })
-            .gossip
-            .take(rate, burst)
+        self.rates.gossip(&peer, Instant::now())
     }
 
     // ------------------------------------------------------------ events --
@@ -692,6 +657,7 @@ impl Driver {
                     ConnectedPoint::Listener { .. } => None,
                 };
                 self.redial.connected(peer_id, dialled, Instant::now());
+                self.rates.connected(&peer_id);
                 let dialer = if dialled.is_some() {
                     Dialer::Us
                 } else {
@@ -747,7 +713,9 @@ impl Driver {
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.peers.remove(&peer_id);
-                    self.buckets.remove(&peer_id);
+                    // Its buckets stay (`rate.rs`): reconnecting must not
+                    // buy a fresh burst.
+                    self.rates.disconnected(&peer_id, Instant::now());
                     self.no_ping.remove(&peer_id);
                     self.sync.peer_disconnected(&peer_id, now_ms());
                     self.drain();
@@ -975,7 +943,7 @@ impl Driver {
     /// Forgets rate state and request bookkeeping that cannot matter anymore.
     fn gc(&mut self) {
         let peers = &self.peers;
-        self.buckets.retain(|p, _| peers.contains_key(p));
+        self.rates.gc(Instant::now(), |p| peers.contains_key(p));
         self.links.gc(now_ms());
     }
 
@@ -1221,17 +1189,6 @@ fn verdict<T>(r: &Result<T, MmlsError>, lobby: bool) -> MessageAcceptance {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_bucket_limits_bursts_and_refills() {
-        let mut b = Bucket::new(5.0);
-        let n = (0..100).filter(|_| b.take(1.0, 5.0)).count();
-        assert_eq!(n, 5);
-        b.last -= Duration::from_secs(2);
-        assert!(b.take(1.0, 5.0));
-        assert!(b.take(1.0, 5.0));
-        assert!(!b.take(1.0, 5.0));
-    }
 
     #[test]
     fn verdicts() {

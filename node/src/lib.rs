@@ -12,7 +12,8 @@
 //! a data dir whose node is not running), `api` (axum server), `types`
 //! (the API's JSON shapes), `client` (API client), `error`, `names`
 //! (display names and nicknames), `own` (where our texts went, for
-//! receipts), `views` (conversation, members, receipts on the driver task),
+//! receipts), `rate` (per-peer rate limits that outlive reconnects),
+//! `views` (conversation, members, receipts on the driver task),
 //! `web` (the browser app on the API port and its session login).
 
 pub mod api;
@@ -28,6 +29,7 @@ mod meter;
 pub mod names;
 pub mod offline;
 mod own;
+mod rate;
 mod redial;
 pub mod swarm;
 pub mod types;

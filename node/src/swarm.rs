@@ -15,8 +15,7 @@ use libp2p::{
     allow_block_list, connection_limits, gossipsub, identify, identity, mdns, noise, ping, quic,
     request_response, tcp, yamux, StreamProtocol, Swarm,
 };
-use mmls_core::envelope::MAX_ENVELOPE_BYTES;
-use mmls_core::sync::{SyncMessage, MAX_FETCH_BYTES};
+use mmls_core::sync::{SyncMessage, MAX_FRAME_BYTES};
 use mmls_core::{Envelope, Id32, Topic};
 use std::io;
 use std::time::Duration;
@@ -27,8 +26,6 @@ pub const SYNC_PROTOCOL: &str = "/mmls/sync/1";
 pub const IDENTIFY_PROTOCOL: &str = "/mmls/id/1";
 /// The lobby topic: KeyPackages, their requests, Welcomes, rejoin requests.
 pub const LOBBY_TOPIC: &str = "mmls/lobby";
-/// Largest sync message on the wire (what `SyncMessage::decode` accepts).
-pub const MAX_SYNC_BYTES: usize = MAX_FETCH_BYTES + 4096;
 /// How often mDNS asks the LAN who is there. libp2p's default (5 min)
 /// leaves a peer whose address changed unseen for minutes; a query is one
 /// small multicast packet.
@@ -36,9 +33,19 @@ pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Envelopes at least this large are announced with IDONTWANT to the
 /// mesh when received (a text envelope is ~300 B, a commit more).
 pub const IDONTWANT_THRESHOLD: usize = 200;
-/// Gossip frames carry an envelope plus the RPC framing (topic, signature,
-/// key, sequence number): this much room on top of the envelope limit.
-pub const GOSSIP_FRAMING: usize = 4096;
+/// What one connection's peer can make us read at once, in streams (issue
+/// 29: each may hold a frame, `MAX_FRAME_BYTES`, while it is read): sync
+/// streams being read or answered (request-response's pool, which our own
+/// requests to that peer share: the sync agent sends at most 4, half),
+/// inbound streams still negotiating their protocol, and streams the peer
+/// opens at once over QUIC (more wait for QUIC's flow control). An honest
+/// peer opens at most 7: 4 sync, gossipsub, ping, identify.
+pub const MAX_INBOUND_STREAMS: usize = 8;
+/// Yamux counts both ends' streams together and resets the connection past
+/// its limit rather than making the peer wait: room for ours and the
+/// peer's (7 each) and for closed ones not yet reaped. It bounds what
+/// unread streams can buffer (256 KiB each) while negotiation waits.
+const YAMUX_STREAMS: usize = 4 * MAX_INBOUND_STREAMS;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,7 +110,9 @@ pub(crate) fn build_metered(
             gossipsub::MessageId::from(Envelope::id_of(&m.data).to_vec())
         })
         .validate_messages()
-        .max_transmit_size(MAX_ENVELOPE_BYTES + GOSSIP_FRAMING)
+        // Envelopes are at most a frame less its framing: the limit bounds
+        // what a peer's RPC can make us buffer, both ways.
+        .max_transmit_size(MAX_FRAME_BYTES)
         // Engine envelopes are deduplicated by the engine itself (stream
         // position, KeyPackage equality); gossip only has to stop echoes.
         // A short window lets a KeyPackage announcement (identical bytes
@@ -133,7 +142,7 @@ pub(crate) fn build_metered(
         )],
         request_response::Config::default()
             .with_request_timeout(cfg.timing.request_timeout)
-            .with_max_concurrent_streams(64),
+            .with_max_concurrent_streams(MAX_INBOUND_STREAMS),
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -176,15 +185,18 @@ pub(crate) fn build_metered(
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(move |key| {
+            let mut ymx = yamux::Config::default();
+            ymx.set_max_num_streams(YAMUX_STREAMS);
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .upgrade(upgrade::Version::V1Lazy)
                 .authenticate(noise::Config::new(key).map_err(|e| Box::new(e) as BoxError)?)
-                .multiplex(yamux::Config::default())
+                .multiplex(ymx)
                 .map(move |(p, m), _| (p, StreamMuxerBox::new(m_tcp.wrap(p, m))));
             let mut q = quic::Config::new(key);
             // Silence is judged by the link policy; QUIC's own idle timer
             // (10 s by default) must not end a slow link first.
             q.max_idle_timeout = QUIC_IDLE.as_millis() as u32;
+            q.max_concurrent_stream_limit = MAX_INBOUND_STREAMS as u32;
             let quic = quic::tokio::Transport::new(q)
                 .map(move |(p, c), _| (p, StreamMuxerBox::new(m_quic.wrap(p, c))));
             Ok::<_, BoxError>(tcp.or_transport(quic).map(|either, _| either.into_inner()))
@@ -197,6 +209,7 @@ pub(crate) fn build_metered(
         // TCP a moment later if QUIC has not connected.
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(60))
+                .with_max_negotiating_inbound_streams(MAX_INBOUND_STREAMS)
                 .with_smart_dial()
         })
         .with_connection_timeout(cfg.timing.dial_timeout)
@@ -215,13 +228,13 @@ where
     T: libp2p::futures::AsyncRead + Unpin + Send,
 {
     let mut buf = Vec::new();
-    io.take(MAX_SYNC_BYTES as u64 + 1)
+    io.take(MAX_FRAME_BYTES as u64 + 1)
         .read_to_end(&mut buf)
         .await?;
-    if buf.len() > MAX_SYNC_BYTES {
+    if buf.len() > MAX_FRAME_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("sync message larger than {MAX_SYNC_BYTES} bytes"),
+            format!("sync message larger than {MAX_FRAME_BYTES} bytes"),
         ));
     }
     SyncMessage::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -232,7 +245,7 @@ where
     T: libp2p::futures::AsyncWrite + Unpin + Send,
 {
     let bytes = msg.encode();
-    if bytes.len() > MAX_SYNC_BYTES {
+    if bytes.len() > MAX_FRAME_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "sync message too large",
@@ -312,6 +325,70 @@ mod tests {
                 id.member_id().to_peer_id_bytes()
             );
         }
+    }
+
+    /// Issue 29: what a peer sends is read into memory a frame at a time,
+    /// so a frame is at most 1 MiB, on sync and on gossip, both ways.
+    #[tokio::test]
+    async fn frames_are_at_most_one_mebibyte() {
+        use libp2p::futures::io::Cursor;
+        use libp2p::gossipsub::PublishError;
+        use libp2p::request_response::Codec;
+        use mmls_core::envelope::MAX_ENVELOPE_BYTES;
+        use mmls_core::FetchResponse;
+        use serde_bytes::ByteBuf;
+        const MIB: usize = 1 << 20;
+        let proto = StreamProtocol::new(SYNC_PROTOCOL);
+        // Sync: a 2 MiB stream is refused one byte past 1 MiB.
+        let mut over = Cursor::new(vec![0x80u8; 2 * MIB]);
+        let e = SyncCodec
+            .read_request(&proto, &mut over)
+            .await
+            .expect_err("2 MiB");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(over.position(), MIB as u64 + 1);
+        // Nor do we send one over 1 MiB ...
+        let big = |n: usize| {
+            SyncMessage::Fetched(FetchResponse {
+                envelopes: vec![ByteBuf::from(vec![1u8; n])],
+                ..FetchResponse::default()
+            })
+        };
+        let mut out = Cursor::new(vec![]);
+        let e = SyncCodec
+            .write_response(&proto, &mut out, big(MIB))
+            .await
+            .expect_err("over 1 MiB");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(out.get_ref().is_empty());
+        // ... while the largest envelope goes, alone, and is read back.
+        let mut out = Cursor::new(vec![]);
+        SyncCodec
+            .write_response(&proto, &mut out, big(MAX_ENVELOPE_BYTES))
+            .await
+            .expect("the largest envelope fits");
+        let mut back = Cursor::new(out.into_inner());
+        let m = SyncCodec
+            .read_response(&proto, &mut back)
+            .await
+            .expect("read");
+        assert_eq!(m, big(MAX_ENVELOPE_BYTES));
+        // Gossip: gossipsub's limit is the same both ways (publish here,
+        // the RPC frames its codec reads).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::new(dir.path());
+        cfg.mdns = false;
+        let mut sw = build(identity::Keypair::generate_ed25519(), &cfg).expect("swarm");
+        let g = &mut sw.behaviour_mut().gossipsub;
+        g.subscribe(&lobby_topic()).expect("subscribe");
+        let r = g.publish(lobby_topic(), vec![2u8; MIB + 1]);
+        assert!(matches!(r, Err(PublishError::MessageTooLarge)), "{r:?}");
+        // The largest envelope is refused only for want of peers.
+        let r = g.publish(lobby_topic(), vec![3u8; MAX_ENVELOPE_BYTES]);
+        assert!(
+            matches!(r, Err(PublishError::NoPeersSubscribedToTopic)),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -14,10 +14,12 @@ use futures::io::{AsyncRead, Cursor};
 use fuzzapi::{snapshot, start_pair, ApiFuzz, Call};
 use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
-use node::mmls_core::sync::{FetchRequest, FetchResponse, SyncMessage, SyncSummary};
+use node::mmls_core::sync::{
+    FetchRequest, FetchResponse, SyncMessage, SyncSummary, MAX_FRAME_BYTES,
+};
 use node::mmls_core::testkit::env_or;
 use node::mmls_core::{Envelope, Id32, Identity, Kind};
-use node::swarm::{SyncCodec, MAX_SYNC_BYTES, SYNC_PROTOCOL};
+use node::swarm::{SyncCodec, SYNC_PROTOCOL};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_bytes::ByteBuf;
@@ -287,7 +289,7 @@ fn read(
 /// `InvalidData`; what it accepts it writes back identically.
 fn check_codec(bytes: &[u8], chunk: usize, request: bool) {
     let (r, _) = read(bytes.to_vec(), chunk, None, request);
-    let direct = if bytes.len() <= MAX_SYNC_BYTES {
+    let direct = if bytes.len() <= MAX_FRAME_BYTES {
         SyncMessage::decode(bytes)
     } else {
         Err("too large".into())
@@ -333,10 +335,10 @@ fn sync_codec_reads_hostile_streams() {
     // A stream that never ends within the limit: refused after reading at
     // most one byte more than the limit (the codec does not buffer more).
     for extra in [1, 4096, 1 << 20] {
-        let big = vec![0x80u8; MAX_SYNC_BYTES + extra];
+        let big = vec![0x80u8; MAX_FRAME_BYTES + extra];
         let (r, consumed) = read(big, 1 << 16, None, true);
         assert_eq!(r.expect_err("oversize").kind(), io::ErrorKind::InvalidData);
-        assert!(consumed <= MAX_SYNC_BYTES + 1, "read {consumed} bytes");
+        assert!(consumed <= MAX_FRAME_BYTES + 1, "read {consumed} bytes");
     }
     // A valid message whose stream breaks part way: the stream's error, and
     // no message.

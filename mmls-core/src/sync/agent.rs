@@ -35,6 +35,18 @@ pub struct SyncConfig {
     pub kp_ask_ms: u64,
     /// Requests in flight at most (more are dropped; the engine asks again).
     pub max_outstanding: usize,
+    /// Our requests in flight to one peer at most; more wait their turn.
+    /// A node serves at most 8 sync streams of a connection at once
+    /// (`node::swarm::MAX_INBOUND_STREAMS`), its peer's requests and its own
+    /// to that peer together, and drops streams past that: half is ours.
+    pub max_inflight_per_peer: usize,
+    /// Welcome polls (for universes we are not in) waiting or in flight to
+    /// one peer at most: a summary naming a thousand made-up universes, or
+    /// a peer repeating summaries faster than it answers, starts no more.
+    pub welcome_polls_per_peer: usize,
+    /// Universes whose last Welcome poll we remember at most (the one
+    /// polled longest ago is forgotten first, and may be polled sooner).
+    pub max_welcome_polls: usize,
     /// Universes we look at in one peer's summaries.
     pub max_summaries: usize,
     /// Groups whose head we remember per peer (to prefer a peer that has
@@ -66,6 +78,9 @@ impl Default for SyncConfig {
             welcome_poll_ms: 30_000,
             kp_ask_ms: 1_000,
             max_outstanding: 1024,
+            max_inflight_per_peer: 4,
+            welcome_polls_per_peer: 8,
+            max_welcome_polls: 256,
             max_summaries: 1024,
             max_heads_per_peer: 4096,
             kp_cache: 256,
@@ -144,12 +159,16 @@ enum Purpose<P> {
     },
 }
 
-/// One request in flight.
+/// One request in flight, or waiting for room at its peer.
 #[derive(Debug, Clone)]
 struct Asked<P> {
     peer: P,
+    /// When it was sent (its timeout counts from then).
     at: u64,
     purpose: Purpose<P>,
+    /// The message while it waits (`max_inflight_per_peer`); `None` once
+    /// sent.
+    waiting: Option<SyncMessage>,
 }
 
 /// A connected peer, as far as sync goes.
@@ -165,6 +184,8 @@ pub struct SyncAgent<P> {
     cfg: SyncConfig,
     peers: BTreeMap<P, Peer>,
     asked: BTreeMap<RequestId, Asked<P>>,
+    /// Requests waiting for room at their peer, oldest first.
+    queued: BTreeMap<P, VecDeque<RequestId>>,
     /// Fetches in flight, and whom they are asked of: an identical range
     /// is not asked again of anyone (any holder answers the same entries);
     /// Welcomes not again of the same peer (each peer holds its own).
@@ -193,6 +214,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
             cfg,
             peers: BTreeMap::new(),
             asked: BTreeMap::new(),
+            queued: BTreeMap::new(),
             inflight: BTreeMap::new(),
             next_id: 0,
             rr: 0,
@@ -231,9 +253,15 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.peers.contains_key(peer)
     }
 
-    /// Requests in flight.
+    /// Requests in flight or waiting to be sent.
     pub fn outstanding(&self) -> usize {
         self.asked.len()
+    }
+
+    /// Universes whose last Welcome poll we remember.
+    #[cfg(test)]
+    pub(crate) fn remembered_polls(&self) -> usize {
+        self.welcome_polls.len()
     }
 
     // ------------------------------------------------------------ inputs --
@@ -289,6 +317,8 @@ impl<P: Ord + Clone> SyncAgent<P> {
     pub fn peer_disconnected(&mut self, peer: &P, now: u64) {
         self.kp_requests.gone(peer);
         self.told.forget_summary(peer);
+        // Its waiting requests fail below with the rest, unsent.
+        self.queued.remove(peer);
         if self.peers.remove(peer).is_none() {
             return;
         }
@@ -376,7 +406,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
         msg: SyncMessage,
         now: u64,
     ) -> SyncMessage {
-        match msg {
+        let answer = match msg {
             SyncMessage::Summary(theirs) => {
                 self.plan_from(p, peer, &theirs, now);
                 SyncMessage::Summaries(p.summaries())
@@ -399,7 +429,8 @@ impl<P: Ord + Clone> SyncAgent<P> {
             }
             // Not a request: unasked KeyPackages are not taken this way.
             SyncMessage::KeyPackages(_) => SyncMessage::Fetched(FetchResponse::default()),
-        }
+        };
+        answer.fit()
     }
 
     /// The answer to our request `id`.
@@ -410,9 +441,14 @@ impl<P: Ord + Clone> SyncAgent<P> {
         msg: SyncMessage,
         now: u64,
     ) -> Result<(), SyncError> {
+        // One still waiting was never sent: no answer can be to it.
+        if self.asked.get(&id).is_none_or(|a| a.waiting.is_some()) {
+            return Err(SyncError::UnknownRequest(id));
+        }
         let Some(a) = self.asked.remove(&id) else {
             return Err(SyncError::UnknownRequest(id));
         };
+        self.release(&a.peer, now);
         match (a.purpose, msg) {
             (Purpose::Summary, SyncMessage::Summaries(s)) => {
                 self.plan_from(p, &a.peer, &s, now);
@@ -460,7 +496,9 @@ impl<P: Ord + Clone> SyncAgent<P> {
 
     /// Our request `id` failed (transport error, refused, connection lost).
     pub fn handle_failure(&mut self, id: RequestId, now: u64) {
-        self.fail(id, now);
+        if self.asked.get(&id).is_some_and(|a| a.waiting.is_none()) {
+            self.fail(id, now);
+        }
     }
 
     /// Sends our summaries to every connected peer (the periodic round).
@@ -506,6 +544,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.asked
             .values()
+            .filter(|a| a.waiting.is_none())
             .map(|a| a.at.saturating_add(self.cfg.request_timeout_ms))
             .chain(self.next_round)
             .min()
@@ -529,7 +568,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
         let due: Vec<RequestId> = self
             .asked
             .iter()
-            .filter(|(_, a)| now >= a.at.saturating_add(timeout))
+            .filter(|(_, a)| a.waiting.is_none() && now >= a.at.saturating_add(timeout))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -549,6 +588,7 @@ impl<P: Ord + Clone> SyncAgent<P> {
         let Some(a) = self.asked.remove(&id) else {
             return;
         };
+        self.release(&a.peer, now);
         if matches!(a.purpose, Purpose::Summary) {
             self.told.forget_summary(&a.peer);
         }
@@ -654,6 +694,8 @@ impl<P: Ord + Clone> SyncAgent<P> {
         self.request(peer, msg, Purpose::Push, now);
     }
 
+    /// Sends `msg` to `peer`, or queues it while `max_inflight_per_peer`
+    /// of ours are in flight there. False if dropped (`max_outstanding`).
     fn request(&mut self, peer: P, msg: SyncMessage, purpose: Purpose<P>, now: u64) -> bool {
         if self.asked.len() >= self.cfg.max_outstanding {
             tracing::debug!("too many sync requests in flight; dropping one");
@@ -661,16 +703,68 @@ impl<P: Ord + Clone> SyncAgent<P> {
         }
         self.next_id += 1;
         let id = RequestId(self.next_id);
+        let msg = msg.fit();
+        let busy = self.sent_to(&peer) >= self.cfg.max_inflight_per_peer;
+        let (waiting, send) = if busy {
+            (Some(msg), None)
+        } else {
+            (None, Some(msg))
+        };
         self.asked.insert(
             id,
             Asked {
                 peer: peer.clone(),
                 at: now,
                 purpose,
+                waiting,
             },
         );
-        self.actions.push_back(Action::Request { peer, id, msg });
+        match send {
+            Some(msg) => self.actions.push_back(Action::Request { peer, id, msg }),
+            None => self.queued.entry(peer).or_default().push_back(id),
+        }
         true
+    }
+
+    /// Our requests in flight to `peer` (sent, not answered).
+    fn sent_to(&self, peer: &P) -> usize {
+        self.asked
+            .values()
+            .filter(|a| a.peer == *peer && a.waiting.is_none())
+            .count()
+    }
+
+    /// Sends `peer`'s waiting requests, oldest first, while it has room.
+    fn release(&mut self, peer: &P, now: u64) {
+        let mut room = self
+            .cfg
+            .max_inflight_per_peer
+            .saturating_sub(self.sent_to(peer));
+        let Some(queue) = self.queued.get_mut(peer) else {
+            return;
+        };
+        while room > 0 {
+            let Some(id) = queue.pop_front() else {
+                break;
+            };
+            // Gone meanwhile (failed with its peer), or already sent.
+            let Some(a) = self.asked.get_mut(&id) else {
+                continue;
+            };
+            let Some(msg) = a.waiting.take() else {
+                continue;
+            };
+            a.at = now;
+            room -= 1;
+            self.actions.push_back(Action::Request {
+                peer: peer.clone(),
+                id,
+                msg,
+            });
+        }
+        if queue.is_empty() {
+            self.queued.remove(peer);
+        }
     }
 
     /// What to fetch from `peer`, given its summaries; and, for a universe
@@ -693,26 +787,73 @@ impl<P: Ord + Clone> SyncAgent<P> {
                 for r in p.plan_fetches(s) {
                     self.fetch(r, Some(peer), now);
                 }
-            } else {
-                // It may hold a Welcome for us that we missed on the lobby
-                // (offline when it was sent).
-                let due = self
-                    .welcome_polls
-                    .get(&s.universe)
-                    .is_none_or(|t| now >= t.saturating_add(self.cfg.welcome_poll_ms));
-                if due {
-                    self.welcome_polls.insert(s.universe, now);
-                    let req = FetchRequest::Welcomes {
-                        universe: s.universe,
-                        member: self.me.clone(),
-                        // Owners only: a universe we do not know may be
-                        // one we left or were removed from, where old
-                        // Welcomes other members hold still name us.
-                        groups: vec![],
-                    };
-                    self.fetch(req, Some(peer), now);
-                }
             }
+        }
+        self.poll_welcomes(peer, theirs, &known, now);
+    }
+
+    /// Universes of `theirs` we are not in may hold a Welcome for us that
+    /// we missed on the lobby (offline when it was sent): we ask `peer`.
+    /// Universe ids are free to make up, so a peer gets at most
+    /// `welcome_polls_per_peer` polls waiting or in flight, those never
+    /// polled (or polled longest ago) first, and at most
+    /// `max_welcome_polls` last-poll times are kept.
+    fn poll_welcomes(
+        &mut self,
+        peer: &P,
+        theirs: &[SyncSummary],
+        known: &BTreeSet<Id32>,
+        now: u64,
+    ) {
+        let polling = self
+            .asked
+            .values()
+            .filter(|a| a.peer == *peer)
+            .filter(|a| match &a.purpose {
+                Purpose::Fetch {
+                    req: FetchRequest::Welcomes { universe, .. },
+                    ..
+                } => !known.contains(universe),
+                _ => false,
+            })
+            .count();
+        let room = self.cfg.welcome_polls_per_peer.saturating_sub(polling);
+        if room == 0 {
+            return;
+        }
+        let every = self.cfg.welcome_poll_ms;
+        let mut seen = BTreeSet::new();
+        let mut due: Vec<(Option<u64>, Id32)> = theirs
+            .iter()
+            .map(|s| s.universe)
+            .filter(|u| !known.contains(u) && seen.insert(*u))
+            .map(|u| (self.welcome_polls.get(&u).copied(), u))
+            .filter(|(last, _)| last.is_none_or(|t| now >= t.saturating_add(every)))
+            .collect();
+        // Never polled first, then polled longest ago; ties in summary order.
+        due.sort_by_key(|(last, _)| *last);
+        for (_, universe) in due.into_iter().take(room) {
+            self.welcome_polls.insert(universe, now);
+            let req = FetchRequest::Welcomes {
+                universe,
+                member: self.me.clone(),
+                // Owners only: a universe we do not know may be one we
+                // left or were removed from, where old Welcomes other
+                // members hold still name us.
+                groups: vec![],
+            };
+            self.fetch(req, Some(peer), now);
+        }
+        while self.welcome_polls.len() > self.cfg.max_welcome_polls {
+            let oldest = self
+                .welcome_polls
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(u, _)| *u);
+            match oldest {
+                Some(u) => self.welcome_polls.remove(&u),
+                None => break,
+            };
         }
     }
 

@@ -6,7 +6,7 @@ use crate::participant::KpRefusal;
 use crate::participant::{Output, Participant};
 use crate::testkit;
 use crate::{Envelope, Kind, MemberId, Store};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
 fn plans_only_what_the_peer_has_more_of() {
@@ -848,4 +848,272 @@ fn drain_again(reqs: &[(u32, RequestId, SyncMessage)]) -> Vec<Action<u32>> {
             msg: msg.clone(),
         })
         .collect()
+}
+
+// ------------------------------------------- bounds (issue 29, hostile) --
+
+/// A made-up universe (or group) id from a number.
+fn made_up(tag: u8, i: u32) -> Id32 {
+    let mut b = [tag; 32];
+    b[..4].copy_from_slice(&i.to_be_bytes());
+    Id32(b)
+}
+
+/// Summaries of `n` universes nobody we know is in, from `from` on.
+fn junk_summaries(from: u32, n: u32) -> Vec<SyncSummary> {
+    (from..from + n)
+        .map(|i| SyncSummary {
+            universe: made_up(0xee, i),
+            heads: vec![(made_up(0xdd, i), 1)],
+        })
+        .collect()
+}
+
+/// The universe a Welcome poll is for, if `msg` is one.
+fn polled(msg: &SyncMessage) -> Option<Id32> {
+    match msg {
+        SyncMessage::Fetch(FetchRequest::Welcomes {
+            universe, groups, ..
+        }) if groups.is_empty() => Some(*universe),
+        _ => None,
+    }
+}
+
+/// Answers every request of `a` (and those the answers release) with an
+/// empty fetch answer; returns the Welcome polls among them.
+fn answer_all(a: &mut SyncAgent<u32>, p: &mut Participant, now: u64) -> Vec<(u32, Id32)> {
+    let mut polls = vec![];
+    loop {
+        let reqs = requests(&drain(a));
+        if reqs.is_empty() {
+            return polls;
+        }
+        for (peer, id, msg) in reqs {
+            polls.extend(polled(&msg).map(|u| (peer, u)));
+            let _ = a.handle_response(p, id, SyncMessage::Fetched(FetchResponse::default()), now);
+        }
+    }
+}
+
+#[test]
+fn one_peer_starts_at_most_eight_welcome_polls_and_cannot_crowd_out_another() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1, 2]);
+    let per_peer = 8;
+    // One summary naming 1,024 made-up universes (what `max_summaries`
+    // lets through): eight polls, not 1,024 requests.
+    a.handle_request(
+        &mut p,
+        &1,
+        SyncMessage::Summary(junk_summaries(0, 1024)),
+        T0,
+    );
+    let sent = requests(&drain(&mut a));
+    assert!(sent
+        .iter()
+        .all(|(peer, _, m)| *peer == 1 && polled(m).is_some()));
+    assert_eq!(a.outstanding(), per_peer, "polls started by one summary");
+    // More made-up universes while those are unanswered start nothing.
+    a.handle_request(
+        &mut p,
+        &1,
+        SyncMessage::Summaries(junk_summaries(5_000, 1024)),
+        T0 + 1,
+    );
+    assert!(requests(&drain(&mut a)).is_empty());
+    assert_eq!(a.outstanding(), per_peer);
+    // An honest peer's universe is polled all the same.
+    let real = made_up(0x01, 7);
+    let honest = vec![SyncSummary {
+        universe: real,
+        heads: vec![(made_up(0x02, 7), 4)],
+    }];
+    a.handle_request(&mut p, &2, SyncMessage::Summary(honest), T0 + 2);
+    let polls: Vec<(u32, Option<Id32>)> = requests(&drain(&mut a))
+        .iter()
+        .map(|(peer, _, m)| (*peer, polled(m)))
+        .collect();
+    assert_eq!(polls, vec![(2, Some(real))]);
+    // Answered, the first four let the four waiting ones go.
+    for (_, id, _) in &sent {
+        a.handle_response(
+            &mut p,
+            *id,
+            SyncMessage::Fetched(FetchResponse::default()),
+            T0 + 3,
+        )
+        .expect("answer");
+    }
+    assert_eq!(
+        answer_all(&mut a, &mut p, T0 + 3).len(),
+        per_peer - sent.len()
+    );
+    // A peer that answers at once and sends new universes every time:
+    // eight polls per summary, and the record of them stays bounded.
+    for round in 0..100u32 {
+        a.handle_request(
+            &mut p,
+            &1,
+            SyncMessage::Summary(junk_summaries(10_000 + round * 1024, 1024)),
+            T0 + 4,
+        );
+        let polls = answer_all(&mut a, &mut p, T0 + 4);
+        assert_eq!(polls.len(), per_peer);
+    }
+    assert!(
+        a.remembered_polls() <= 256,
+        "{} poll times kept",
+        a.remembered_polls()
+    );
+}
+
+#[test]
+fn welcome_polls_take_turns_among_a_peers_universes() {
+    // An honest peer in 20 universes we are not in (we were added to the
+    // last one): each summary polls the ones polled longest ago, so every
+    // universe is polled within three summaries.
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let theirs = junk_summaries(0, 20);
+    let mut polled_once = BTreeSet::new();
+    for k in 0..3u64 {
+        a.handle_request(&mut p, &1, SyncMessage::Summary(theirs.clone()), T0 + k);
+        for (_, u) in answer_all(&mut a, &mut p, T0 + k) {
+            assert!(polled_once.insert(u), "polled again before the others");
+        }
+    }
+    assert_eq!(polled_once.len(), 20);
+}
+
+#[test]
+fn requests_to_one_peer_wait_while_four_are_in_flight() {
+    let mut p = participant(0);
+    let mut a = agent(&p, &[1]);
+    let cap = a.config().max_inflight_per_peer;
+    assert_eq!(cap, 4);
+    let outs = (0..10).map(|i| Output::Fetch(range(i))).collect();
+    a.handle_outputs(outs, None, T0);
+    let sent = requests(&drain(&mut a));
+    assert_eq!(sent.len(), cap, "sent at once");
+    assert_eq!(a.outstanding(), 10);
+    // One answered, one failed: two more go out, oldest first.
+    a.handle_response(
+        &mut p,
+        sent[0].1,
+        SyncMessage::Fetched(FetchResponse::default()),
+        T0 + 1,
+    )
+    .expect("answer");
+    a.handle_failure(sent[1].1, T0 + 1);
+    let next = requests(&drain(&mut a));
+    let msgs: Vec<SyncMessage> = next.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(
+        msgs,
+        vec![SyncMessage::Fetch(range(4)), SyncMessage::Fetch(range(5))]
+    );
+    // A waiting request has not been sent: it cannot time out nor be
+    // answered, and its timeout counts from when it is sent.
+    let timeout = a.config().request_timeout_ms;
+    assert_eq!(a.poll_timeout(), Some(T0 + timeout));
+    a.handle_timeout(&p, T0 + timeout);
+    let after = requests(&drain(&mut a));
+    assert_eq!(
+        after.len(),
+        2,
+        "the two sent at T0 timed out, two waiting went"
+    );
+    assert_eq!(a.poll_timeout(), Some(T0 + 1 + timeout));
+    // The peer goes: everything of it fails, nothing is sent to it.
+    a.peer_disconnected(&1, T0 + timeout + 1);
+    assert!(requests(&drain(&mut a)).is_empty());
+    assert_eq!(a.outstanding(), 0);
+}
+
+#[test]
+fn sync_messages_over_one_mebibyte_are_refused() {
+    assert_eq!(MAX_FRAME_BYTES, 1 << 20);
+    let big = SyncMessage::Fetched(FetchResponse {
+        envelopes: vec![ByteBuf::from(vec![7u8; 1 << 20])],
+        ..FetchResponse::default()
+    })
+    .encode();
+    assert!(big.len() > 1 << 20 && big.len() < 2 << 20);
+    let err = SyncMessage::decode(&big).expect_err("a frame over 1 MiB");
+    assert!(err.contains("too large"), "{err}");
+    // An envelope at its limit still fits a frame alone.
+    let max = SyncMessage::Fetched(FetchResponse {
+        envelopes: vec![ByteBuf::from(vec![
+            7u8;
+            crate::envelope::MAX_ENVELOPE_BYTES
+        ])],
+        oldest: Some(u64::MAX),
+        more: true,
+        pruned: true,
+    })
+    .encode();
+    assert!(max.len() <= MAX_FRAME_BYTES);
+    SyncMessage::decode(&max).expect("fits");
+}
+
+#[test]
+fn what_we_send_is_cut_to_fit_a_frame() {
+    let fits = |m: &SyncMessage| {
+        let b = m.encode();
+        assert!(b.len() <= MAX_FRAME_BYTES, "{} bytes", b.len());
+        assert_eq!(&SyncMessage::decode(&b).expect("decodes"), m);
+    };
+    // A fetch answer of three 600 KiB envelopes: the first, and `more`.
+    let env = |i: u8| ByteBuf::from(vec![i; 600 << 10]);
+    let m = SyncMessage::Fetched(FetchResponse {
+        envelopes: vec![env(1), env(2), env(3)],
+        ..FetchResponse::default()
+    })
+    .fit();
+    fits(&m);
+    let SyncMessage::Fetched(r) = &m else {
+        panic!("{}", m.kind())
+    };
+    assert_eq!((r.envelopes.len(), r.envelopes[0][0], r.more), (1, 1, true));
+    // The most envelopes an answer holds, as large as they fit.
+    let many = vec![ByteBuf::from(vec![9u8; MAX_FETCH_BYTES / MAX_FETCH_ENVELOPES]); 256];
+    let m = SyncMessage::Fetched(FetchResponse {
+        envelopes: many.clone(),
+        oldest: Some(u64::MAX),
+        more: false,
+        pruned: true,
+    })
+    .fit();
+    fits(&m);
+    assert!(matches!(&m, SyncMessage::Fetched(r) if r.envelopes.len() == 256 && !r.more));
+    // KeyPackage answers likewise.
+    let kps = vec![ByteBuf::from(vec![3u8; 40 << 10]); 32];
+    let m = SyncMessage::KeyPackages(KpResponse::KeyPackages(kps)).fit();
+    fits(&m);
+    assert!(matches!(&m, SyncMessage::KeyPackages(KpResponse::KeyPackages(e)) if e.len() == 25));
+    // Summaries of 40 universes of 1,000 groups: the first 23,000-odd
+    // heads, no summary left without its heads.
+    let sums: Vec<SyncSummary> = (0..40u32)
+        .map(|u| SyncSummary {
+            universe: made_up(0x10, u),
+            heads: (0..1000)
+                .map(|g| (made_up(0x20, u * 1000 + g), u64::MAX))
+                .collect(),
+        })
+        .collect();
+    for m in [
+        SyncMessage::Summary(sums.clone()).fit(),
+        SyncMessage::Summaries(sums.clone()).fit(),
+    ] {
+        fits(&m);
+        let (SyncMessage::Summary(s) | SyncMessage::Summaries(s)) = &m else {
+            panic!("{}", m.kind())
+        };
+        let heads: usize = s.iter().map(|s| s.heads.len()).sum();
+        assert!(heads > 23_000, "{heads} heads kept");
+        assert!(s.iter().all(|s| !s.heads.is_empty()));
+        assert_eq!(s[..s.len() - 1], sums[..s.len() - 1]);
+    }
+    // Small messages are left alone.
+    let small = SyncMessage::Summaries(sums[..2].to_vec());
+    assert_eq!(small.clone().fit(), small);
 }
